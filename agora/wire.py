@@ -1,0 +1,136 @@
+"""Frame codecs for the client <-> broker protocol (see docs/PROTOCOL.md, section 3).
+
+Plain functions, no sockets. A request is::
+
+    Frame 0: "AGORA01C"          protocol signature
+    Frame 1: command             one byte, agora.protocol.Command
+    Frames 2+: command body
+
+and a reply is ``[signature, command, status, body...]``. An ERROR body is a JSON object
+``{"code": ..., "message": ...}``.
+
+Inside a SESSION the body is one frame, ``SecretBox(session_key)`` of::
+
+    counter (8 bytes, big endian) | op (1 byte) | JSON body        request
+    counter (8 bytes, big endian) | status (1 byte) | JSON body    reply
+
+The counter binds each request to its session and its place in it: the broker refuses a
+counter it has seen, and the client refuses a reply whose counter is not its request's.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from agora.crypto import open_sealed, seal
+from agora.errors import ProtocolError, RemoteError
+from agora.protocol import CLIENT_PROTOCOL, Command, ErrorCode, SessionOp, Status
+
+_HEADER = struct.Struct(">QB")
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    """Parse a JSON object from the wire; anything else is a ProtocolError."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError("body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("body must be a JSON object")
+    return obj
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """Fetch a required field of a given type from a decoded body."""
+    value = body.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"field {name!r} missing or of the wrong type")
+    return value
+
+
+# -- outer frames -------------------------------------------------------------------------
+
+def request_frames(command: Command, *body: bytes) -> list[bytes]:
+    return [CLIENT_PROTOCOL, command.value, *body]
+
+
+def parse_request(frames: list[bytes]) -> tuple[Command, list[bytes]]:
+    """Split a client request (without routing envelope) into command and body frames."""
+    if len(frames) < 2 or frames[0] != CLIENT_PROTOCOL:
+        raise ProtocolError("not an agora client message")
+    try:
+        command = Command(frames[1])
+    except ValueError:
+        raise ProtocolError("unknown command") from None
+    return command, frames[2:]
+
+
+def ok_reply(command: Command, *body: bytes) -> list[bytes]:
+    return [CLIENT_PROTOCOL, command.value, Status.OK.value, *body]
+
+
+def error_reply(command: Command | None, code: ErrorCode, message: str) -> list[bytes]:
+    cmd = command.value if command is not None else b"\x00"
+    return [CLIENT_PROTOCOL, cmd, Status.ERROR.value,
+            encode_json({"code": code.value, "message": message})]
+
+
+def parse_reply(frames: list[bytes], command: Command) -> list[bytes]:
+    """Body frames of an OK reply to ``command``; raise RemoteError for an ERROR reply."""
+    if len(frames) < 3 or frames[0] != CLIENT_PROTOCOL:
+        raise ProtocolError("broker reply is not an agora message")
+    if frames[2] == Status.ERROR.value:
+        raise remote_error(frames[3] if len(frames) > 3 else b"{}")
+    if frames[1] != command.value or frames[2] != Status.OK.value:
+        raise ProtocolError("broker reply does not match the request")
+    return frames[3:]
+
+
+def remote_error(body: bytes) -> RemoteError:
+    try:
+        obj = decode_json(body)
+        return RemoteError(str(obj.get("code", "internal")), str(obj.get("message", "error")))
+    except ProtocolError:
+        return RemoteError(ErrorCode.INTERNAL, "malformed error reply")
+
+
+# -- session envelope ---------------------------------------------------------------------
+
+def seal_session_request(box: Any, counter: int, op: SessionOp, body: dict[str, Any]) -> bytes:
+    return seal(box, _HEADER.pack(counter, op) + encode_json(body))
+
+
+def open_session_request(box: Any, data: bytes) -> tuple[int, SessionOp, dict[str, Any]]:
+    plain = open_sealed(box, data)
+    if len(plain) < _HEADER.size:
+        raise ProtocolError("session request too short")
+    counter, op = _HEADER.unpack_from(plain)
+    try:
+        op = SessionOp(op)
+    except ValueError:
+        raise ProtocolError("unknown session operation") from None
+    return counter, op, decode_json(plain[_HEADER.size :])
+
+
+def seal_session_reply(box: Any, counter: int, status: Status, body: dict[str, Any]) -> bytes:
+    return seal(box, _HEADER.pack(counter, status.value[0]) + encode_json(body))
+
+
+def open_session_reply(box: Any, data: bytes, counter: int) -> dict[str, Any]:
+    """Decrypt a session reply, check it answers request ``counter``; raise on ERROR."""
+    plain = open_sealed(box, data)
+    if len(plain) < _HEADER.size:
+        raise ProtocolError("session reply too short")
+    got, status = _HEADER.unpack_from(plain)
+    if got != counter:
+        raise ProtocolError("session reply does not answer this request")
+    body = plain[_HEADER.size :]
+    if status == Status.ERROR.value[0]:
+        raise remote_error(body)
+    return decode_json(body)

@@ -1,0 +1,417 @@
+"""The broker's protocol engine, without sockets (sans-I/O, like h11).
+
+``BrokerCore.handle(identity, frames, now)`` takes one client message (routing envelope
+already removed) and returns the messages to send, as ``(identity, frames)`` pairs;
+``tick(now)`` runs the timers. The clock is always passed in, so expiry, rate limits and
+freshness are tested without sleeping. :mod:`broker.server` is the socket loop around it.
+
+Only the commands in ``self._commands`` exist; of those, BROKER_KEY, REGISTER and LOGIN are
+accepted before authentication and can change nothing but the row of the principal whose
+secret (one-time ID, symmetric key) they prove. Everything else travels inside a SESSION
+envelope, and the identity it acts for is always the session's, never one the request names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agora.crypto import (
+    Box,
+    SecretBox,
+    b64,
+    constant_time_equal,
+    hash_secret,
+    new_symmetric_key,
+    new_token,
+    normalize_one_time_id,
+    open_sealed,
+    public_key_from_bytes,
+    seal,
+    unb64,
+)
+from agora.errors import ProtocolError, RemoteError
+from agora.keyfile import KeyPair
+from agora.protocol import (
+    FRESHNESS_WINDOW,
+    Command,
+    ErrorCode,
+    Level,
+    PrincipalKind,
+    SessionOp,
+    Status,
+)
+from agora.wire import (
+    decode_json,
+    encode_json,
+    error_reply,
+    field,
+    ok_reply,
+    open_session_request,
+    parse_request,
+    seal_session_reply,
+)
+from broker.sessions import ExpiringCache, FailureLimiter, Session, SessionTable
+from broker.store import Store
+
+log = logging.getLogger("agora.broker")
+
+Outgoing = tuple[bytes, list[bytes]]
+
+#: How often tick() asks SQLite whether an operator changed something (revoke, level).
+STORE_POLL_INTERVAL = 0.25
+#: Buffered audit rows are written at least this often.
+AUDIT_FLUSH_INTERVAL = 0.5
+MAX_USERNAME = 64
+
+
+@dataclass
+class CallContext:
+    """What a service handler may know about the call: who, when, and the broker."""
+
+    session: Session
+    now: float
+    core: BrokerCore
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service offered inside the broker. ``handler(ctx, args) -> result`` may raise
+    RemoteError to refuse; any other exception is reported as ``service-failed``."""
+
+    name: str
+    level: Level
+    description: str
+    handler: Callable[[CallContext, dict[str, Any]], Any]
+
+
+class BrokerCore:
+    def __init__(self, store: Store, keys: KeyPair, services: dict[str, Service] | None = None,
+                 ) -> None:
+        self.store = store
+        self.keys = keys
+        self.sessions = SessionTable()
+        self.services: dict[str, Service] = dict(services or {})
+        self.failures = FailureLimiter()
+        self._seen_nonces = ExpiringCache(ttl=2 * FRESHNESS_WINDOW)
+        self._recent_registrations = ExpiringCache(ttl=FRESHNESS_WINDOW, max_items=1000)
+        self._audit_buffer: list[dict[str, Any]] = []
+        self._last_audit_flush = 0.0
+        self._last_store_poll = 0.0
+        self._store_version = store.data_version()
+        # The explicit dispatch tables: nothing outside them can be invoked.
+        self._commands: dict[Command, Callable[[bytes, list[bytes], float, str], list[bytes]]] = {
+            Command.BROKER_KEY: self._broker_key,
+            Command.REGISTER: self._register,
+            Command.LOGIN: self._login,
+            Command.SESSION: self._session,
+        }
+        self._session_ops: dict[SessionOp, Callable[[Session, dict[str, Any], float], Any]] = {
+            SessionOp.CALL: self._call,
+            SessionOp.LOGOUT: self._logout,
+        }
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def handle(self, identity: bytes, frames: list[bytes], now: float,
+               address: str = "127.0.0.1") -> list[Outgoing]:
+        """Process one client message; never raises for anything the client sent."""
+        command: Command | None = None
+        try:
+            command, body = parse_request(frames)
+            reply = self._commands[command](identity, body, now, address)
+        except RemoteError as exc:
+            reply = error_reply(command, exc.code, exc.message)
+        except ProtocolError as exc:
+            log.info("bad request: %s", exc)
+            reply = error_reply(command, ErrorCode.BAD_REQUEST, str(exc))
+        except Exception:
+            log.exception("internal error handling %s", command.name if command else "?")
+            reply = error_reply(command, ErrorCode.INTERNAL, "internal broker error")
+        return [(identity, reply)] if reply else []
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Timers: session expiry, cache purge, operator changes, audit flush."""
+        for s in self.sessions.expire(now):
+            log.info("session %s of %s expired", s.short_id, s.username)
+        self._seen_nonces.purge(now)
+        self._recent_registrations.purge(now)
+        if now - self._last_store_poll >= STORE_POLL_INTERVAL:
+            self._last_store_poll = now
+            version = self.store.data_version()
+            if version != self._store_version:
+                self._store_version = version
+                self.apply_store_changes()
+        if now - self._last_audit_flush >= AUDIT_FLUSH_INTERVAL:
+            self.flush_audit(now)
+        return []
+
+    def flush_audit(self, now: float) -> None:
+        self._last_audit_flush = now
+        rows, self._audit_buffer = self._audit_buffer, []
+        self.store.audit_many(rows)
+
+    def apply_store_changes(self) -> None:
+        """Bring live sessions in line with the store after an operator change."""
+        rows = {r["username"]: r for r in self.store.principals()}
+        for s in list(self.sessions.by_id.values()):
+            row = rows.get(s.username)
+            if row is None or row["revoked_at"] or row["flagged"] or not row["token_hash"]:
+                self.sessions.end(s.sid)
+                log.info("session %s of %s ended by operator", s.short_id, s.username)
+            elif row["level"] != s.level:
+                s.level = Level(row["level"])
+                log.info("level of %s is now %d", s.username, s.level)
+
+    def audit_later(self, username: str | None, action: str, outcome: str, now: float,
+                    detail: str = "") -> None:
+        """Buffer an audit row; hot paths must not wait for a SQLite write."""
+        self._audit_buffer.append({"ts": now, "username": username, "action": action,
+                                   "outcome": outcome, "detail": detail})
+        if len(self._audit_buffer) >= 500:
+            self.flush_audit(now)
+
+    # -- pre-authentication commands -------------------------------------------------------
+
+    def _broker_key(self, identity: bytes, body: list[bytes], now: float, address: str,
+                    ) -> list[bytes]:
+        return ok_reply(Command.BROKER_KEY, self.keys.public_key)
+
+    def _refuse(self, username: str | None, action: str, code: ErrorCode, message: str,
+                now: float, count_failure: bool = True) -> RemoteError:
+        """Audit a refusal (the only store change a refused request may make)."""
+        if count_failure and username is not None:
+            self.failures.record(username, now)
+        self.store.audit(username, action, "refused", code.value, now)
+        log.info("%s %s refused: %s", action, username or "-", code.value)
+        return RemoteError(code, message)
+
+    def _check_rate(self, username: str, action: str, now: float) -> None:
+        if self.failures.blocked(username, now):
+            raise self._refuse(username, action, ErrorCode.TOO_MANY_ATTEMPTS,
+                               "too many failed attempts; wait a minute and try again", now,
+                               count_failure=False)
+
+    def _check_fresh(self, ts: float, now: float) -> None:
+        if abs(now - ts) > FRESHNESS_WINDOW:
+            raise RemoteError(ErrorCode.STALE, "request timestamp is too old or in the future "
+                              "(check the clock)")
+
+    def _register(self, identity: bytes, body: list[bytes], now: float, address: str,
+                  ) -> list[bytes]:
+        if len(body) != 2:
+            raise ProtocolError("REGISTER takes 2 frames")
+        client_key, sealed = body
+        digest = hash_secret(sealed)
+        cached = self._recent_registrations.get(digest, now)
+        if cached is not None:  # exact retransmission of a registration we answered
+            return cached  # type: ignore[return-value]
+        plain = open_sealed(Box(self.keys.private_key, public_key_from_bytes(client_key)), sealed)
+        req = decode_json(plain)
+        username = _username(req)
+        one_time_id = field(req, "one_time_id", str)
+        symmetric_key = unb64(field(req, "symmetric_key", str), SecretBox.KEY_SIZE)
+        self._check_rate(username, "register", now)
+        self._check_fresh(float(field(req, "ts", (int, float))), now)
+        row = self.store.get(username)
+        if row is None:
+            raise self._refuse(username, "register", ErrorCode.UNKNOWN_USER,
+                               f"unknown user {username!r}", now)
+        if row["revoked_at"]:
+            raise self._refuse(username, "register", ErrorCode.REVOKED,
+                               f"{username} is revoked", now)
+        if row["one_time_id_hash"] is None:
+            raise self._refuse(username, "register", ErrorCode.BAD_ONE_TIME_ID,
+                               "one-time ID already used; ask the operator to re-enroll", now)
+        if not constant_time_equal(hash_secret(normalize_one_time_id(one_time_id)),
+                                   row["one_time_id_hash"]):
+            raise self._refuse(username, "register", ErrorCode.BAD_ONE_TIME_ID,
+                               "wrong one-time ID", now)
+        if now > row["one_time_id_expires"]:
+            raise self._refuse(username, "register", ErrorCode.EXPIRED_ONE_TIME_ID,
+                               "one-time ID expired; ask the operator to re-enroll", now)
+        other = self.store.by_public_key(client_key)
+        if other is not None and other["username"] != username:
+            raise self._refuse(username, "register", ErrorCode.BAD_REQUEST,
+                               "that public key is registered to someone else", now)
+        token = new_token()
+        self.store.complete_registration(username, client_key, symmetric_key,
+                                         hash_secret(token), now)
+        self.sessions.end_user(username)  # a re-registration ends the old key's sessions
+        answer = seal(SecretBox(symmetric_key), encode_json({
+            "token": b64(token), "username": username, "level": row["level"],
+            "kind": row["kind"]}))
+        reply = ok_reply(Command.REGISTER, answer)
+        self._recent_registrations.put(digest, reply, now)
+        log.info("register %s ok", username)
+        return reply
+
+    def _login(self, identity: bytes, body: list[bytes], now: float, address: str,
+               ) -> list[bytes]:
+        if len(body) != 2:
+            raise ProtocolError("LOGIN takes 2 frames")
+        username = _decode_username(body[0])
+        sealed = body[1]
+        self._check_rate(username, "login", now)
+        row = self.store.get(username)
+        if row is None:
+            raise self._refuse(username, "login", ErrorCode.UNKNOWN_USER,
+                               f"unknown user {username!r}", now)
+        if row["revoked_at"]:
+            raise self._refuse(username, "login", ErrorCode.REVOKED,
+                               f"{username} is revoked", now)
+        if row["flagged"]:
+            raise self._refuse(username, "login", ErrorCode.FLAGGED,
+                               f"{username} is locked after token reuse; "
+                               "ask the operator to re-enroll", now)
+        if row["symmetric_key"] is None or row["token_hash"] is None:
+            raise self._refuse(username, "login", ErrorCode.BAD_CREDENTIALS,
+                               f"{username} is not registered", now)
+        digest = hash_secret(sealed)
+        if (row["last_login_digest"] is not None
+                and constant_time_equal(digest, row["last_login_digest"])):
+            # Exact retransmission of the last login (its reply was lost). Answer it again:
+            # the reply is sealed under the symmetric key, so a replayer learns nothing, and
+            # nothing changes. Outside the window it is plainly stale.
+            if now - row["last_login_at"] <= FRESHNESS_WINDOW:
+                return ok_reply(Command.LOGIN, row["last_login_reply"])
+            raise self._refuse(username, "login", ErrorCode.STALE, "login request is stale", now)
+        box = SecretBox(row["symmetric_key"])
+        try:
+            req = decode_json(open_sealed(box, sealed))
+        except ProtocolError:
+            raise self._refuse(username, "login", ErrorCode.BAD_CREDENTIALS,
+                               "login could not be decrypted (wrong key)", now) from None
+        nonce = sealed[: SecretBox.NONCE_SIZE]
+        if nonce in self._seen_nonces:
+            raise self._refuse(username, "login", ErrorCode.REPLAYED,
+                               "login request was replayed", now)
+        self._seen_nonces.put(nonce, True, now)
+        ts = float(field(req, "ts", (int, float)))
+        if abs(now - ts) > FRESHNESS_WINDOW:
+            raise self._refuse(username, "login", ErrorCode.STALE, "login request is stale", now)
+        port = field(req, "port", int)
+        if not 0 <= port <= 65535:
+            raise ProtocolError("port out of range")
+        token_hash = hash_secret(unb64(field(req, "token", str), 32))
+        if not constant_time_equal(token_hash, row["token_hash"]):
+            if self.store.is_retired_token(username, token_hash):
+                return self._token_reused(username, now)
+            raise self._refuse(username, "login", ErrorCode.BAD_CREDENTIALS, "wrong token", now)
+
+        next_token = new_token()
+        session_key = new_symmetric_key()
+        session = self.sessions.open(username, PrincipalKind(row["kind"]), Level(row["level"]),
+                                     session_key, port, address, now)
+        answer = seal(box, encode_json({
+            "token": b64(next_token), "session": b64(session.sid),
+            "session_key": b64(session_key), "username": username, "level": row["level"],
+            "kind": row["kind"]}))
+        try:
+            self.store.rotate_token(username, row["token_hash"], hash_secret(next_token), port,
+                                    address, digest, answer, now)
+        except Exception:
+            self.sessions.end(session.sid)
+            raise
+        log.info("login %s ok session=%s port=%d", username, session.short_id, port)
+        return ok_reply(Command.LOGIN, answer)
+
+    def _token_reused(self, username: str, now: float) -> list[bytes]:
+        """An old token came back in a fresh request: someone else has the credentials.
+
+        Like OAuth refresh-token reuse detection, we cannot tell owner from thief, so the
+        whole token family dies: all sessions end and the principal is flagged until the
+        operator re-enrolls them face to face.
+        """
+        ended = self.sessions.end_user(username)
+        self.store.flag(username, "token reuse detected", now)
+        log.warning("login %s: old token reused; %d session(s) ended, user flagged",
+                    username, len(ended))
+        raise RemoteError(ErrorCode.TOKEN_REUSED,
+                          "this token was already used; all sessions of "
+                          f"{username} are ended and the operator is alerted")
+
+    # -- authenticated session -------------------------------------------------------------
+
+    def _session(self, identity: bytes, body: list[bytes], now: float, address: str,
+                 ) -> list[bytes]:
+        if len(body) != 2:
+            raise ProtocolError("SESSION takes 2 frames")
+        sid, sealed = body
+        session = self.sessions.get(sid)
+        if session is not None and session.expired(now):
+            self.sessions.end(sid)
+            session = None
+        if session is None:
+            raise RemoteError(ErrorCode.UNKNOWN_SESSION, "no such session (log in again)")
+        digest = hash_secret(sealed)
+        if session.last_reply is not None and constant_time_equal(digest, session.last_digest):
+            return session.last_reply  # exact retransmission: same answer, no new effect
+        counter, op, args = open_session_request(session.box, sealed)
+        if counter <= session.counter:
+            self.audit_later(session.username, "session", "replayed", now)
+            return ok_reply(Command.SESSION, seal_session_reply(
+                session.box, counter, Status.ERROR,
+                {"code": ErrorCode.REPLAYED.value, "message": "request replayed"}))
+        session.counter = counter
+        session.last_seen = now
+        try:
+            result = self._session_ops[op](session, args, now)
+            sealed_reply = seal_session_reply(session.box, counter, Status.OK, {"result": result})
+        except RemoteError as exc:
+            sealed_reply = seal_session_reply(session.box, counter, Status.ERROR, exc.to_dict())
+        except ProtocolError as exc:
+            sealed_reply = seal_session_reply(session.box, counter, Status.ERROR, {
+                "code": ErrorCode.BAD_REQUEST.value, "message": str(exc)})
+        reply = ok_reply(Command.SESSION, sealed_reply)
+        session.last_digest, session.last_reply = digest, reply
+        return reply
+
+    def _logout(self, session: Session, args: dict[str, Any], now: float) -> Any:
+        self.sessions.end(session.sid)
+        self.audit_later(session.username, "logout", "ok", now)
+        log.info("logout %s session=%s", session.username, session.short_id)
+        return {"ended": session.short_id}
+
+    def _call(self, session: Session, args: dict[str, Any], now: float) -> Any:
+        name = field(args, "service", str)
+        call_args = args.get("args", {})
+        if not isinstance(call_args, dict):
+            raise ProtocolError("args must be a JSON object")
+        service = self.services.get(name)
+        if service is None:
+            self.audit_later(session.username, f"call:{name[:40]}", "unknown", now)
+            raise RemoteError(ErrorCode.UNKNOWN_SERVICE, f"no service named {name[:40]!r}")
+        if session.level < service.level:
+            self.audit_later(session.username, f"call:{name}", "forbidden", now)
+            log.info("call %s by %s forbidden", name, session.username)
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} needs level {service.level} "
+                              f"({service.level.label}); you have {session.level}")
+        try:
+            result = service.handler(CallContext(session, now, self), call_args)
+        except (RemoteError, ProtocolError):
+            self.audit_later(session.username, f"call:{name}", "refused", now)
+            raise
+        except Exception:
+            log.exception("service %s failed", name)
+            self.audit_later(session.username, f"call:{name}", "failed", now)
+            raise RemoteError(ErrorCode.SERVICE_FAILED, f"service {name} failed") from None
+        self.audit_later(session.username, f"call:{name}", "ok", now)
+        log.info("call %s by %s ok", name, session.username)
+        return result
+
+
+def _decode_username(raw: bytes) -> str:
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("username is not UTF-8") from None
+    if not 0 < len(name) <= MAX_USERNAME:
+        raise ProtocolError("username length out of range")
+    return name
+
+
+def _username(req: dict[str, Any]) -> str:
+    return _decode_username(field(req, "username", str).encode("utf-8"))

@@ -1,0 +1,98 @@
+"""The broker's socket loop: a ZeroMQ ROUTER around :class:`broker.core.BrokerCore`.
+
+All the protocol lives in the core; this module only receives, strips and re-adds the
+routing envelope, polls with a timeout so timers run and shutdown is prompt, and sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from agora.files import private_dir
+from agora.keyfile import KeyPair, load_or_create
+from agora.protocol import MAX_MESSAGE_SIZE
+from broker.core import BrokerCore, Outgoing
+from broker.services import builtin_services
+from broker.store import Store
+
+log = logging.getLogger("agora.broker")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+POLL_MS = 100
+
+
+def open_store(data_dir: Path) -> tuple[Store, KeyPair]:
+    """Open (creating if needed) the broker's data directory: database and key file."""
+    data_dir = private_dir(Path(data_dir))
+    db_path = data_dir / "broker.db"
+    store = Store(db_path)
+    for path in data_dir.glob("broker.db*"):
+        os.chmod(path, 0o600)
+    return store, load_or_create(data_dir / "broker.key")
+
+
+class BrokerServer:
+    """Owns the ROUTER socket and the core. ``serve()`` runs until ``stop`` is set."""
+
+    def __init__(self, data_dir: Path, endpoint: str = DEFAULT_ENDPOINT,
+                 context: zmq.Context | None = None) -> None:
+        self.store, self.keys = open_store(data_dir)
+        self.core = BrokerCore(self.store, self.keys, builtin_services())
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # libzmq drops (and disconnects) anything larger before it reaches Python.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+        self.socket.setsockopt(zmq.SNDTIMEO, 1000)
+        self.socket.bind(endpoint)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stop = threading.Event()
+
+    def serve(self) -> None:
+        log.info("broker listening on %s (key %s)", self.endpoint, self.keys.fingerprint)
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        try:
+            while not self.stop.is_set():
+                if poller.poll(POLL_MS):
+                    # Drain what is queued before running timers, bounded so timers still run.
+                    for _ in range(1000):
+                        try:
+                            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._send(self._dispatch(frames))
+                self._send(self.core.tick(time.time()))
+        finally:
+            self.core.flush_audit(time.time())
+            log.info("broker stopped")
+
+    def _dispatch(self, frames: list[zmq.Frame]) -> list[Outgoing]:
+        # Envelope: [identity, empty delimiter, body...], as a REQ socket sends it; DEALER
+        # peers (workers) send the empty frame themselves, as in 7/MDP.
+        if len(frames) < 3 or frames[1].bytes != b"":
+            log.info("dropped a message without a routing envelope")
+            return []
+        try:
+            address = frames[2].get("Peer-Address") or "127.0.0.1"
+        except zmq.ZMQError:
+            address = "127.0.0.1"
+        return self.core.handle(frames[0].bytes, [f.bytes for f in frames[2:]], time.time(),
+                                address)
+
+    def _send(self, outgoing: list[Outgoing]) -> None:
+        for identity, body in outgoing:
+            try:
+                self.socket.send_multipart([identity, b"", *body])
+            except zmq.ZMQError as exc:  # peer gone, or its queue is full: drop, keep serving
+                log.info("could not send reply: %s", exc.strerror)
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.store.db.close()

@@ -1,0 +1,144 @@
+"""In-memory session table and the small bounded caches the broker keeps beside it.
+
+Sessions live in memory on purpose: every service call checks its session here, never in
+SQLite, so the hot path costs a dict lookup and one SecretBox open. A broker restart ends all
+sessions; agents notice ``unknown-session`` and log in again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from agora.crypto import SecretBox
+from agora.protocol import (
+    RATE_LIMIT,
+    RATE_WINDOW,
+    SESSION_IDLE_TIMEOUT,
+    SESSION_MAX_AGE,
+    Level,
+    PrincipalKind,
+)
+
+SESSION_ID_SIZE = 16
+
+
+@dataclass
+class Session:
+    """One logged-in agent process. ``counter`` is the highest request counter seen."""
+
+    sid: bytes
+    username: str
+    kind: PrincipalKind
+    level: Level
+    box: SecretBox
+    port: int
+    address: str
+    created: float
+    last_seen: float
+    counter: int = 0
+    # The last request's digest and reply, so an exact retransmission (Lazy Pirate retry)
+    # gets the same answer instead of a "replayed" error.
+    last_digest: bytes = b""
+    last_reply: list[bytes] | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.sid.hex()[:8]
+
+    def expired(self, now: float) -> bool:
+        return (now - self.last_seen > SESSION_IDLE_TIMEOUT
+                or now - self.created > SESSION_MAX_AGE)
+
+
+@dataclass
+class SessionTable:
+    by_id: dict[bytes, Session] = field(default_factory=dict)
+
+    def open(self, username: str, kind: PrincipalKind, level: Level, key: bytes, port: int,
+             address: str, now: float) -> Session:
+        sid = secrets.token_bytes(SESSION_ID_SIZE)
+        session = Session(sid, username, kind, level, SecretBox(key), port, address, now, now)
+        self.by_id[sid] = session
+        return session
+
+    def get(self, sid: bytes) -> Session | None:
+        return self.by_id.get(sid)
+
+    def of_user(self, username: str) -> list[Session]:
+        return [s for s in self.by_id.values() if s.username == username]
+
+    def end(self, sid: bytes) -> Session | None:
+        return self.by_id.pop(sid, None)
+
+    def end_user(self, username: str) -> list[Session]:
+        ended = self.of_user(username)
+        for s in ended:
+            del self.by_id[s.sid]
+        return ended
+
+    def expire(self, now: float) -> list[Session]:
+        ended = [s for s in self.by_id.values() if s.expired(now)]
+        for s in ended:
+            del self.by_id[s.sid]
+        return ended
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+
+class FailureLimiter:
+    """At most ``limit`` failures per key in a sliding window; bounded in memory."""
+
+    def __init__(self, limit: int = RATE_LIMIT, window: float = RATE_WINDOW,
+                 max_keys: int = 10_000) -> None:
+        self.limit, self.window, self.max_keys = limit, window, max_keys
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def blocked(self, key: str, now: float) -> bool:
+        times = self._failures.get(key)
+        if not times:
+            return False
+        while times and now - times[0] > self.window:
+            times.popleft()
+        return len(times) >= self.limit
+
+    def record(self, key: str, now: float) -> None:
+        times = self._failures.setdefault(key, deque())
+        self._failures.move_to_end(key)
+        times.append(now)
+        if len(times) > self.limit:
+            times.popleft()
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
+
+class ExpiringCache:
+    """A bounded map whose entries vanish after ``ttl`` seconds (seen nonces, recent replies)."""
+
+    def __init__(self, ttl: float, max_items: int = 100_000) -> None:
+        self.ttl, self.max_items = ttl, max_items
+        self._items: OrderedDict[bytes, tuple[float, object]] = OrderedDict()
+
+    def get(self, key: bytes, now: float) -> object | None:
+        item = self._items.get(key)
+        if item is None or item[0] < now:
+            return None
+        return item[1]
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._items
+
+    def put(self, key: bytes, value: object, now: float) -> None:
+        self._items[key] = (now + self.ttl, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def purge(self, now: float) -> None:
+        while self._items:
+            key, (expiry, _) = next(iter(self._items.items()))
+            if expiry >= now:
+                break
+            del self._items[key]

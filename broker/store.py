@@ -1,0 +1,214 @@
+"""The broker's durable state in SQLite, through sqlite-utils.
+
+Tables:
+
+- ``principals``: one row per enrolled collaborator or service. Holds the one-time ID and the
+  current token *hashed*, the registered public key, the symmetric key (the broker must use
+  it, so it is stored as is: the database file is 0600 inside a 0700 directory), the last
+  reported port, and the revoked / flagged state the operator sees.
+- ``retired_tokens``: hashes of every token that was replaced; presenting one is theft.
+- ``audit``: who did what and what the broker decided. Never arguments, tokens or keys.
+
+Every change that must happen together is one transaction, and the database runs in WAL
+mode, so a ``kill -9`` at any moment leaves either the old or the new state.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agora.crypto import hash_secret, new_one_time_id, normalize_one_time_id
+from agora.errors import LocalError
+from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
+
+
+class NotFoundError(LocalError):
+    """No principal with that username."""
+
+
+class Store:
+    """All SQLite access of the broker. Pass ``path=None`` for an in-memory store (tests)."""
+
+    def __init__(self, path: Path | None) -> None:
+        if path is None:
+            self.db = sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False))
+        else:
+            # The broker uses its store from one thread at a time, but not always the thread
+            # that opened it (tests run the broker in a thread).
+            self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
+            self.db.enable_wal()
+            # NORMAL is durable against process crashes (kill -9) in WAL mode; only an OS
+            # crash can lose the last commits, which then fall back to the previous token.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        self.db["principals"].create(
+            {
+                "username": str, "name": str, "kind": str, "level": int, "created_at": float,
+                "one_time_id_hash": bytes, "one_time_id_expires": float,
+                "registered_at": float, "public_key": bytes, "symmetric_key": bytes,
+                "token_hash": bytes, "port": int, "address": str, "last_login_at": float,
+                "last_login_digest": bytes, "last_login_reply": bytes,
+                "revoked_at": float, "flagged": str,
+            },
+            pk="username", not_null={"name", "kind", "level", "created_at"}, if_not_exists=True,
+        )
+        self.db["retired_tokens"].create(
+            {"token_hash": bytes, "username": str, "retired_at": float},
+            pk="token_hash", if_not_exists=True,
+        )
+        self.db["audit"].create(
+            {"id": int, "ts": float, "username": str, "action": str, "outcome": str,
+             "detail": str},
+            pk="id", if_not_exists=True,
+        )
+        self.db["audit"].create_index(["username"], if_not_exists=True)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, username: str) -> dict[str, Any] | None:
+        rows = list(self.db.query(
+            "select * from principals where username = ?", [username]))
+        return rows[0] if rows else None
+
+    def require(self, username: str) -> dict[str, Any]:
+        row = self.get(username)
+        if row is None:
+            raise NotFoundError(f"no such user: {username}")
+        return row
+
+    def principals(self) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from principals order by username"))
+
+    def by_public_key(self, public_key: bytes) -> dict[str, Any] | None:
+        rows = list(self.db.query(
+            "select * from principals where public_key = ?", [public_key]))
+        return rows[0] if rows else None
+
+    def is_retired_token(self, username: str, token_hash: bytes) -> bool:
+        rows = list(self.db.query(
+            "select 1 from retired_tokens where token_hash = ? and username = ?",
+            [token_hash, username]))
+        return bool(rows)
+
+    def audit_rows(self, username: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        where, args = ("where username = ?", [username]) if username else ("", [])
+        return list(self.db.query(
+            f"select * from audit {where} order by id desc limit ?",  # noqa: S608 - fixed text
+            [*args, limit]))
+
+    def data_version(self) -> int:
+        """Changes whenever *another* connection commits (e.g. ``agora admin``)."""
+        return next(self.db.query("PRAGMA data_version"))["data_version"]
+
+    # -- operator actions ------------------------------------------------------------------
+
+    def enroll(self, name: str, level: Level, now: float,
+               kind: PrincipalKind = PrincipalKind.PERSON,
+               ttl: float = DEFAULT_ONE_TIME_ID_TTL) -> tuple[str, str]:
+        """Create a principal; return (username, one-time ID). The ID is stored hashed."""
+        name = " ".join(name.split())
+        if not name or len(name) > 100:
+            raise LocalError("name must be 1-100 characters")
+        one_time_id = new_one_time_id()
+        with self.db.conn:
+            username = self._free_username(name)
+            self.db["principals"].insert({
+                "username": username, "name": name, "kind": PrincipalKind(kind).value,
+                "level": int(level), "created_at": now,
+                "one_time_id_hash": hash_secret(normalize_one_time_id(one_time_id)),
+                "one_time_id_expires": now + ttl,
+            })
+            self._audit(username, "enroll", "ok", f"level={int(level)} kind={kind}", now)
+        return username, one_time_id
+
+    def reenroll(self, username: str, now: float,
+                 ttl: float = DEFAULT_ONE_TIME_ID_TTL) -> str:
+        """New one-time ID for a principal whose keys must be replaced (lost or stolen)."""
+        self.require(username)
+        one_time_id = new_one_time_id()
+        with self.db.conn:
+            self.db["principals"].update(username, {
+                "one_time_id_hash": hash_secret(normalize_one_time_id(one_time_id)),
+                "one_time_id_expires": now + ttl, "token_hash": None, "flagged": None,
+                "revoked_at": None, "last_login_digest": None, "last_login_reply": None,
+            })
+            self._audit(username, "reenroll", "ok", "", now)
+        return one_time_id
+
+    def revoke(self, username: str, now: float) -> None:
+        self.require(username)
+        with self.db.conn:
+            self.db["principals"].update(username, {"revoked_at": now, "token_hash": None})
+            self._audit(username, "revoke", "ok", "", now)
+
+    def set_level(self, username: str, level: Level, now: float) -> None:
+        self.require(username)
+        with self.db.conn:
+            self.db["principals"].update(username, {"level": int(level)})
+            self._audit(username, "set-level", "ok", f"level={int(level)}", now)
+
+    # -- protocol transitions (each one transaction) --------------------------------------
+
+    def complete_registration(self, username: str, public_key: bytes, symmetric_key: bytes,
+                              token_hash: bytes, now: float) -> None:
+        """Burn the one-time ID and bind the keys and TOKEN_1 to the principal."""
+        with self.db.conn:
+            self.db["principals"].update(username, {
+                "one_time_id_hash": None, "one_time_id_expires": None,
+                "registered_at": now, "public_key": public_key, "symmetric_key": symmetric_key,
+                "token_hash": token_hash, "flagged": None,
+            })
+            self._audit(username, "register", "ok", "", now)
+
+    def rotate_token(self, username: str, old_hash: bytes, new_hash: bytes, port: int,
+                     address: str, login_digest: bytes, reply: bytes, now: float) -> None:
+        """TOKEN_n -> TOKEN_n+1, record the port and the reply for exact retransmissions."""
+        with self.db.conn:
+            self.db["retired_tokens"].insert(
+                {"token_hash": old_hash, "username": username, "retired_at": now}, replace=True)
+            self.db["principals"].update(username, {
+                "token_hash": new_hash, "port": port, "address": address,
+                "last_login_at": now, "last_login_digest": login_digest,
+                "last_login_reply": reply,
+            })
+            self._audit(username, "login", "ok", f"port={port}", now)
+
+    def flag(self, username: str, reason: str, now: float) -> None:
+        """Token reuse: void the current token so nobody (owner or thief) can log in."""
+        with self.db.conn:
+            self.db["principals"].update(username, {"flagged": reason, "token_hash": None})
+            self._audit(username, "login", "flagged", reason, now)
+
+    def audit(self, username: str | None, action: str, outcome: str, detail: str,
+              now: float) -> None:
+        with self.db.conn:
+            self._audit(username, action, outcome, detail, now)
+
+    def audit_many(self, rows: list[dict[str, Any]]) -> None:
+        """Write buffered audit rows in one transaction (hot paths buffer theirs)."""
+        if rows:
+            with self.db.conn:
+                self.db["audit"].insert_all(rows)
+
+    def _audit(self, username: str | None, action: str, outcome: str, detail: str,
+               now: float) -> None:
+        self.db["audit"].insert({"ts": now, "username": username, "action": action,
+                                 "outcome": outcome, "detail": detail})
+
+    def _free_username(self, name: str) -> str:
+        ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+        base = re.sub(r"[^a-z0-9]+", ".", ascii_name.lower()).strip(".")[:32] or "user"
+        username, n = base, 1
+        while self.get(username) is not None:
+            n += 1
+            username = f"{base}{n}"
+        return username

@@ -1,0 +1,208 @@
+"""``agora broker ...`` (run the broker) and ``agora admin ...`` (the operator's commands).
+
+Admin commands work on the broker's database directly, on the broker host: that is the
+face-to-face trust boundary (file permissions), and a running broker picks the changes up
+within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
+from broker.server import DEFAULT_ENDPOINT, BrokerServer, open_store
+from cli.common import (
+    DataDirOption,
+    JsonOption,
+    console,
+    default_data_dir,
+    fail,
+    print_json,
+    user_errors,
+)
+
+broker_app = typer.Typer(help="Run the broker.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Operator commands, run on the broker host: enroll, list, revoke, set-level, audit.",
+    no_args_is_help=True)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s", force=True)
+
+
+@broker_app.command("start")
+def start(
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+    bind: Annotated[str, typer.Option("--bind", envvar="AGORA_BROKER_BIND",
+                                      help="ZeroMQ endpoint to bind.")] = DEFAULT_ENDPOINT,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the broker until Ctrl-C or SIGTERM. Creates the data directory on first run."""
+    setup_logging(verbose)
+    with user_errors():
+        try:
+            server = BrokerServer(data_dir or default_data_dir(), bind)
+        except Exception as exc:  # zmq bind errors, unreadable key file...
+            raise fail(f"cannot start broker: {exc}") from None
+
+        def stop(signum: int, frame: object) -> None:
+            server.stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        # Printed on stdout so scripts (and the tests) can read the chosen endpoint.
+        print(f"agora broker ready at {server.endpoint} fingerprint {server.keys.fingerprint}",
+              flush=True)
+        try:
+            server.serve()
+        finally:
+            server.close()
+
+
+@admin_app.command("enroll")
+def enroll(
+    name: Annotated[str, typer.Option("--name", help="The collaborator's full name.")],
+    level: Annotated[str, typer.Option("--level", help="Security level, 1-5 or a name: "
+                                       "public, internal, confidential, secret, top-secret.")],
+    kind: Annotated[PrincipalKind, typer.Option("--kind", help="person, or service for a "
+                                                "worker or auctioneer process.")
+                    ] = PrincipalKind.PERSON,
+    ttl_hours: Annotated[float, typer.Option("--ttl-hours", help="Hours until the one-time "
+                                             "ID expires.")] = DEFAULT_ONE_TIME_ID_TTL / 3600,
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+    json_out: JsonOption = False,
+) -> None:
+    """Enroll a collaborator face to face: prints username, one-time ID and fingerprint.
+
+    Hand all three to the collaborator in person; they run `agora register` with them.
+    """
+    with user_errors():
+        try:
+            lvl = Level.parse(level)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        store, keys = open_store(data_dir or default_data_dir())
+        username, one_time_id = store.enroll(name, lvl, time.time(), kind, ttl_hours * 3600)
+        result = {"username": username, "one_time_id": one_time_id,
+                  "fingerprint": keys.fingerprint, "level": int(lvl),
+                  "expires_in_hours": ttl_hours}
+        if json_out:
+            print_json(result)  # the one place a one-time ID is printed: it is the hand-over
+            return
+        console.print(f"Enrolled [bold]{name}[/] as [bold cyan]{username}[/] "
+                      f"(level {int(lvl)}, {lvl.label})")
+        console.print(f"  one-time ID:        [bold]{one_time_id}[/] "
+                      f"(expires in {ttl_hours:g} h)")
+        console.print(f"  broker fingerprint: [bold]{keys.fingerprint}[/]")
+        console.print("Give these to the collaborator in person; they run [bold]agora "
+                      "register[/].")
+
+
+@admin_app.command("reenroll")
+def reenroll(
+    username: str,
+    ttl_hours: Annotated[float, typer.Option("--ttl-hours")] = DEFAULT_ONE_TIME_ID_TTL / 3600,
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+    json_out: JsonOption = False,
+) -> None:
+    """Issue a new one-time ID (lost device, or flagged after token reuse); old keys die."""
+    with user_errors():
+        store, keys = open_store(data_dir or default_data_dir())
+        one_time_id = store.reenroll(username, time.time(), ttl_hours * 3600)
+        result = {"username": username, "one_time_id": one_time_id,
+                  "fingerprint": keys.fingerprint}
+        if json_out:
+            print_json(result)
+        else:
+            console.print(f"{username}: new one-time ID [bold]{one_time_id}[/], broker "
+                          f"fingerprint [bold]{keys.fingerprint}[/]")
+
+
+def _state(row: dict) -> str:
+    if row["revoked_at"]:
+        return "revoked"
+    if row["flagged"]:
+        return f"FLAGGED: {row['flagged']}"
+    if row["registered_at"] is None:
+        return "enrolled"
+    return "registered"
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+@admin_app.command("list")
+def list_users(data_dir: DataDirOption = None,  # type: ignore[assignment]
+               json_out: JsonOption = False) -> None:
+    """List enrolled principals with level, state (flagged ones stand out) and last login."""
+    with user_errors():
+        store, _ = open_store(data_dir or default_data_dir())
+        rows = [{"username": r["username"], "name": r["name"], "kind": r["kind"],
+                 "level": r["level"], "state": _state(r), "flagged": r["flagged"],
+                 "port": r["port"], "last_login_at": r["last_login_at"]}
+                for r in store.principals()]
+        if json_out:
+            print_json(rows)
+            return
+        table = Table("username", "name", "kind", "level", "state", "last login", "port")
+        for r in rows:
+            style = "bold red" if r["flagged"] else ("dim" if r["state"] == "revoked" else "")
+            table.add_row(r["username"], r["name"], r["kind"],
+                          f"{r['level']} {Level(r['level']).label}", r["state"],
+                          _when(r["last_login_at"]), str(r["port"] or "-"), style=style)
+        console.print(table)
+
+
+@admin_app.command("revoke")
+def revoke(username: str, data_dir: DataDirOption = None) -> None:  # type: ignore[assignment]
+    """Revoke a collaborator: their sessions end and they can no longer log in."""
+    with user_errors():
+        store, _ = open_store(data_dir or default_data_dir())
+        store.revoke(username, time.time())
+        console.print(f"{username} revoked")
+
+
+@admin_app.command("set-level")
+def set_level(username: str, level: str,
+              data_dir: DataDirOption = None) -> None:  # type: ignore[assignment]
+    """Change a collaborator's security level (takes effect on their live sessions too)."""
+    with user_errors():
+        try:
+            lvl = Level.parse(level)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        store, _ = open_store(data_dir or default_data_dir())
+        store.set_level(username, lvl, time.time())
+        console.print(f"{username} is now level {int(lvl)} ({lvl.label})")
+
+
+@admin_app.command("audit")
+def audit(
+    username: Annotated[str | None, typer.Argument(help="Only this user's rows.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+    json_out: JsonOption = False,
+) -> None:
+    """Show the audit trail: who did what, and whether it was allowed (never arguments)."""
+    with user_errors():
+        store, _ = open_store(data_dir or default_data_dir())
+        rows = store.audit_rows(username, limit)
+        if json_out:
+            print_json(rows)
+            return
+        table = Table("time", "user", "action", "outcome", "detail")
+        for r in reversed(rows):
+            style = "red" if r["outcome"] not in ("ok",) else ""
+            table.add_row(_when(r["ts"]), r["username"] or "-", r["action"], r["outcome"],
+                          r["detail"] or "", style=style)
+        console.print(table)
