@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agora.protocol import Level
+from agora.crypto import b64, unb64
+from agora.errors import RemoteError
+from agora.protocol import ErrorCode, Level, PrincipalKind
+from agora.wire import field
 from broker.core import CallContext, Service
 
 
@@ -29,9 +32,48 @@ def echo(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def lookup(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Where a principal listens and which public key is theirs (peers, auctioneer key).
+
+    Read from SQLite: a look-up happens once per conversation, not per message.
+    """
+    username = field(args, "username", str)
+    row = ctx.core.store.get(username)
+    if row is None or row["public_key"] is None:
+        raise RemoteError(ErrorCode.UNKNOWN_USER, f"unknown user {username[:64]!r}")
+    if row["revoked_at"] or row["flagged"]:
+        raise RemoteError(ErrorCode.REVOKED, f"{username} is revoked")
+    live = sorted(ctx.core.sessions.of_user(username), key=lambda s: s.created)
+    return {
+        "username": username, "kind": row["kind"], "level": row["level"],
+        "public_key": b64(row["public_key"]), "online": bool(live),
+        "port": live[-1].port if live else None,
+        "address": live[-1].address if live else None,
+    }
+
+
+def key_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Which registered principal holds a public key (for services such as the auctioneer).
+
+    Only principals of kind "service" may ask: people have no business mapping keys.
+    """
+    if ctx.session.kind is not PrincipalKind.SERVICE:
+        raise RemoteError(ErrorCode.FORBIDDEN, "key_status is for service principals")
+    public_key = unb64(field(args, "public_key", str), 32)
+    row = ctx.core.store.by_public_key(public_key)
+    if row is None:
+        return {"registered": False}
+    return {"registered": True, "username": row["username"], "kind": row["kind"],
+            "level": row["level"], "revoked": bool(row["revoked_at"] or row["flagged"])}
+
+
 def builtin_services() -> dict[str, Service]:
     services = [
         Service("whoami", Level.PUBLIC, "who you are, your level and your session", whoami),
         Service("echo", Level.PUBLIC, "returns its arguments unchanged", echo),
+        Service("lookup", Level.PUBLIC, "a principal's public key and where they listen",
+                lookup),
+        Service("key_status", Level.PUBLIC, "who holds a public key (service principals "
+                "only)", key_status),
     ]
     return {s.name: s for s in services}
