@@ -296,6 +296,13 @@ class BrokerCore:
         if not 0 <= port <= 65535:
             raise ProtocolError("port out of range")
         token_hash = hash_secret(unb64(field(req, "token", str), 32))
+        if row["last_login_ts"] is not None and ts <= row["last_login_ts"]:
+            # Made before the last successful login (both times by the client's clock): a
+            # replay of a captured request (the nonce cache does not survive a restart), not
+            # a thief's fresh request. Without this, replaying an old login would lock the
+            # owner out as "reused".
+            raise self._refuse(username, "login", ErrorCode.REPLAYED,
+                               "login request is older than the last login", now)
         if not constant_time_equal(token_hash, row["token_hash"]):
             if self.store.is_retired_token(username, token_hash):
                 return self._token_reused(username, now)
@@ -311,7 +318,7 @@ class BrokerCore:
             "kind": row["kind"]}))
         try:
             self.store.rotate_token(username, row["token_hash"], hash_secret(next_token), port,
-                                    address, digest, answer, now)
+                                    address, digest, answer, ts, now)
         except Exception:
             self.sessions.end(session.sid)
             raise

@@ -56,6 +56,7 @@ class Store:
                 "one_time_id_hash": bytes, "one_time_id_expires": float,
                 "registered_at": float, "public_key": bytes, "symmetric_key": bytes,
                 "token_hash": bytes, "port": int, "address": str, "last_login_at": float,
+                "last_login_ts": float,
                 "last_login_digest": bytes, "last_login_reply": bytes,
                 "revoked_at": float, "flagged": str,
             },
@@ -170,14 +171,20 @@ class Store:
             self._audit(username, "register", "ok", "", now)
 
     def rotate_token(self, username: str, old_hash: bytes, new_hash: bytes, port: int,
-                     address: str, login_digest: bytes, reply: bytes, now: float) -> None:
-        """TOKEN_n -> TOKEN_n+1, record the port and the reply for exact retransmissions."""
+                     address: str, login_digest: bytes, reply: bytes, request_ts: float,
+                     now: float) -> None:
+        """TOKEN_n -> TOKEN_n+1, record the port and the reply for exact retransmissions.
+
+        ``request_ts`` is the login request's own timestamp (the client's clock), kept to
+        tell a replayed older request from a fresh one made with a stolen token.
+        """
         with self.db.conn:
             self.db["retired_tokens"].insert(
                 {"token_hash": old_hash, "username": username, "retired_at": now}, replace=True)
             self.db["principals"].update(username, {
                 "token_hash": new_hash, "port": port, "address": address,
-                "last_login_at": now, "last_login_digest": login_digest,
+                "last_login_at": now, "last_login_ts": request_ts,
+                "last_login_digest": login_digest,
                 "last_login_reply": reply,
             })
             self._audit(username, "login", "ok", f"port={port}", now)

@@ -1,0 +1,343 @@
+"""The broker's protocol engine, without sockets.
+
+An Agent is linked to a BrokerCore in memory (cf. h11's ConnectionPair): every request the
+agent makes is handed to ``core.handle`` with a clock the test controls, and every frame is
+recorded so a test can replay or mutate it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agents import Agent
+from agora.errors import RemoteError
+from agora.keyfile import KeyPair
+from agora.protocol import CLIENT_PROTOCOL, Command, ErrorCode, Level, Status
+from agora.wire import open_session_reply, parse_reply, request_frames
+from broker.core import BrokerCore
+from broker.services import builtin_services
+from broker.store import Store
+from tests.conftest import PASSWORD
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class InMemoryConnection:
+    """Stands in for agents.transport.BrokerConnection: no socket, just core.handle."""
+
+    def __init__(self, core: BrokerCore, clock: Clock) -> None:
+        self.core, self.clock = core, clock
+        self.identity = os.urandom(5)
+        self.sent: list[list[bytes]] = []
+
+    def request(self, frames: list[bytes]) -> list[bytes]:
+        self.sent.append(list(frames))
+        out = self.core.handle(self.identity, frames, self.clock.now)
+        assert len(out) == 1 and out[0][0] == self.identity
+        return out[0][1]
+
+    def close(self) -> None:
+        pass
+
+
+class CoreWorld:
+    def __init__(self, tmp_path, zctx) -> None:
+        self.tmp_path, self.zctx = tmp_path, zctx
+        self.clock = Clock()
+        self.store = Store(None)
+        self.keys = KeyPair.generate()
+        self.core = BrokerCore(self.store, self.keys, builtin_services())
+        self.agents: list[Agent] = []
+
+    def agent(self, name: str = "Ana Lima", level: int = 3, register: bool = True,
+              login: bool = True) -> Agent:
+        username, otid = self.store.enroll(name, Level(level), self.clock.now)
+        agent = Agent(self.tmp_path / username, context=self.zctx)
+        agent._conn = InMemoryConnection(self.core, self.clock)  # type: ignore[assignment]
+        agent.enrolled = (username, otid)  # type: ignore[attr-defined]
+        self.agents.append(agent)
+        if register:
+            agent.register(username, otid, self.keys.fingerprint, PASSWORD)
+            if login:
+                agent.login(PASSWORD)
+        return agent
+
+    def send(self, agent: Agent, frames: list[bytes]) -> list[bytes]:
+        return agent.connection.request(frames)
+
+    def audit_actions(self, username: str) -> list[tuple[str, str]]:
+        self.core.flush_audit(self.clock.now)
+        return [(r["action"], r["outcome"]) for r in self.store.audit_rows(username)]
+
+
+@pytest.fixture
+def world(tmp_path, zctx):
+    w = CoreWorld(tmp_path, zctx)
+    yield w
+    for agent in w.agents:
+        agent.close()
+
+
+@contextlib.contextmanager
+def refused(code: ErrorCode) -> Iterator[None]:
+    """Expect the broker to refuse with ``code``."""
+    with pytest.raises(RemoteError) as info:
+        yield
+    assert info.value.code is code, info.value
+
+
+# -- registration -------------------------------------------------------------------------
+
+def test_registration_burns_one_time_id_and_stores_only_hashes(world):
+    agent = world.agent(login=False)
+    row = world.store.get("ana.lima")
+    assert row["one_time_id_hash"] is None and row["registered_at"] is not None
+    assert row["token_hash"] != agent.credentials.token
+    assert row["public_key"] == bytes(agent.private_key.public_key)
+
+
+def test_unknown_user_is_refused_and_only_audited(world):
+    agent = world.agent(register=False)
+    before = world.store.principals()
+    with refused(ErrorCode.UNKNOWN_USER):
+        agent.register("nobody", "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE", world.keys.fingerprint,
+                       PASSWORD)
+    assert world.store.principals() == before
+    assert world.audit_actions("nobody") == [("register", "refused")]
+    assert not agent.file.exists()
+
+
+def test_wrong_one_time_id_is_refused_and_changes_nothing(world):
+    agent = world.agent(register=False)
+    before = world.store.get("ana.lima")
+    with refused(ErrorCode.BAD_ONE_TIME_ID):
+        agent.register("ana.lima", "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE", world.keys.fingerprint,
+                       PASSWORD)
+    assert world.store.get("ana.lima") == before
+
+
+def test_one_time_id_can_be_used_only_once(world):
+    agent = world.agent(login=False)
+    username, otid = agent.enrolled
+    again = world.agent("Other Machine", register=False)
+    with refused(ErrorCode.BAD_ONE_TIME_ID):
+        again.register(username, otid, world.keys.fingerprint, PASSWORD)
+
+
+def test_expired_one_time_id_is_refused(world):
+    username, otid = world.store.enroll("Old Invite", Level.PUBLIC,
+                                        world.clock.now - 73 * 3600, ttl=72 * 3600)
+    agent = world.agent(register=False)
+    with refused(ErrorCode.EXPIRED_ONE_TIME_ID):
+        agent.register(username, otid, world.keys.fingerprint, PASSWORD)
+    assert world.store.get(username)["registered_at"] is None
+
+
+def test_wrong_broker_fingerprint_is_refused_before_anything_is_sent(world):
+    agent = world.agent(register=False)
+    username, otid = agent.enrolled
+    with pytest.raises(Exception, match="fingerprint mismatch"):
+        agent.register(username, otid, "0000-0000-0000-0000-0000-0000-0000-0000", PASSWORD)
+    sent = [frames[1] for frames in agent.connection.sent]
+    assert sent == [Command.BROKER_KEY.value]  # the one-time ID never left the machine
+    assert world.store.get(username)["one_time_id_hash"] is not None
+
+
+def test_revoked_user_cannot_register(world):
+    agent = world.agent(register=False)
+    world.store.revoke("ana.lima", world.clock.now)
+    with refused(ErrorCode.REVOKED):
+        agent.register(*agent.enrolled, world.keys.fingerprint, PASSWORD)
+
+
+# -- login --------------------------------------------------------------------------------
+
+def test_revoked_user_cannot_log_in(world):
+    agent = world.agent(login=False)
+    world.store.revoke("ana.lima", world.clock.now)
+    with refused(ErrorCode.REVOKED):
+        agent.login(PASSWORD)
+
+
+def test_sixth_failure_within_a_minute_is_too_many_attempts(world):
+    agent = world.agent()
+    frames = request_frames(Command.LOGIN, b"ana.lima", os.urandom(80))  # undecryptable
+    for _ in range(5):
+        reply = world.send(agent, frames)
+        assert b"bad-credentials" in reply[3]
+    reply = world.send(agent, frames)
+    assert b"too-many-attempts" in reply[3]
+    world.clock.advance(61)
+    agent.login()  # the window has passed
+
+
+def test_login_retransmission_gets_same_reply_without_rotating_again(world):
+    agent = world.agent()
+    login = agent.connection.sent[-1]
+    token_hash = world.store.get("ana.lima")["token_hash"]
+    first = agent.connection.request(login)
+    second = agent.connection.request(login)
+    assert first == second and first[2] == Status.OK.value
+    assert world.store.get("ana.lima")["token_hash"] == token_hash
+
+
+def test_captured_login_replayed_after_window_is_stale(world):
+    agent = world.agent()
+    login = agent.connection.sent[-1]
+    world.clock.advance(121)
+    reply = world.send(agent, login)
+    assert b"stale" in reply[3]
+
+
+def test_older_captured_login_replayed_is_refused_without_flagging(world):
+    agent = world.agent()
+    captured = agent.connection.sent[-1]
+    agent.login()
+    world.core._seen_nonces = type(world.core._seen_nonces)(ttl=1)  # as after a restart
+    reply = world.send(agent, captured)
+    assert b"replayed" in reply[3]
+    assert not world.store.get("ana.lima")["flagged"]
+
+
+def test_reused_token_revokes_session_and_flags_user(world):
+    agent = world.agent()
+    stolen_token = agent.credentials.token
+    agent.login()  # owner rotates; the stolen copy is now an old token
+    thief = world.agent("Thief", login=False)
+    creds = thief.file.reload()
+    creds.username, creds.symmetric_key, creds.token = "ana.lima", \
+        agent.credentials.symmetric_key, stolen_token
+    thief.file.save(creds)
+    with refused(ErrorCode.TOKEN_REUSED):
+        thief.login()
+    assert world.store.get("ana.lima")["flagged"] == "token reuse detected"
+    assert world.core.sessions.of_user("ana.lima") == []
+    with refused(ErrorCode.FLAGGED):
+        agent.login()
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+def test_replayed_session_request_is_refused(world):
+    agent = world.agent()
+    agent.call("echo", {"n": 1})
+    first_call = agent.connection.sent[-1]
+    agent.call("echo", {"n": 2})
+    reply = world.send(agent, first_call)
+    with refused(ErrorCode.REPLAYED):
+        open_session_reply(agent.session.box, parse_reply(reply, Command.SESSION)[0], 1)
+
+
+def test_exact_retransmission_of_last_request_does_not_act_twice(world):
+    agent = world.agent()
+    agent.call("echo", {"n": 1})
+    counter = world.core.sessions.get(agent.session.sid).counter
+    last = agent.connection.sent[-1]
+    assert world.send(agent, last) == world.send(agent, last)
+    assert world.core.sessions.get(agent.session.sid).counter == counter
+
+
+def test_identity_comes_from_session_not_from_request(world):
+    agent = world.agent("Ana Lima", level=2)
+    world.agent("Bob Stone", level=5)
+    me = agent.call("whoami", {"username": "bob.stone", "level": 5})
+    assert (me["username"], me["level"]) == ("ana.lima", 2)
+
+
+def test_session_of_another_user_cannot_be_driven_without_its_key(world):
+    ana = world.agent("Ana Lima")
+    bob = world.agent("Bob Stone")
+    forged = request_frames(Command.SESSION, ana.session.sid, os.urandom(60))
+    reply = world.send(bob, forged)
+    assert reply[2] == Status.ERROR.value and b"bad-request" in reply[3]
+
+
+def test_idle_session_expires(world):
+    agent = world.agent()
+    world.clock.advance(31 * 60)
+    world.core.tick(world.clock.now)
+    assert world.core.sessions.get(agent.session.sid) is None
+
+
+def test_unknown_session_makes_agent_log_in_again(world):
+    agent = world.agent()
+    old = agent.session.sid
+    world.core.sessions.end(old)  # as after a broker restart
+    assert agent.whoami()["username"] == "ana.lima"
+    assert agent.session.sid != old
+
+
+def test_operator_level_change_applies_to_live_session(world):
+    agent = world.agent(level=2)
+    world.core.sessions.get(agent.session.sid)  # live
+    world.store.set_level("ana.lima", Level.SECRET, world.clock.now)
+    world.core.apply_store_changes()
+    assert agent.whoami()["level"] == 4
+
+
+def test_operator_revoke_ends_live_session(world):
+    agent = world.agent()
+    world.store.revoke("ana.lima", world.clock.now)
+    world.core.apply_store_changes()
+    with refused(ErrorCode.REVOKED):
+        agent.whoami()  # unknown session -> re-login -> revoked
+
+
+# -- malformed input ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b"garbage"],
+    [CLIENT_PROTOCOL],
+    [b"MDPC01", Command.LOGIN.value, b"x", b"y"],
+    [CLIENT_PROTOCOL, b"\x7f"],
+    [CLIENT_PROTOCOL, Command.LOGIN.value],
+    [CLIENT_PROTOCOL, Command.LOGIN.value, b"\xff\xfe", b"x"],
+    [CLIENT_PROTOCOL, Command.LOGIN.value, b"", b"x"],
+    [CLIENT_PROTOCOL, Command.REGISTER.value, b"short", b"x"],
+    [CLIENT_PROTOCOL, Command.REGISTER.value, bytes(32), os.urandom(100)],
+    [CLIENT_PROTOCOL, Command.SESSION.value, b"no-such-session!", b"x"],
+])
+def test_malformed_request_gets_error_reply(world, frames):
+    out = world.core.handle(b"id", frames, world.clock.now)
+    assert len(out) == 1
+    reply = out[0][1]
+    assert reply[0] == CLIENT_PROTOCOL and reply[2] == Status.ERROR.value
+
+
+def test_random_and_mutated_frames_never_break_the_core(world):
+    import random
+
+    agent = world.agent()
+    samples = [list(f) for f in agent.connection.sent]
+    rng = random.Random(1234)
+    for _ in range(500):
+        frames = [bytearray(f) for f in rng.choice(samples)]
+        for _ in range(rng.randint(1, 4)):
+            victim = rng.randrange(len(frames))
+            action = rng.random()
+            if action < 0.4 and frames[victim]:
+                pos = rng.randrange(len(frames[victim]))
+                frames[victim][pos] ^= 1 << rng.randrange(8)
+            elif action < 0.6:
+                frames[victim] = bytearray(os.urandom(rng.randint(0, 64)))
+            elif action < 0.8:
+                del frames[victim][rng.randint(0, len(frames[victim])):]
+            else:
+                frames.insert(victim, bytearray(os.urandom(rng.randint(0, 8))))
+        out = world.core.handle(b"fuzz", [bytes(f) for f in frames], world.clock.now)
+        assert all(reply[0] == CLIENT_PROTOCOL for _, reply in out)
+    world.clock.advance(61)  # let the rate limiter forget the fuzz failures
+    agent.login()
+    assert agent.whoami()["username"] == "ana.lima"
