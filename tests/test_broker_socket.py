@@ -1,0 +1,179 @@
+"""The broker behind its real ROUTER socket: bad traffic, restarts, operator changes, logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+
+import pytest
+import zmq
+
+from agents import Agent
+from agora.crypto import b64
+from agora.errors import BrokerUnreachable, MessageTooLarge, RemoteError
+from agora.protocol import CLIENT_PROTOCOL, MAX_MESSAGE_SIZE, Command, ErrorCode, Status
+from broker.server import BrokerServer
+from tests.conftest import PASSWORD
+
+
+def raw_dealer(zctx, endpoint: str) -> zmq.Socket:
+    sock = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 2000)
+    sock.connect(endpoint)
+    return sock
+
+
+def test_broker_survives_hundreds_of_random_and_mutated_frames(broker, zctx):
+    agent = broker.agent("Ana Lima")
+    rng = random.Random(99)
+    samples = [
+        [CLIENT_PROTOCOL, Command.LOGIN.value, b"ana.lima", os.urandom(90)],
+        [CLIENT_PROTOCOL, Command.SESSION.value, agent.session.sid, os.urandom(60)],
+        [CLIENT_PROTOCOL, Command.REGISTER.value, os.urandom(32), os.urandom(150)],
+        [CLIENT_PROTOCOL, Command.BROKER_KEY.value],
+    ]
+    sock = raw_dealer(zctx, broker.endpoint)
+    for _ in range(300):
+        frames = [bytearray(f) for f in rng.choice(samples)]
+        for _ in range(rng.randint(0, 3)):
+            i = rng.randrange(len(frames))
+            if frames[i]:
+                frames[i][rng.randrange(len(frames[i]))] ^= 0xFF
+            else:
+                frames[i] = bytearray(os.urandom(5))
+        if rng.random() < 0.3:
+            frames = [bytearray(os.urandom(rng.randint(0, 40))) for _ in range(rng.randint(1, 6))]
+        sock.send_multipart([b"", *map(bytes, frames)])
+    # Messages without the empty delimiter, and an empty message, are dropped silently.
+    sock.send_multipart([b"no delimiter"])
+    sock.send(b"")
+    sock.close(0)
+    # The agent's own session still works, and a fresh login too.
+    assert agent.whoami()["username"] == "ana.lima"
+    other = broker.agent("Bob Stone")
+    assert other.whoami()["username"] == "bob.stone"
+
+
+def test_oversized_message_is_dropped_and_broker_keeps_serving(broker, zctx):
+    agent = broker.agent("Ana Lima")
+    sock = raw_dealer(zctx, broker.endpoint)
+    sock.send_multipart([b"", CLIENT_PROTOCOL, Command.BROKER_KEY.value,
+                         bytes(MAX_MESSAGE_SIZE + 1)])
+    with pytest.raises(zmq.Again):
+        sock.recv_multipart()  # libzmq dropped the connection; no reply
+    sock.close(0)
+    assert agent.call("echo", {"still": "here"}) == {"still": "here"}
+
+
+def test_agent_refuses_to_send_oversized_request(broker):
+    agent = broker.agent("Ana Lima")
+    with pytest.raises(MessageTooLarge):
+        agent.call("echo", {"blob": "x" * MAX_MESSAGE_SIZE})
+
+
+def test_broker_error_reply_for_unknown_command_over_socket(broker, zctx):
+    sock = raw_dealer(zctx, broker.endpoint)
+    sock.send_multipart([b"", CLIENT_PROTOCOL, b"\x66"])
+    reply = sock.recv_multipart()
+    assert reply[:2] == [b"", CLIENT_PROTOCOL] and reply[3] == Status.ERROR.value
+    assert b"unknown command" in reply[4]
+    sock.close(0)
+
+
+def test_unreachable_broker_gives_clear_error_not_a_hang(tmp_path, zctx):
+    agent = Agent(tmp_path / "a", broker="tcp://127.0.0.1:9", context=zctx, timeout=0.2,
+                  retries=2)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnreachable, match=r"broker unreachable at tcp://127.0.0.1:9"):
+        agent.fetch_broker_key()
+    assert time.monotonic() - started < 10  # bounded (not a timing assertion on speed)
+    agent.close()
+
+
+def test_broker_restart_loses_nothing_and_agent_logs_in_again(broker, zctx):
+    agent = broker.agent("Ana Lima")
+    data_dir, endpoint = broker.data_dir, broker.endpoint
+    token_hash = broker.admin.get("ana.lima")["token_hash"]
+    broker.server.stop.set()
+    broker.thread.join(5)
+    broker.server.close()
+    # A new broker on the same data directory and address.
+    import threading
+
+    server = BrokerServer(data_dir, endpoint, zctx)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        assert broker.admin.get("ana.lima")["token_hash"] == token_hash
+        assert server.keys.fingerprint == broker.fingerprint
+        assert agent.whoami()["username"] == "ana.lima"  # unknown session -> logs in again
+    finally:
+        server.stop.set()
+        thread.join(5)
+        server.close()
+        broker.server = server  # so the fixture's teardown does not stop the old one twice
+
+
+def test_operator_revoke_refuses_live_session_at_once(broker):
+    agent = broker.agent("Ana Lima")
+    broker.admin.revoke("ana.lima", time.time())
+    broker.wait_for_store_sync()
+    with pytest.raises(RemoteError) as info:
+        agent.call("echo")
+    assert info.value.code is ErrorCode.REVOKED
+
+
+def test_operator_level_change_reaches_live_session(broker):
+    agent = broker.agent("Ana Lima", level=1)
+    broker.admin.set_level("ana.lima", 5, time.time())
+    broker.wait_for_store_sync()
+    assert agent.whoami()["level"] == 5
+
+
+def test_secrets_never_appear_in_broker_logs(broker, caplog):
+    caplog.set_level(logging.DEBUG)
+    username, otid = broker.enroll("Ana Lima")
+    agent = Agent(broker.data_dir.parent / "ana", broker=broker.endpoint,
+                  context=broker.context, timeout=2)
+    broker.agents.append(agent)
+    agent.register(username, otid, broker.fingerprint, PASSWORD)
+    agent.login(PASSWORD)
+    agent.call("echo", {"x": 1})
+    creds = agent.credentials
+    text = caplog.text
+    for secret in (otid, b64(creds.token), b64(creds.symmetric_key), b64(creds.private_key),
+                   PASSWORD, creds.token.hex(), creds.symmetric_key.hex()):
+        assert secret not in text
+    assert "login ana.lima ok" in text
+
+
+def test_two_agents_sharing_credentials_do_not_race_the_token(broker, zctx):
+    import threading
+
+    first = broker.agent("Ana Lima", login=False)
+    errors: list[BaseException] = []
+
+    def login_many(agent: Agent) -> None:
+        try:
+            for _ in range(4):
+                agent.login()
+                agent.whoami()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    agents = []
+    for _ in range(2):
+        a = Agent(first.home, broker=broker.endpoint, context=zctx, timeout=2)
+        a.unlock(PASSWORD)
+        agents.append(a)
+        broker.agents.append(a)
+    threads = [threading.Thread(target=login_many, args=(a,)) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert not broker.admin.get("ana.lima")["flagged"]

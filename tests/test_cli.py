@@ -1,0 +1,114 @@
+"""The operator and collaborator commands through Typer's CliRunner: exit codes and text."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cli.app import app
+from tests.conftest import PASSWORD
+
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env, catch_exceptions=False)
+
+
+def test_help_lists_command_groups():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for word in ("broker", "admin", "register", "login", "whoami"):
+        assert word in result.stdout
+
+
+def test_enroll_prints_username_one_time_id_and_fingerprint(tmp_path):
+    result = invoke("admin", "enroll", "--name", "Ana Lima", "--level", "confidential",
+                    "--data-dir", str(tmp_path), "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["username"] == "ana.lima" and data["level"] == 3
+    assert len(data["one_time_id"]) == 29 and len(data["fingerprint"]) == 39
+
+
+def test_enroll_with_unknown_level_fails_with_one_line(tmp_path):
+    result = invoke("admin", "enroll", "--name", "Ana", "--level", "ultra",
+                    "--data-dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: unknown level 'ultra': use 1-5 or a name"
+
+
+def test_revoke_unknown_user_fails_with_one_line(tmp_path):
+    result = invoke("admin", "revoke", "nobody", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: no such user: nobody"
+
+
+def test_admin_list_shows_state_and_level(tmp_path):
+    invoke("admin", "enroll", "--name", "Ana Lima", "--level", "2", "--data-dir", str(tmp_path))
+    invoke("admin", "enroll", "--name", "Bob Stone", "--level", "5", "--data-dir", str(tmp_path))
+    invoke("admin", "revoke", "bob.stone", "--data-dir", str(tmp_path))
+    invoke("admin", "set-level", "ana.lima", "4", "--data-dir", str(tmp_path))
+    rows = json.loads(invoke("admin", "list", "--data-dir", str(tmp_path), "--json").stdout)
+    assert [(r["username"], r["level"], r["state"]) for r in rows] == [
+        ("ana.lima", 4, "enrolled"), ("bob.stone", 5, "revoked")]
+
+
+def test_admin_list_json_holds_no_secrets(tmp_path):
+    invoke("admin", "enroll", "--name", "Ana Lima", "--level", "2", "--data-dir", str(tmp_path))
+    text = invoke("admin", "list", "--data-dir", str(tmp_path), "--json").stdout
+    for word in ("one_time_id", "token", "symmetric", "hash"):
+        assert word not in text
+
+
+def test_register_login_whoami_through_cli(broker, tmp_path):
+    username, otid = broker.enroll("Ana Lima", level=3)
+    env = {"AGORA_HOME": str(tmp_path / "ana"), "AGORA_PASSWORD": PASSWORD,
+           "AGORA_BROKER": broker.endpoint}
+    result = invoke("register", "--username", username, "--one-time-id", otid,
+                    "--fingerprint", broker.fingerprint, env=env)
+    assert result.exit_code == 0, result.stderr
+    assert "Registered as ana.lima" in result.stdout
+    result = invoke("login", "--json", env=env)
+    assert result.exit_code == 0 and json.loads(result.stdout)["username"] == "ana.lima"
+    me = json.loads(invoke("whoami", "--json", env=env).stdout)
+    assert (me["username"], me["level"]) == ("ana.lima", 3)
+    assert PASSWORD not in result.stdout
+
+
+def test_register_with_wrong_fingerprint_fails_and_writes_nothing(broker, tmp_path):
+    username, otid = broker.enroll("Ana Lima")
+    env = {"AGORA_HOME": str(tmp_path / "ana"), "AGORA_PASSWORD": PASSWORD,
+           "AGORA_BROKER": broker.endpoint}
+    result = invoke("register", "--username", username, "--one-time-id", otid,
+                    "--fingerprint", "1111-2222-3333-4444-5555-6666-7777-8888", env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: broker key fingerprint mismatch")
+    assert not (tmp_path / "ana" / "credentials.json").exists()
+
+
+def test_login_with_wrong_password_is_one_line_and_file_untouched(broker, tmp_path):
+    agent = broker.agent("Ana Lima", login=False)
+    before = agent.file.path.read_bytes()
+    env = {"AGORA_HOME": str(agent.home), "AGORA_PASSWORD": "wrong",
+           "AGORA_BROKER": broker.endpoint}
+    result = invoke("login", env=env)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: wrong password (credentials file left untouched)"
+    assert agent.file.path.read_bytes() == before
+
+
+def test_login_without_registration_says_what_to_do(tmp_path):
+    result = invoke("login", env={"AGORA_HOME": str(tmp_path), "AGORA_PASSWORD": "x"})
+    assert result.exit_code == 1
+    assert "run 'agora register' first" in result.stderr
+
+
+def test_unreachable_broker_is_one_line(tmp_path):
+    result = invoke("register", "--username", "a", "--one-time-id", "b", "--fingerprint", "c",
+                    "--timeout", "0.2",
+                    env={"AGORA_HOME": str(tmp_path), "AGORA_PASSWORD": "x",
+                         "AGORA_BROKER": "tcp://127.0.0.1:9"})
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: broker unreachable at tcp://127.0.0.1:9")
