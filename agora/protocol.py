@@ -65,7 +65,6 @@ class ErrorCode(str, Enum):
     UNKNOWN_USER = "unknown-user"
     BAD_ONE_TIME_ID = "bad-one-time-id"
     EXPIRED_ONE_TIME_ID = "expired-one-time-id"
-    ALREADY_REGISTERED = "already-registered"
     REVOKED = "revoked"
     FLAGGED = "flagged"
     BAD_CREDENTIALS = "bad-credentials"
