@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from cli import agent_cmd
@@ -26,6 +29,25 @@ app.add_typer(admin_app, name="admin")
 app.command("register")(agent_cmd.register)
 app.command("login")(agent_cmd.login)
 app.command("whoami")(agent_cmd.whoami)
+
+
+@app.command("demo")
+def demo(
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+    keep: Annotated[Path | None, typer.Option(
+        "--keep", help="Keep the demo's data (databases, credentials, logs) in this "
+        "directory instead of a temporary one.")] = None,
+) -> None:
+    """Run the whole system on this machine, step by step, and clean up after.
+
+    Starts a real broker on loopback with OS-chosen ports, enrolls, registers and logs in
+    three collaborators, and shows what agora refuses. Exits 0 only if every step did what
+    it should; otherwise names the step that failed.
+    """
+    from cli.demo import run_demo
+
+    if not run_demo(json_out, keep):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -10,13 +10,7 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +22,9 @@ from agents import Agent
 from agora.protocol import Level, PrincipalKind
 from broker.server import BrokerServer
 from broker.store import Store
+from cli.processes import AgoraProcess, agora_command, agora_env
+
+__all__ = ["AgoraProcess", "agora_command", "agora_env", "run_agora", "PASSWORD"]
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -91,86 +88,19 @@ def broker(tmp_path, zctx):
 
 # -- real processes ------------------------------------------------------------------------
 
-def agora_command() -> list[str]:
-    """The installed ``agora`` script beside this Python, else ``python -m cli``."""
-    script = Path(sys.executable).with_name("agora")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("agora")
-    return [found] if found and os.environ.get("VIRTUAL_ENV") else [sys.executable, "-m", "cli"]
-
-
-def agora_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["COLUMNS"] = "200"  # keep Rich from wrapping lines the tests read
-    env.update(extra)
-    return env
-
-
 def run_agora(*args: str, env: dict[str, str] | None = None, input: str | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a one-shot ``agora`` command, bounded by ``timeout``."""
     return subprocess.run([*agora_command(), *args], env=env or agora_env(), input=input,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-class Proc:
-    """A long-running ``agora`` process whose stdout lines are read in the background."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.args = args
-        self.popen = subprocess.Popen(
-            [*agora_command(), *args], env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr_lines: list[str] = []
-        threading.Thread(target=self._pump, args=(self.popen.stdout, self.lines.put),
-                         daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.popen.stderr, self.stderr_lines.append),
-                         daemon=True).start()
-
-    @staticmethod
-    def _pump(stream, sink) -> None:
-        for line in stream:
-            sink(line.rstrip("\n"))
-
-    def expect(self, pattern: str, timeout: float = 20) -> re.Match[str]:
-        """Wait for a stdout line matching ``pattern``; fail the test after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"{self.args[:2]}: no line matching {pattern!r} in {timeout}s; "
-                             f"stdout={seen[-10:]} stderr={self.stderr_lines[-10:]}")
-
-    def terminate(self, timeout: float = 10) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.popen.wait(5)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
-
-
 @pytest.fixture
 def procs():
-    started: list[Proc] = []
+    started: list[AgoraProcess] = []
 
-    def start(*args: str, env: dict[str, str]) -> Proc:
-        proc = Proc(list(args), env)
+    def start(*args: str, env: dict[str, str]) -> AgoraProcess:
+        proc = AgoraProcess(list(args), env)
         started.append(proc)
         return proc
 
