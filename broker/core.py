@@ -177,6 +177,7 @@ class BrokerCore:
 
     def _broker_key(self, identity: bytes, body: list[bytes], now: float, address: str,
                     ) -> list[bytes]:
+        log.info("broker key sent")
         return ok_reply(Command.BROKER_KEY, self.keys.public_key)
 
     def _refuse(self, username: str | None, action: str, code: ErrorCode, message: str,
@@ -194,10 +195,10 @@ class BrokerCore:
                                "too many failed attempts; wait a minute and try again", now,
                                count_failure=False)
 
-    def _check_fresh(self, ts: float, now: float) -> None:
+    def _check_fresh(self, username: str, action: str, ts: float, now: float) -> None:
         if abs(now - ts) > FRESHNESS_WINDOW:
-            raise RemoteError(ErrorCode.STALE, "request timestamp is too old or in the future "
-                              "(check the clock)")
+            raise self._refuse(username, action, ErrorCode.STALE, "request timestamp is too "
+                               "old or in the future (check the clock)", now)
 
     def _register(self, identity: bytes, body: list[bytes], now: float, address: str,
                   ) -> list[bytes]:
@@ -214,7 +215,7 @@ class BrokerCore:
         one_time_id = field(req, "one_time_id", str)
         symmetric_key = unb64(field(req, "symmetric_key", str), SecretBox.KEY_SIZE)
         self._check_rate(username, "register", now)
-        self._check_fresh(float(field(req, "ts", (int, float))), now)
+        self._check_fresh(username, "register", float(field(req, "ts", (int, float))), now)
         row = self.store.get(username)
         if row is None:
             raise self._refuse(username, "register", ErrorCode.UNKNOWN_USER,
@@ -276,6 +277,7 @@ class BrokerCore:
             # the reply is sealed under the symmetric key, so a replayer learns nothing, and
             # nothing changes. Outside the window it is plainly stale.
             if now - row["last_login_at"] <= FRESHNESS_WINDOW:
+                log.info("login %s retransmission answered again", username)
                 return ok_reply(Command.LOGIN, row["last_login_reply"])
             raise self._refuse(username, "login", ErrorCode.STALE, "login request is stale", now)
         box = SecretBox(row["symmetric_key"])
@@ -352,12 +354,16 @@ class BrokerCore:
             self.sessions.end(sid)
             session = None
         if session is None:
+            log.info("session request refused: unknown session")
             raise RemoteError(ErrorCode.UNKNOWN_SESSION, "no such session (log in again)")
         digest = hash_secret(sealed)
         if session.last_reply is not None and constant_time_equal(digest, session.last_digest):
+            log.info("retransmission from %s answered again", session.username)
             return session.last_reply  # exact retransmission: same answer, no new effect
         counter, op, args = open_session_request(session.box, sealed)
         if counter <= session.counter:
+            log.info("replayed request in session %s of %s refused", session.short_id,
+                     session.username)
             self.audit_later(session.username, "session", "replayed", now)
             return ok_reply(Command.SESSION, seal_session_reply(
                 session.box, counter, Status.ERROR,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from agents import Agent
-from agora.errors import RemoteError
+from agora.errors import BrokerUnreachable, RemoteError
 from agora.keyfile import KeyPair
 from agora.protocol import CLIENT_PROTOCOL, Command, ErrorCode, Level, Status
 from agora.wire import open_session_reply, parse_reply, request_frames
@@ -225,6 +225,27 @@ def test_reused_token_revokes_session_and_flags_user(world):
     assert world.core.sessions.of_user("ana.lima") == []
     with refused(ErrorCode.FLAGGED):
         agent.login()
+
+
+def test_login_whose_reply_was_lost_is_recovered_by_the_next_process(world):
+    agent = world.agent(login=False)
+
+    class LosesReply(InMemoryConnection):
+        def request(self, frames):
+            super().request(frames)  # the broker acts on it ...
+            raise BrokerUnreachable("broker unreachable (reply lost)")  # ... we never hear
+
+    agent._conn = LosesReply(world.core, world.clock)
+    with pytest.raises(BrokerUnreachable):
+        agent.login(PASSWORD)
+    # A new process of the same collaborator: same home, fresh Agent.
+    again = Agent(agent.home, context=world.zctx)
+    again._conn = InMemoryConnection(world.core, world.clock)
+    world.agents.append(again)
+    info = again.login(PASSWORD)
+    assert info.username == "ana.lima" and not world.store.get("ana.lima")["flagged"]
+    assert again.file.reload().pending_login is None
+    assert world.store.get("ana.lima")["port"] == info.port  # logged in once more
 
 
 # -- sessions -----------------------------------------------------------------------------
