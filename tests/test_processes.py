@@ -23,6 +23,17 @@ def enroll(data_dir, name, level="3"):
     return json.loads(result.stdout)
 
 
+def registered_env(tmp_path, data_dir, endpoint, fingerprint):
+    """Enroll Ana and register her through the CLI; the environment of her commands."""
+    enrolled = enroll(data_dir, "Ana Lima")
+    env = agora_env(AGORA_HOME=str(tmp_path / "ana"), AGORA_PASSWORD=PASSWORD,
+                    AGORA_BROKER=endpoint)
+    result = run_agora("register", "--username", enrolled["username"], "--one-time-id",
+                       enrolled["one_time_id"], "--fingerprint", fingerprint, env=env)
+    assert result.returncode == 0, result.stderr
+    return env
+
+
 def test_broker_process_register_login_and_sigterm(procs, tmp_path):
     data_dir = tmp_path / "broker"
     broker, endpoint, fingerprint = start_broker(procs, data_dir)
@@ -48,12 +59,7 @@ def test_broker_process_register_login_and_sigterm(procs, tmp_path):
 def test_broker_killed_minus_nine_loses_nothing(procs, tmp_path):
     data_dir = tmp_path / "broker"
     broker, endpoint, fingerprint = start_broker(procs, data_dir)
-    enrolled = enroll(data_dir, "Ana Lima")
-    env = agora_env(AGORA_HOME=str(tmp_path / "ana"), AGORA_PASSWORD=PASSWORD,
-                    AGORA_BROKER=endpoint)
-    assert run_agora("register", "--username", enrolled["username"], "--one-time-id",
-                     enrolled["one_time_id"], "--fingerprint", fingerprint,
-                     env=env).returncode == 0
+    env = registered_env(tmp_path, data_dir, endpoint, fingerprint)
     assert run_agora("login", env=env).returncode == 0
     os.killpg(broker.popen.pid, signal.SIGKILL)
     broker.popen.wait(5)
@@ -76,12 +82,7 @@ def test_concurrent_commands_of_one_collaborator_do_not_corrupt_credentials(proc
 
     data_dir = tmp_path / "broker"
     _, endpoint, fingerprint = start_broker(procs, data_dir)
-    enrolled = enroll(data_dir, "Ana Lima")
-    env = agora_env(AGORA_HOME=str(tmp_path / "ana"), AGORA_PASSWORD=PASSWORD,
-                    AGORA_BROKER=endpoint)
-    assert run_agora("register", "--username", enrolled["username"], "--one-time-id",
-                     enrolled["one_time_id"], "--fingerprint", fingerprint,
-                     env=env).returncode == 0
+    env = registered_env(tmp_path, data_dir, endpoint, fingerprint)
     running = [subprocess.Popen([*agora_command(), "whoami", "--json"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(4)]
