@@ -30,6 +30,7 @@ from agora.errors import LocalError
 log = logging.getLogger("agora.auctioneer")
 
 MAX_ITEM_FILE = 64 * 1024
+MIN_DURATION = 0.1  # short items are for demos and tests
 MAX_DURATION = 7 * 24 * 3600
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -88,8 +89,9 @@ def parse_item(data: bytes) -> Item:
         raise LocalError("description must be a string of at most 4000 characters")
     duration = doc.get("duration")
     if isinstance(duration, bool) or not isinstance(duration, int | float) \
-            or not 1 <= duration <= MAX_DURATION:
-        raise LocalError(f"duration must be a number of seconds between 1 and {MAX_DURATION}")
+            or not MIN_DURATION <= duration <= MAX_DURATION:
+        raise LocalError(f"duration must be a number of seconds between {MIN_DURATION} and "
+                         f"{MAX_DURATION}")
     start = _money(doc, "starting_price")
     increment = _money(doc, "min_increment")
     reserve = _money(doc, "reserve_price", required=False)

@@ -9,6 +9,7 @@ without an fsync per bid.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ from auctioneer.items import Item
 
 class AuctionStore:
     def __init__(self, path: Path | None) -> None:
-        self.db = sqlite_utils.Database(path) if path else sqlite_utils.Database(memory=True)
+        # Opened by the thread that builds the server, used by the one that serves it (one
+        # at a time), hence check_same_thread=False.
+        self.db = sqlite_utils.Database(
+            sqlite3.connect(path or ":memory:", check_same_thread=False))
         if path:
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
         self._create_tables()
 
