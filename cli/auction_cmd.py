@@ -78,7 +78,9 @@ def start(
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", envvar="AGORA_AUCTION_DIR", help="Auction database and signing key. "
         "[env: AGORA_AUCTION_DIR]", show_default=False)] = None,
-    bind: EndpointOption = DEFAULT_AUCTION_ENDPOINT,
+    bind: Annotated[str, typer.Option("--bind", envvar="AGORA_AUCTION", help="Endpoint to "
+                                      "bind for joins and bids. [env: AGORA_AUCTION]")
+                    ] = DEFAULT_AUCTION_ENDPOINT,
     pub: Annotated[str, typer.Option("--pub", envvar="AGORA_AUCTION_PUB",
                                      help="PUB mirror endpoint to bind.")] = DEFAULT_AUCTION_PUB,
     group: Annotated[str, typer.Option("--group", envvar="AGORA_MULTICAST_GROUP",
