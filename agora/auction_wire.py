@@ -73,7 +73,9 @@ def parse_money(value: Any, name: str = "amount") -> int:
             amount = Decimal(value.strip())
         except InvalidOperation:
             raise LocalError(f"{name} {value[:20]!r} is not an amount like \"12.50\"") from None
-        if not amount.is_finite() or amount != amount.quantize(Decimal("0.01")):
+        if not amount.is_finite() or not 0 <= amount <= MAX_CENTS // 100:
+            raise LocalError(f"{name} must be between 0 and {MAX_CENTS // 100}")
+        if amount != amount.quantize(Decimal("0.01")):
             raise LocalError(f"{name} {value[:20]!r} must have at most two decimals")
         cents = int(amount * 100)
     else:
