@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from agora.auction_wire import open_event, open_rekey, verify_datagram
+from agora.auction_wire import open_event, open_rekey, peek_datagram, verify_datagram
 from agora.crypto import Box, PrivateKey, PublicKey, SecretBox, VerifyKey, unb64
 from agora.errors import ProtocolError
 from agora.protocol import EnvelopeType, Event
@@ -73,6 +73,11 @@ class AuctionView:
     # -- input ----------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> Feed:
+        header = peek_datagram(data)
+        if header is not None and header <= (self.epoch, self.last_seq):
+            # Already seen (the other path's copy) or older: dropping it unverified is safe,
+            # and halves the signature checks, since every datagram arrives twice.
+            return Feed()
         try:
             dgram = verify_datagram(data, self.verify_key)
         except ProtocolError as exc:

@@ -172,6 +172,15 @@ def sign_datagram(signing_key: SigningKey, type_: EnvelopeType, epoch: int, seq:
     return data
 
 
+def peek_datagram(data: bytes) -> tuple[int, int] | None:
+    """``(epoch, seq)`` from an announcement's header, *unverified*: only good for dropping
+    a duplicate cheaply; anything acted on must go through :func:`verify_datagram`."""
+    if len(data) < HEADER_SIZE or not data.startswith(ANNOUNCEMENT_MAGIC):
+        return None
+    _, _, epoch, seq = _HEAD.unpack_from(data)
+    return epoch, seq
+
+
 def verify_datagram(data: bytes, verify_key: VerifyKey) -> Datagram:
     """Check size, magic and the auctioneer's signature; ProtocolError if any fails."""
     if len(data) > MAX_DATAGRAM:
@@ -238,7 +247,7 @@ def open_rekey(datagram: Datagram, box: Box, public_key: bytes) -> bytes | None:
 
 __all__ = [
     "Datagram", "HEADER_SIZE", "MAX_CENTS", "format_money", "open_event", "open_rekey",
-    "open_reply", "parse_money", "parse_request", "plain_error", "rekey_datagram",
+    "open_reply", "parse_money", "parse_request", "peek_datagram", "plain_error", "rekey_datagram",
     "reply_frames", "request_frames", "seal_event", "sealed_reply", "sign_datagram",
     "verify_datagram",
 ]
