@@ -341,3 +341,26 @@ def test_malformed_snapshot_is_a_protocol_error():
     view = h.view(h.bidder("ana"))
     with pytest.raises(ProtocolError):
         view.apply_snapshot({"epoch": 1})
+
+
+def test_watch_screen_shows_item_best_bid_time_left_and_winner():
+    from rich.console import Console
+
+    from cli.auction_cmd import render
+
+    h = Harness()
+    h.core.open_item(item(duration=30), "lamp.json", T0)
+    ana = h.bidder("ana")
+    view = h.view(ana)
+    h.bid(ana, 1250, now=T0 + 1)
+    for datagram in h.core.take_outbox():
+        view.feed(datagram)
+    console = Console(record=True, width=100)
+    console.print(render(view, T0 + 10))
+    screen = console.export_text()
+    assert "The lamp" in screen and "12.50 by ana" in screen and "20s left" in screen
+    h.core.tick(T0 + 30)
+    for datagram in h.core.take_outbox():
+        view.feed(datagram)
+    console.print(render(view, T0 + 31))
+    assert "lamp: sold to ana for 12.50" in console.export_text()
