@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agora.auction_wire import (
+    MAX_CENTS,
     format_money,
     parse_request,
     plain_error,
@@ -380,6 +381,8 @@ class AuctioneerCore:
         member = self._member(public_key)
         item_id = wire_field(body, "item", str)
         amount = wire_field(body, "amount", int)
+        if not 0 < amount <= MAX_CENTS:
+            raise ProtocolError(f"amount must be between 1 and {MAX_CENTS} cents")
         lot = self.lot
         if lot is None:
             raise RemoteError(ErrorCode.AUCTION_CLOSED, "no auction is open")

@@ -24,6 +24,7 @@ from pathlib import Path
 import zmq
 
 from agents.agent import Agent
+from agora.auction_wire import plain_error
 from agora.crypto import PrivateKey, b64
 from agora.errors import AgoraError, RemoteError
 from agora.files import private_dir
@@ -49,6 +50,8 @@ log = logging.getLogger("agora.auctioneer")
 POLL_MS = 100
 #: How often an idle auctioneer looks for new item files.
 SCAN_INTERVAL = 0.5
+#: An item file changed this recently may still be being written; wait for it.
+SETTLE_TIME = 0.3
 
 
 class BrokerRegistry:
@@ -177,7 +180,11 @@ class AuctioneerServer:
         if len(frames) < 3 or frames[1] != b"":
             log.info("dropped a message without a routing envelope")
             return
-        reply = self.core.handle(frames[2:], time.time())
+        try:
+            reply = self.core.handle(frames[2:], time.time())
+        except Exception:  # a bug must cost one request, not the auction
+            log.exception("internal error while handling a request")
+            reply = plain_error(None, ErrorCode.INTERNAL, "internal error; try again")
         self._flush()  # announce a bid as soon as it is stored
         try:
             self.socket.send_multipart([frames[0], b"", *reply])
@@ -186,6 +193,11 @@ class AuctioneerServer:
 
     def _open_next(self, now: float) -> None:
         for path in self.folder.pending():
+            try:
+                if now - path.stat().st_mtime < SETTLE_TIME:
+                    return  # still being written, perhaps: look again at the next scan
+            except OSError:
+                continue
             try:
                 self.core.open_item(self.folder.read(path), path.name, now)
                 return

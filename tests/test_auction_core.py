@@ -123,6 +123,7 @@ def test_malformed_bid_is_refused_and_nothing_stored():
     ana = h.bidder("ana")
     h.join(ana)
     for body in ({"item": "lamp"}, {"item": "lamp", "amount": 12.5},
+                 {"item": "lamp", "amount": 10**30}, {"item": "lamp", "amount": -5},
                  {"item": "lamp", "amount": "1200"}, {"amount": 1200}):
         err = refused(h.ask, ana, AuctionCommand.BID, body)
         assert err.code is ErrorCode.BAD_REQUEST
