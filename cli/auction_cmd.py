@@ -256,7 +256,7 @@ def render(view: AuctionView, now: float) -> Panel:
         parts.append(f"best bid: [bold green]{_money_text(best['amount'])}[/] by "
                      f"{best['bidder']}" if best else
                      f"no bids yet; starting at {_money_text(view.item['start_cents'])}")
-        if view.minimum is not None:
+        if view.minimum is not None and view.status != "closed":
             parts.append(f"next bid at least {_money_text(view.minimum)}")
         table = Table("time", "bidder", "amount", box=None)
         for b in list(view.bids)[:5]:
