@@ -43,6 +43,10 @@ class BrokerUnreachable(AgoraError):
     """No answer from the broker within the timeout, after retries."""
 
 
+class AuctioneerUnreachable(AgoraError):
+    """No answer from the auctioneer within the timeout, after retries."""
+
+
 class PeerError(AgoraError):
     """A peer-to-peer conversation failed (no answer, refused, bad key)."""
 

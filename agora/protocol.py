@@ -80,6 +80,9 @@ class ErrorCode(str, Enum):
     TIMEOUT = "timeout"
     OFFLINE = "offline"
     INTERNAL = "internal"
+    NOT_JOINED = "not-joined"  # auction: a bid or snapshot from a key that has not joined
+    BID_TOO_LOW = "bid-too-low"
+    AUCTION_CLOSED = "auction-closed"  # no item open, or not the item the bid names
 
 
 class Level(IntEnum):
@@ -112,3 +115,54 @@ class PrincipalKind(str, Enum):
 
     PERSON = "person"
     SERVICE = "service"
+
+
+# -- auction (docs/PROTOCOL.md section 6) ---------------------------------------------------
+
+#: First frame of every bidder <-> auctioneer message on the auctioneer's ROUTER socket.
+AUCTION_PROTOCOL = b"AGORA01A"
+#: First bytes of every announcement datagram (UDP multicast and the PUB mirror alike).
+ANNOUNCEMENT_MAGIC = b"AGORA01M"
+#: Largest announcement datagram; bigger ones are never sent and dropped on receipt.
+MAX_DATAGRAM = 60_000
+DEFAULT_MULTICAST_GROUP = "239.255.42.42"
+DEFAULT_MULTICAST_PORT = 5562
+DEFAULT_MULTICAST_INTERFACE = "127.0.0.1"
+#: TTL 0: host-local. Raise it (with a LAN interface) only for a real LAN auction.
+DEFAULT_MULTICAST_TTL = 0
+DEFAULT_AUCTION_ENDPOINT = "tcp://127.0.0.1:5560"
+DEFAULT_AUCTION_PUB = "tcp://127.0.0.1:5561"
+#: A bid accepted this close to the end pushes the end back by as much (soft close).
+DEFAULT_SOFT_CLOSE = 10.0
+#: Seconds between heartbeats: they let listeners notice a lost tail of announcements.
+HEARTBEAT_INTERVAL = 1.0
+#: Seconds between checks with the broker that every member's key is still good.
+MEMBER_CHECK_INTERVAL = 2.0
+
+
+class AuctionCommand(bytes, Enum):
+    """Second frame of a bidder -> auctioneer request."""
+
+    JOIN = b"\x01"  # public key in clear + Box(bidder, auctioneer) proof -> group secrets
+    BID = b"\x02"  # Box-sealed bid from a joined key
+    SNAPSHOT = b"\x03"  # Box-sealed: current state, epoch and group key ("Clone" pattern)
+    RESULTS = b"\x04"  # Box-sealed: past items with winners and prices
+
+
+class EnvelopeType(IntEnum):
+    """How an announcement's payload is protected (both kinds are signed)."""
+
+    SEALED = 1  # SecretBox under the epoch's group key
+    REKEY = 2  # JSON: the new group key boxed to each remaining member
+
+
+class Event(str, Enum):
+    """The ``kind`` of an announcement."""
+
+    REKEY = "rekey"
+    OPENED = "opened"
+    BID = "bid"
+    EXTENDED = "extended"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    HEARTBEAT = "heartbeat"

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cli import agent_cmd
+from cli.auction_cmd import auction_app, auctioneer_app
 from cli.broker_cmd import admin_app, broker_app
 
 app = typer.Typer(
@@ -29,6 +30,8 @@ app.add_typer(admin_app, name="admin")
 app.command("register")(agent_cmd.register)
 app.command("login")(agent_cmd.login)
 app.command("whoami")(agent_cmd.whoami)
+app.add_typer(auctioneer_app, name="auctioneer")
+app.add_typer(auction_app, name="auction")
 
 
 @app.command("demo")

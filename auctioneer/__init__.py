@@ -1,0 +1,1 @@
+"""The auctioneer: items from a folder, secure join, signed announcements over multicast."""

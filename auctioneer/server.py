@@ -1,0 +1,214 @@
+"""The auctioneer's sockets: a thin shell around :class:`auctioneer.core.AuctioneerCore`.
+
+Two threads, as the seed asks:
+
+- the **join service** (:meth:`AuctioneerServer.serve`): the ROUTER socket for JOIN, BID,
+  SNAPSHOT and RESULTS, the clock (``core.tick``) and the items folder;
+- the **publisher** (:class:`Publisher`): sends every announcement datagram on UDP
+  multicast and, byte for byte, on the ZeroMQ PUB mirror.
+
+They share nothing but a queue of already signed datagrams. The auctioneer is a service
+principal of the broker: its logged-in :class:`~agents.agent.Agent` asks the broker's
+``key_status`` whether a joining key is registered and not revoked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from agents.agent import Agent
+from agora.auction_wire import plain_error
+from agora.crypto import PrivateKey, b64
+from agora.errors import AgoraError, RemoteError
+from agora.files import private_dir
+from agora.keyfile import load_or_create
+from agora.multicast import check_group, open_sender, send_datagram
+from agora.protocol import (
+    DEFAULT_AUCTION_ENDPOINT,
+    DEFAULT_AUCTION_PUB,
+    DEFAULT_MULTICAST_GROUP,
+    DEFAULT_MULTICAST_INTERFACE,
+    DEFAULT_MULTICAST_PORT,
+    DEFAULT_MULTICAST_TTL,
+    DEFAULT_SOFT_CLOSE,
+    MAX_MESSAGE_SIZE,
+    ErrorCode,
+)
+from auctioneer.core import AuctionConfig, AuctioneerCore, KeyStatus
+from auctioneer.items import ItemFolder
+from auctioneer.store import AuctionStore
+
+log = logging.getLogger("agora.auctioneer")
+
+POLL_MS = 100
+#: How often an idle auctioneer looks for new item files.
+SCAN_INTERVAL = 0.5
+#: An item file changed this recently may still be being written; wait for it.
+SETTLE_TIME = 0.3
+
+
+class BrokerRegistry:
+    """``key_status`` through the auctioneer's own broker session."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def __call__(self, public_key: bytes) -> KeyStatus:
+        try:
+            answer = self.agent.call("key_status", {"public_key": b64(public_key)})
+        except RemoteError as exc:
+            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, exc.message) from None
+        return KeyStatus(bool(answer.get("registered")), answer.get("username"),
+                         bool(answer.get("revoked")))
+
+
+class Publisher:
+    """Sends queued datagrams on multicast and the PUB mirror until ``stop`` is set."""
+
+    def __init__(self, context: zmq.Context, pub_bind: str, group: str, port: int,
+                 interface: str = DEFAULT_MULTICAST_INTERFACE,
+                 ttl: int = DEFAULT_MULTICAST_TTL) -> None:
+        self.group, self.port = check_group(group), port
+        self.udp = open_sender(interface, ttl)
+        self.pub = context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 10_000)
+        self.pub.bind(pub_bind)
+        self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.queue: queue.Queue[bytes] = queue.Queue()
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def publish(self, datagram: bytes) -> None:
+        send_datagram(self.udp, datagram, self.group, self.port)
+        try:
+            self.pub.send(datagram, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # PUB drops at the high-water mark; log and go on
+            log.warning("PUB mirror send failed: %s", exc.strerror)
+        self.sent += 1
+
+    def serve(self) -> None:
+        # Drains the queue before stopping, so a CLOSED announcement is not lost at exit.
+        while not (self.stop.is_set() and self.queue.empty()):
+            try:
+                self.publish(self.queue.get(timeout=POLL_MS / 1000))
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        self.pub.close(0)
+        self.udp.close()
+
+
+class AuctioneerServer:
+    """Owns the sockets, the store and the core. ``serve()`` runs until ``stop`` is set.
+
+    ``agent`` must be logged in (a service principal); its registered Curve25519 key is the
+    auctioneer's, which bidders learn from the broker's ``lookup``.
+    """
+
+    def __init__(self, agent: Agent, items_dir: Path, data_dir: Path,
+                 endpoint: str = DEFAULT_AUCTION_ENDPOINT, pub: str = DEFAULT_AUCTION_PUB,
+                 group: str = DEFAULT_MULTICAST_GROUP, port: int = DEFAULT_MULTICAST_PORT,
+                 interface: str = DEFAULT_MULTICAST_INTERFACE, ttl: int = DEFAULT_MULTICAST_TTL,
+                 soft_close: float = DEFAULT_SOFT_CLOSE, pause: float = 1.0,
+                 context: zmq.Context | None = None) -> None:
+        self.context = context or zmq.Context.instance()
+        self.folder = ItemFolder(items_dir)
+        data_dir = private_dir(Path(data_dir))
+        self.store = AuctionStore(data_dir / "auction.db")
+        for path in data_dir.glob("auction.db*"):
+            os.chmod(path, 0o600)
+        # The Ed25519 signing key is the auctioneer's own; bidders get its verify key inside
+        # the Box-authenticated join answer.
+        self.signing_key = load_or_create(data_dir / "auctioneer.key").signing_key
+        self.publisher = Publisher(self.context, pub, group, port, interface, ttl)
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+        self.socket.setsockopt(zmq.SNDTIMEO, 1000)
+        self.socket.bind(endpoint)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        config = AuctionConfig(group, port, self.publisher.endpoint, soft_close)
+        self.core = AuctioneerCore(PrivateKey(agent.credentials.private_key),
+                                   self.signing_key, self.store, BrokerRegistry(agent),
+                                   config, time.time())
+        self.pause = pause
+        self.stop = threading.Event()
+        self._next_scan = 0.0
+
+    def serve(self) -> None:
+        log.info("auctioneer listening on %s, announcing on %s:%d and %s",
+                 self.endpoint, self.core.config.group, self.core.config.port,
+                 self.publisher.endpoint)
+        thread = threading.Thread(target=self.publisher.serve, name="publisher", daemon=True)
+        thread.start()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        try:
+            while not self.stop.is_set():
+                if poller.poll(POLL_MS):
+                    for _ in range(1000):  # drain, bounded so the clock still runs
+                        try:
+                            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._dispatch(frames)
+                now = time.time()
+                for name in self.core.tick(now):
+                    self.folder.finish(name)
+                    self._next_scan = now + self.pause
+                if self.core.idle and now >= self._next_scan:
+                    self._next_scan = now + SCAN_INTERVAL
+                    self._open_next(now)
+                self._flush()
+        finally:
+            self._flush()
+            self.publisher.stop.set()
+            thread.join(timeout=5)
+            log.info("auctioneer stopped")
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        # [identity, empty, body...] from a REQ socket.
+        if len(frames) < 3 or frames[1] != b"":
+            log.info("dropped a message without a routing envelope")
+            return
+        try:
+            reply = self.core.handle(frames[2:], time.time())
+        except Exception:  # a bug must cost one request, not the auction
+            log.exception("internal error while handling a request")
+            reply = plain_error(None, ErrorCode.INTERNAL, "internal error; try again")
+        self._flush()  # announce a bid as soon as it is stored
+        try:
+            self.socket.send_multipart([frames[0], b"", *reply])
+        except zmq.ZMQError as exc:
+            log.info("could not send reply: %s", exc.strerror)
+
+    def _open_next(self, now: float) -> None:
+        for path in self.folder.pending():
+            try:
+                if now - path.stat().st_mtime < SETTLE_TIME:
+                    return  # still being written, perhaps: look again at the next scan
+            except OSError:
+                continue
+            try:
+                self.core.open_item(self.folder.read(path), path.name, now)
+                return
+            except AgoraError as exc:
+                self.folder.reject(path, str(exc))
+
+    def _flush(self) -> None:
+        for datagram in self.core.take_outbox():
+            self.publisher.queue.put(datagram)
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.publisher.close()
+        self.store.close()

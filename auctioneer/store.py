@@ -1,0 +1,131 @@
+"""The auctioneer's SQLite file: items and their outcome, bids, members, the epoch counter.
+
+Nothing secret is stored: group keys live in memory only (a restart simply starts a new
+epoch). Each write commits before it returns, so a bid the auctioneer has acknowledged
+survives ``kill -9``; WAL with ``synchronous=NORMAL`` keeps that true for a process crash
+without an fsync per bid.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from auctioneer.items import Item
+
+
+class AuctionStore:
+    def __init__(self, path: Path | None) -> None:
+        # Opened by the thread that builds the server, used by the one that serves it (one
+        # at a time), hence check_same_thread=False.
+        self.db = sqlite_utils.Database(
+            sqlite3.connect(path or ":memory:", check_same_thread=False))
+        if path:
+            self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        if "items" not in self.db.table_names():
+            self.db["items"].create({
+                "id": str, "file": str, "item": str, "state": str, "opened_at": float,
+                "closes_at": float, "closed_at": float, "winner": str, "price_cents": int,
+            }, pk="id")
+        if "bids" not in self.db.table_names():
+            self.db["bids"].create({
+                "id": int, "item_id": str, "amount_cents": int, "username": str,
+                "public_key": bytes, "ts": float,
+            }, pk="id", foreign_keys=[("item_id", "items", "id")])
+            self.db["bids"].create_index(["item_id"])
+        if "members" not in self.db.table_names():
+            self.db["members"].create({"public_key": bytes, "username": str,
+                                       "joined_at": float}, pk="public_key")
+        if "meta" not in self.db.table_names():
+            self.db["meta"].create({"key": str, "value": int}, pk="key")
+
+    # -- items ----------------------------------------------------------------------------
+
+    def known_item(self, item_id: str) -> bool:
+        return bool(self.db.execute("SELECT 1 FROM items WHERE id = ?", [item_id]).fetchone())
+
+    def open_item(self, item: Item, file: str, now: float, closes_at: float) -> None:
+        with self.db.conn:
+            self.db["items"].insert({"id": item.id, "file": file,
+                                     "item": _json(item.to_dict()), "state": "open",
+                                     "opened_at": now, "closes_at": closes_at})
+
+    def open_items(self) -> list[dict[str, Any]]:
+        return list(self.db["items"].rows_where("state = 'open'", order_by="opened_at"))
+
+    def set_closes_at(self, item_id: str, closes_at: float) -> None:
+        with self.db.conn:
+            self.db["items"].update(item_id, {"closes_at": closes_at})
+
+    def close_item(self, item_id: str, sold: bool, winner: str | None, price: int | None,
+                   now: float) -> None:
+        with self.db.conn:
+            self.db["items"].update(item_id, {"state": "sold" if sold else "unsold",
+                                              "closed_at": now, "winner": winner,
+                                              "price_cents": price})
+
+    def results(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.db["items"].rows_where("state != 'open'", order_by="closed_at desc",
+                                           limit=limit)
+        out = []
+        for r in rows:
+            item = Item.from_dict(_unjson(r["item"]))
+            out.append({"item": item.id, "title": item.title, "sold": r["state"] == "sold",
+                        "winner": r["winner"], "price_cents": r["price_cents"],
+                        "closed_at": r["closed_at"]})
+        return out
+
+    # -- bids -----------------------------------------------------------------------------
+
+    def add_bid(self, item_id: str, amount: int, username: str, public_key: bytes,
+                now: float, closes_at: float) -> None:
+        """Store a bid (and the closing time it may have pushed back) in one transaction."""
+        with self.db.conn:
+            self.db["bids"].insert({"item_id": item_id, "amount_cents": amount,
+                                    "username": username, "public_key": public_key,
+                                    "ts": now})
+            self.db["items"].update(item_id, {"closes_at": closes_at})
+
+    def bids(self, item_id: str) -> list[dict[str, Any]]:
+        return list(self.db["bids"].rows_where("item_id = ?", [item_id], order_by="id"))
+
+    # -- members and epochs ---------------------------------------------------------------
+
+    def add_member(self, public_key: bytes, username: str, now: float) -> None:
+        with self.db.conn:
+            self.db["members"].upsert({"public_key": public_key, "username": username,
+                                       "joined_at": now}, pk="public_key")
+
+    def remove_member(self, public_key: bytes) -> None:
+        with self.db.conn:
+            self.db.execute("DELETE FROM members WHERE public_key = ?", [public_key])
+
+    def members(self) -> dict[bytes, str]:
+        return {r["public_key"]: r["username"] for r in self.db["members"].rows}
+
+    def next_epoch(self) -> int:
+        """A new epoch number, never used before (also across restarts)."""
+        with self.db.conn:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            epoch = (row[0] if row else 0) + 1
+            self.db["meta"].upsert({"key": "epoch", "value": epoch}, pk="key")
+        return epoch
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True)
+
+
+def _unjson(text: str) -> dict[str, Any]:
+    return json.loads(text)

@@ -1,0 +1,327 @@
+"""``agora auctioneer start`` and ``agora auction join|watch|bid|results``.
+
+The auctioneer is an enrolled *service* principal: enroll it with ``agora admin enroll
+--kind service``, register it with ``agora register --home DIR``, then start it with the
+same home (password from AGORA_PASSWORD). Bidders name it by username (``--auctioneer``,
+AGORA_AUCTIONEER); its key comes from the broker, never from the auctioneer itself. Each
+bidder command joins afresh, so no group key is ever written to disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from agents.auction import DEFAULT_AUCTIONEER, AuctionClient, AuctionWatcher
+from agents.auction_view import AuctionView, JoinInfo
+from agora.auction_wire import format_money, parse_money
+from agora.errors import LocalError, RemoteError
+from agora.protocol import (
+    DEFAULT_AUCTION_ENDPOINT,
+    DEFAULT_AUCTION_PUB,
+    DEFAULT_MULTICAST_GROUP,
+    DEFAULT_MULTICAST_INTERFACE,
+    DEFAULT_MULTICAST_PORT,
+    DEFAULT_MULTICAST_TTL,
+    DEFAULT_SOFT_CLOSE,
+)
+from cli.agent_cmd import session
+from cli.broker_cmd import setup_logging
+from cli.common import (
+    DEFAULT_HOME,
+    BrokerOption,
+    HomeOption,
+    JsonOption,
+    TimeoutOption,
+    console,
+    default_home,
+    fail,
+    password,
+    print_json,
+    user_errors,
+)
+
+auctioneer_app = typer.Typer(help="Run the auctioneer.", no_args_is_help=True)
+auction_app = typer.Typer(
+    help="Take part in the auction: join, watch, bid, results.", no_args_is_help=True)
+
+EndpointOption = Annotated[str, typer.Option(
+    "--endpoint", envvar="AGORA_AUCTION", help="The auctioneer's request endpoint. "
+    "[env: AGORA_AUCTION]")]
+AuctioneerOption = Annotated[str, typer.Option(
+    "--auctioneer", envvar="AGORA_AUCTIONEER", help="The auctioneer's username at the "
+    "broker; its key is looked up there. [env: AGORA_AUCTIONEER]")]
+InterfaceOption = Annotated[str, typer.Option(
+    "--interface", envvar="AGORA_MULTICAST_IF", help="Local address for multicast "
+    "(127.0.0.1 keeps it on this host). [env: AGORA_MULTICAST_IF]")]
+
+
+@auctioneer_app.command("start")
+def start(
+    items: Annotated[Path, typer.Option("--items", envvar="AGORA_ITEMS", help="Folder of "
+                                        "item files (*.json), auctioned in name order.")],
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", envvar="AGORA_AUCTION_DIR", help="Auction database and signing key. "
+        "[env: AGORA_AUCTION_DIR]", show_default=False)] = None,
+    bind: Annotated[str, typer.Option("--bind", envvar="AGORA_AUCTION", help="Endpoint to "
+                                      "bind for joins and bids. [env: AGORA_AUCTION]")
+                    ] = DEFAULT_AUCTION_ENDPOINT,
+    pub: Annotated[str, typer.Option("--pub", envvar="AGORA_AUCTION_PUB",
+                                     help="PUB mirror endpoint to bind.")] = DEFAULT_AUCTION_PUB,
+    group: Annotated[str, typer.Option("--group", envvar="AGORA_MULTICAST_GROUP",
+                                       help="Multicast group (239.255.0.0/16).")
+                     ] = DEFAULT_MULTICAST_GROUP,
+    port: Annotated[int, typer.Option("--port", envvar="AGORA_MULTICAST_PORT",
+                                      help="Multicast UDP port.")] = DEFAULT_MULTICAST_PORT,
+    interface: InterfaceOption = DEFAULT_MULTICAST_INTERFACE,
+    ttl: Annotated[int, typer.Option("--ttl", envvar="AGORA_MULTICAST_TTL",
+                                     help="Multicast TTL; 0 keeps it on this host.")
+                   ] = DEFAULT_MULTICAST_TTL,
+    soft_close: Annotated[float, typer.Option(
+        "--soft-close", help="Seconds: a bid this close to the end extends it by as much.")
+    ] = DEFAULT_SOFT_CLOSE,
+    pause: Annotated[float, typer.Option("--pause", help="Seconds between two items.")
+                     ] = 1.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the auctioneer until Ctrl-C or SIGTERM.
+
+    Logs in to the broker as the service principal registered in --home, then auctions
+    the item files of --items one after another, moving each to done/ (or rejected/, with
+    a .reason file). Killed and restarted, it resumes the open item with its bids.
+    """
+    from agents import Agent
+    from auctioneer.server import AuctioneerServer
+
+    setup_logging(verbose)
+    with user_errors():
+        agent = Agent(home or default_home(), broker=broker)
+        agent.unlock(password())
+        agent.login()
+        if agent.info and agent.info.kind != "service":
+            raise fail(f"{agent.info.username} is a {agent.info.kind} principal; enroll the "
+                       "auctioneer with --kind service")
+        try:
+            server = AuctioneerServer(agent, items, data_dir or DEFAULT_HOME / "auctioneer",
+                                      bind, pub, group, port, interface, ttl, soft_close,
+                                      pause, agent.context)
+        except LocalError:
+            raise
+        except Exception as exc:  # zmq bind errors, bad interface...
+            raise fail(f"cannot start auctioneer: {exc}") from None
+
+        def stop(signum: int, frame: object) -> None:
+            server.stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        print(f"agora auctioneer ready at {server.endpoint} pub {server.publisher.endpoint} "
+              f"group {group}:{port} as {agent.username}", flush=True)
+        try:
+            server.serve()
+        finally:
+            server.close()
+            with contextlib.suppress(Exception):
+                agent.logout()
+            agent.close()
+
+
+@contextlib.contextmanager
+def joined(home: Path | None, broker: str | None, timeout: float, auctioneer: str,
+           endpoint: str) -> Iterator[tuple[AuctionClient, JoinInfo]]:
+    """Log in, look the auctioneer up at the broker, join; always cleaned up."""
+    with session(home, broker, timeout) as agent:
+        client = AuctionClient.for_agent(agent, auctioneer, endpoint, timeout=timeout)
+        try:
+            yield client, client.join()
+        finally:
+            client.close()
+
+
+def _money_text(cents: int | None) -> str:
+    return "-" if cents is None else format_money(cents)
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "-"
+
+
+def _result_line(r: dict[str, Any]) -> str:
+    if r.get("sold"):
+        return f"{r['item']}: sold to {r['winner']} for {_money_text(r['price_cents'])}"
+    return f"{r['item']}: not sold ({r.get('reason', 'reserve not met')})"
+
+
+@auction_app.command("join")
+def join(
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    auctioneer: AuctioneerOption = DEFAULT_AUCTIONEER,
+    endpoint: EndpointOption = DEFAULT_AUCTION_ENDPOINT,
+    timeout: TimeoutOption = 2.5,
+    json_out: JsonOption = False,
+) -> None:
+    """Join the auction: prove your registered key, get the group (never printed: its key)."""
+    with user_errors(), joined(home, broker, timeout, auctioneer, endpoint) as (_, info):
+        if json_out:
+            print_json(info.public())
+            return
+        console.print(f"Joined as [bold cyan]{info.username}[/]: announcements on "
+                      f"{info.group}:{info.port} and {info.pub_endpoint} "
+                      f"(epoch {info.snapshot.get('epoch')})")
+        item = (info.snapshot.get("state") or {}).get("item")
+        console.print(f"Now: {item['id']} — {item['title']}" if item else "No item open.")
+
+
+@auction_app.command("bid")
+def bid(
+    amount: Annotated[str, typer.Argument(help="Your bid, e.g. 12.50")],
+    item: Annotated[str | None, typer.Option("--item", help="Item id (default: the "
+                                             "current one).")] = None,
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    auctioneer: AuctioneerOption = DEFAULT_AUCTIONEER,
+    endpoint: EndpointOption = DEFAULT_AUCTION_ENDPOINT,
+    timeout: TimeoutOption = 2.5,
+    json_out: JsonOption = False,
+) -> None:
+    """Bid on the current item. Prints accepted (stored), or rejected and why."""
+    with user_errors():
+        cents = parse_money(amount, "amount")
+        with joined(home, broker, timeout, auctioneer, endpoint) as (client, info):
+            current = (info.snapshot.get("state") or {}).get("item")
+            item_id = item or (current or {}).get("id")
+            if not item_id:
+                raise fail("rejected: no auction is open [auction-closed]")
+            try:
+                answer = client.bid(item_id, cents)
+            except RemoteError as exc:
+                if json_out:
+                    print_json({"accepted": False, **exc.to_dict()})
+                    raise typer.Exit(1) from None
+                raise fail(f"rejected: {exc.message} [{exc.code.value}]") from None
+        if json_out:
+            print_json(answer)
+        else:
+            extra = ", closing time extended" if answer.get("extended") else ""
+            console.print(f"accepted: {format_money(answer['amount'])} on {answer['item']}"
+                          f"{extra}")
+
+
+@auction_app.command("results")
+def results(
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    auctioneer: AuctioneerOption = DEFAULT_AUCTIONEER,
+    endpoint: EndpointOption = DEFAULT_AUCTION_ENDPOINT,
+    timeout: TimeoutOption = 2.5,
+    json_out: JsonOption = False,
+) -> None:
+    """List past items with their winners and prices, newest first."""
+    with user_errors(), joined(home, broker, timeout, auctioneer, endpoint) as (client, _):
+        rows = client.results()
+        if json_out:
+            print_json(rows)
+            return
+        table = Table("closed", "item", "title", "winner", "price")
+        for r in rows:
+            table.add_row(_when(r["closed_at"]), r["item"], r["title"],
+                          r["winner"] or "not sold", _money_text(r["price_cents"]))
+        console.print(table)
+
+
+def render(view: AuctionView, now: float) -> Panel:
+    """The watch screen: current item, best bid, time left, last bids, last winner."""
+    parts: list[Any] = []
+    if view.item:
+        left = max(0.0, (view.closes_at or now) - now)
+        best = view.best
+        parts.append(f"[bold]{view.item['title']}[/] ({view.item['id']}) — {view.status}, "
+                     f"{left:.0f}s left")
+        parts.append(f"best bid: [bold green]{_money_text(best['amount'])}[/] by "
+                     f"{best['bidder']}" if best else
+                     f"no bids yet; starting at {_money_text(view.item['start_cents'])}")
+        if view.minimum is not None and view.status != "closed":
+            parts.append(f"next bid at least {_money_text(view.minimum)}")
+        table = Table("time", "bidder", "amount", box=None)
+        for b in list(view.bids)[:5]:
+            table.add_row(_when(b.get("at")), str(b.get("bidder")), _money_text(b["amount"]))
+        parts.append(table)
+    else:
+        parts.append("waiting for the next item…")
+    if view.winner:
+        parts.append(f"[bold]last result:[/] {_result_line(view.winner)}")
+    return Panel(Group(*parts), title=f"agora auction (epoch {view.epoch})")
+
+
+@auction_app.command("watch")
+def watch(
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    auctioneer: AuctioneerOption = DEFAULT_AUCTIONEER,
+    endpoint: EndpointOption = DEFAULT_AUCTION_ENDPOINT,
+    interface: InterfaceOption = DEFAULT_MULTICAST_INTERFACE,
+    items: Annotated[int, typer.Option("--items", help="Stop after this many items have "
+                                       "closed (0: run until Ctrl-C).")] = 0,
+    max_time: Annotated[float, typer.Option("--max-time", help="Stop after this many "
+                                            "seconds (0: no limit).")] = 0,
+    timeout: TimeoutOption = 2.5,
+    json_out: JsonOption = False,
+) -> None:
+    """Watch the auction live: item, best bid, time left, last bids and each winner.
+
+    With --json, prints one JSON object per announcement instead (for scripts).
+    """
+    with user_errors(), joined(home, broker, timeout, auctioneer, endpoint) as (client, info):
+        closed = 0
+
+        def done(view: AuctionView) -> bool:
+            return bool(items) and closed >= items
+
+        def on_event(event: dict[str, Any], view: AuctionView) -> None:
+            nonlocal closed
+            if event.get("kind") == "closed":
+                closed += 1
+            if json_out:
+                sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
+                sys.stdout.flush()
+
+        watcher = AuctionWatcher(client, info, on_event, interface)
+        signal.signal(signal.SIGTERM, lambda *_: watcher.stop.set())
+        try:
+            if json_out:
+                print(json.dumps({"kind": "joined", **info.public()}, sort_keys=True),
+                      flush=True)
+                watcher.serve(done, max_time or None)
+            else:
+                deadline = time.monotonic() + max_time if max_time else None
+                with Live(render(watcher.view, time.time()), console=console,
+                          refresh_per_second=4) as live:
+                    while not watcher.stop.is_set() and not done(watcher.view):
+                        if deadline and time.monotonic() >= deadline:
+                            break
+                        watcher.serve(done, 0.25)
+                        live.update(render(watcher.view, time.time()))
+                        if watcher.removed:
+                            break
+                for r in watcher.view.results:
+                    console.print(_result_line(r))
+        finally:
+            watcher.close()
+        if watcher.removed:
+            raise fail(f"removed from the auction: {watcher.removed}")

@@ -1,0 +1,127 @@
+"""The auction as people run it: real ``agora`` processes, including ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tests.conftest import PASSWORD, Proc, agora_env, run_agora
+from tests.test_auction_net import free_udp_port, random_group, write_item
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    """A broker process, a registered auctioneer (service) and two registered bidders."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.env = agora_env(AGORA_PASSWORD=PASSWORD)
+        self.procs: list[Proc] = []
+        self.broker = self.start("broker", "start", "--data-dir", str(root / "broker"),
+                                 "--bind", "tcp://127.0.0.1:0")
+        match = self.broker.expect(r"ready at (\S+) fingerprint (\S+)")
+        self.endpoint, self.fingerprint = match.group(1), match.group(2)
+        self.auctioneer = self.register("Auctioneer", "service")
+        self.homes = {name: self.register(name) for name in ("Ana Lima", "Bob Costa")}
+
+    def start(self, *args: str) -> Proc:
+        proc = Proc(list(args), self.env)
+        self.procs.append(proc)
+        return proc
+
+    def register(self, name: str, kind: str = "person") -> tuple[str, str]:
+        out = run_agora("admin", "enroll", "--name", name, "--level", "2", "--kind", kind,
+                        "--data-dir", str(self.root / "broker"), "--json", env=self.env)
+        assert out.returncode == 0, out.stderr
+        enrolled = json.loads(out.stdout)
+        home = str(self.root / f"home-{enrolled['username']}")
+        out = run_agora("register", "--username", enrolled["username"], "--one-time-id",
+                        enrolled["one_time_id"], "--fingerprint", self.fingerprint, "--home",
+                        home, "--broker", self.endpoint, env=self.env)
+        assert out.returncode == 0, out.stderr
+        return enrolled["username"], home
+
+    def start_auctioneer(self, items, data, ports: tuple[int, int, int], group: str) -> Proc:
+        proc = self.start("auctioneer", "start", "--items", str(items), "--home",
+                          self.auctioneer[1], "--broker", self.endpoint, "--data-dir",
+                          str(data), "--bind", f"tcp://127.0.0.1:{ports[0]}", "--pub",
+                          f"tcp://127.0.0.1:{ports[1]}", "--group", group, "--port",
+                          str(ports[2]), "--soft-close", "1", "--pause", "0.2")
+        proc.expect("auctioneer ready")
+        return proc
+
+    def auction(self, who: str, *args: str, endpoint: str):
+        return run_agora("auction", *args, "--home", self.homes[who][1], "--broker",
+                         self.endpoint, "--auctioneer", self.auctioneer[0], "--endpoint",
+                         endpoint, env=self.env, timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    d = Deployment(tmp_path_factory.mktemp("auction"))
+    yield d
+    d.stop()
+
+
+def test_kill_9_mid_auction_keeps_every_acknowledged_bid(deployment, tmp_path):
+    items = tmp_path / "items"
+    items.mkdir()
+    write_item(items, "01-clock.json", "clock", duration=60)
+    ports = (free_tcp_port(), free_tcp_port(), free_udp_port())
+    group = random_group()
+    endpoint = f"tcp://127.0.0.1:{ports[0]}"
+    auctioneer = deployment.start_auctioneer(items, tmp_path / "data", ports, group)
+    first = deployment.auction("Ana Lima", "bid", "12.00", endpoint=endpoint)
+    assert first.returncode == 0 and "accepted: 12.00 on clock" in first.stdout, first.stderr
+    second = deployment.auction("Bob Costa", "bid", "13.00", endpoint=endpoint)
+    assert second.returncode == 0, second.stderr
+    auctioneer.kill()  # SIGKILL: no clean-up of any kind
+    deployment.start_auctioneer(items, tmp_path / "data", ports, group)
+    low = deployment.auction("Ana Lima", "bid", "13.50", endpoint=endpoint)
+    assert low.returncode == 1
+    assert "rejected: bid must be at least 14.00 [bid-too-low]" in low.stderr
+    joined = deployment.auction("Ana Lima", "join", "--json", endpoint=endpoint)
+    state = json.loads(joined.stdout)["state"]
+    assert [(b["bidder"], b["amount"]) for b in state["bids"]] == \
+        [("ana.lima", 1200), ("bob.costa", 1300)]
+    assert (items / "01-clock.json").exists()  # still running, not done
+
+
+def test_watch_shows_the_winner_and_results_list_it(deployment, tmp_path):
+    items = tmp_path / "items"
+    items.mkdir()
+    ports = (free_tcp_port(), free_tcp_port(), free_udp_port())
+    endpoint = f"tcp://127.0.0.1:{ports[0]}"
+    deployment.start_auctioneer(items, tmp_path / "data", ports, random_group())
+    watcher = deployment.start("auction", "watch", "--json", "--items", "1", "--max-time",
+                               "30", "--home", deployment.homes["Bob Costa"][1], "--broker",
+                               deployment.endpoint, "--auctioneer", deployment.auctioneer[0],
+                               "--endpoint", endpoint)
+    watcher.expect('"kind": "joined"')
+    write_item(items, "01-vase.json", "vase", duration=3)
+    watcher.expect('"kind": "opened"')
+    bid = deployment.auction("Ana Lima", "bid", "10.00", endpoint=endpoint)
+    assert bid.returncode == 0, bid.stderr
+    closed = json.loads(watcher.expect(r'^{.*"kind": "closed".*').group(0))
+    assert (closed["winner"], closed["price_cents"], closed["sold"]) == \
+        ("ana.lima", 1000, True)
+    assert watcher.terminate() == 0
+    results = deployment.auction("Bob Costa", "results", "--json", endpoint=endpoint)
+    assert json.loads(results.stdout)[0]["winner"] == "ana.lima"
+
+
+def test_unregistered_home_cannot_join(deployment, tmp_path):
+    out = run_agora("auction", "join", "--home", str(tmp_path / "nobody"), "--broker",
+                    deployment.endpoint, env=deployment.env)
+    assert out.returncode == 1 and "no credentials" in out.stderr

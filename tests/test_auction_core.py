@@ -1,0 +1,367 @@
+"""The auctioneer's engine and a bidder's view, without sockets and without sleeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from agora.auction_wire import sign_datagram
+from agora.crypto import SigningKey
+from agora.errors import ProtocolError, RemoteError
+from agora.protocol import AUCTION_PROTOCOL, AuctionCommand, EnvelopeType, ErrorCode
+from tests.auction_helpers import T0, Harness, item
+
+
+def refused(call, *args, **kwargs) -> RemoteError:
+    with pytest.raises(RemoteError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def test_join_answers_group_secrets_to_a_registered_key():
+    h = Harness()
+    ana = h.bidder("ana")
+    join = h.join(ana)
+    assert (join.username, join.group, join.port) == ("ana", "239.255.1.2", 5000)
+    assert join.verify_key == bytes(h.signing_key.verify_key)
+    assert join.snapshot["epoch"] == h.core.epoch
+
+
+def test_join_refuses_an_unregistered_key():
+    h = Harness()
+    err = refused(h.join, h.bidder("mallory", registered=False))
+    assert err.code is ErrorCode.UNKNOWN_USER
+
+
+def test_join_refuses_a_revoked_key():
+    h = Harness()
+    ana = h.bidder("ana")
+    h.registry.keys[ana.public_key] = ("ana", True)
+    assert refused(h.join, ana).code is ErrorCode.REVOKED
+
+
+def test_join_with_someone_elses_public_key_is_refused():
+    h = Harness()
+    ana, mallory = h.bidder("ana"), h.bidder("mallory", registered=False)
+    frames = mallory.frames(AuctionCommand.JOIN, {}, T0)
+    frames[2] = ana.public_key  # claims ana's key, but cannot seal with ana's private key
+    err = refused(ana.answer, h.core.handle(frames, T0), AuctionCommand.JOIN)
+    assert err.code is ErrorCode.BAD_REQUEST and "unauthenticated" in err.message
+    assert ana.public_key not in h.core.members
+
+
+def test_join_answer_from_another_key_is_not_believed():
+    h, impostor = Harness(), Harness()
+    ana = h.bidder("ana")
+    impostor.registry.keys[ana.public_key] = ("ana", False)
+    reply = impostor.core.handle(ana.frames(AuctionCommand.JOIN, {}, T0), T0)
+    with pytest.raises(RemoteError):  # the impostor cannot even read ana's request
+        ana.answer(reply, AuctionCommand.JOIN)
+
+
+def test_malformed_requests_get_a_clear_refusal():
+    h = Harness()
+    for frames in ([], [b"junk"], [AUCTION_PROTOCOL, b"\x09", b"k" * 32, b"x"],
+                   [AUCTION_PROTOCOL, AuctionCommand.BID.value, b"short", b"x"]):
+        reply = h.core.handle(frames, T0)
+        assert reply[2] == b"\x01" and b"bad-request" in reply[3]
+
+
+def test_first_bid_must_reach_the_starting_price():
+    h = Harness()
+    h.core.open_item(item(start=1000), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    err = refused(h.bid, ana, 999)
+    assert err.code is ErrorCode.BID_TOO_LOW and "10.00" in err.message
+    assert h.bid(ana, 1000)["accepted"]
+
+
+def test_bid_must_beat_the_best_by_the_increment_so_a_tie_loses():
+    h = Harness()
+    h.core.open_item(item(start=1000, increment=100), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    h.join(ana), h.join(bob)
+    h.bid(ana, 1000)
+    assert refused(h.bid, bob, 1000).code is ErrorCode.BID_TOO_LOW
+    assert refused(h.bid, bob, 1099).code is ErrorCode.BID_TOO_LOW
+    h.bid(bob, 1100)
+    assert h.core.lot.best.username == "bob"
+
+
+def test_bid_from_a_key_that_has_not_joined_is_refused():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    assert refused(h.bid, h.bidder("ana"), 5000).code is ErrorCode.NOT_JOINED
+
+
+def test_bid_when_no_auction_is_open_is_refused():
+    h = Harness()
+    ana = h.bidder("ana")
+    h.join(ana)
+    assert refused(h.bid, ana, 5000).code is ErrorCode.AUCTION_CLOSED
+
+
+def test_bid_after_closing_time_is_refused():
+    h = Harness()
+    h.core.open_item(item(duration=30), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    assert refused(h.bid, ana, 5000, now=T0 + 30).code is ErrorCode.AUCTION_CLOSED
+
+
+def test_bid_for_another_item_is_refused():
+    h = Harness()
+    h.core.open_item(item("lamp"), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    assert refused(h.bid, ana, 5000, item_id="vase").code is ErrorCode.AUCTION_CLOSED
+
+
+def test_malformed_bid_is_refused_and_nothing_stored():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    for body in ({"item": "lamp"}, {"item": "lamp", "amount": 12.5},
+                 {"item": "lamp", "amount": 10**30}, {"item": "lamp", "amount": -5},
+                 {"item": "lamp", "amount": "1200"}, {"amount": 1200}):
+        err = refused(h.ask, ana, AuctionCommand.BID, body)
+        assert err.code is ErrorCode.BAD_REQUEST
+    assert h.store.bids("lamp") == []
+
+
+def test_forged_bid_under_another_members_key_is_refused():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    ana, mallory = h.bidder("ana"), h.bidder("mallory")
+    h.join(ana), h.join(mallory)
+    frames = mallory.frames(AuctionCommand.BID, {"item": "lamp", "amount": 9000}, T0)
+    frames[2] = ana.public_key
+    err = refused(ana.answer, h.core.handle(frames, T0), AuctionCommand.BID)
+    assert err.code is ErrorCode.BAD_REQUEST
+    assert h.store.bids("lamp") == []
+
+
+def test_replayed_bid_is_not_stored_twice():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    frames = ana.frames(AuctionCommand.BID, {"item": "lamp", "amount": 1000}, T0)
+    first = h.core.handle(frames, T0)
+    again = h.core.handle(frames, T0 + 1)
+    assert again == first and len(h.store.bids("lamp")) == 1
+
+
+def test_stale_bid_is_refused():
+    h = Harness()
+    h.core.open_item(item(duration=1000), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    frames = ana.frames(AuctionCommand.BID, {"item": "lamp", "amount": 1000}, T0)
+    err = refused(ana.answer, h.core.handle(frames, T0 + 500), AuctionCommand.BID)
+    assert err.code is ErrorCode.STALE and h.store.bids("lamp") == []
+
+
+def test_bid_in_the_soft_close_window_extends_the_end():
+    h = Harness(soft_close=10)
+    h.core.open_item(item(duration=30), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    assert not h.bid(ana, 1000, now=T0 + 5)["extended"]
+    answer = h.bid(ana, 1100, now=T0 + 25)
+    assert answer["extended"] and answer["closes_at"] == T0 + 40
+    assert h.core.tick(T0 + 35) == []
+    assert h.core.tick(T0 + 40) == ["lamp.json"]
+
+
+def test_closing_announces_winner_and_records_it():
+    h = Harness()
+    h.core.open_item(item(duration=30), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    view = h.view(bob)
+    h.join(ana)
+    h.bid(ana, 1000, now=T0 + 1)
+    h.bid(bob, 1500, now=T0 + 2)
+    h.core.tick(T0 + 30)
+    for datagram in h.core.take_outbox():
+        view.feed(datagram)
+    assert view.winner["winner"] == "bob" and view.winner["price_cents"] == 1500
+    assert h.store.results()[0] == {"item": "lamp", "title": "The lamp", "sold": True,
+                                    "winner": "bob", "price_cents": 1500,
+                                    "closed_at": T0 + 30}
+
+
+def test_reserve_not_met_means_not_sold():
+    h = Harness()
+    h.core.open_item(item(duration=30, reserve=5000), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    h.bid(ana, 1000, now=T0 + 1)
+    h.core.tick(T0 + 30)
+    result = h.core.last_result
+    assert (result["sold"], result["winner"], result["reason"]) == \
+        (False, None, "reserve price not met")
+
+
+def test_each_item_gets_a_new_group_key():
+    h = Harness()
+    h.core.open_item(item("lamp", duration=5), "lamp.json", T0)
+    first = (h.core.epoch, h.core.group_key)
+    h.core.tick(T0 + 5)
+    h.core.open_item(item("vase"), "vase.json", T0 + 6)
+    assert h.core.epoch > first[0] and h.core.group_key != first[1]
+
+
+def test_an_item_id_is_auctioned_once():
+    h = Harness()
+    h.core.open_item(item("lamp", duration=5), "lamp.json", T0)
+    h.core.tick(T0 + 5)
+    with pytest.raises(Exception, match="already auctioned"):
+        h.core.open_item(item("lamp"), "lamp-again.json", T0 + 6)
+
+
+def test_revoked_member_gets_no_new_key_and_cannot_read_what_follows():
+    h = Harness()
+    h.core.open_item(item(duration=60), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    ana_view, bob_view = h.view(ana), h.view(bob)
+    h.registry.keys[bob.public_key] = ("bob", True)
+    h.core.check_members()
+    h.bid(ana, 1000, now=T0 + 1)
+    outbox = h.core.take_outbox()
+    for datagram in outbox:
+        ana_view.feed(datagram)
+        bob_view.feed(datagram)
+    assert ana_view.best["amount"] == 1000
+    assert bob_view.best is None and bob_view.epoch == ana_view.epoch
+    assert bob_view.epoch not in bob_view.keys
+    assert refused(h.ask, bob, AuctionCommand.SNAPSHOT, {}).code is ErrorCode.NOT_JOINED
+
+
+def test_view_drops_duplicates_from_the_second_path():
+    h = Harness()
+    ana = h.bidder("ana")
+    view = h.view(ana)
+    h.core.open_item(item(), "lamp.json", T0)
+    events = []
+    for datagram in h.core.take_outbox():
+        events += view.feed(datagram).events  # multicast
+        events += view.feed(datagram).events  # the PUB mirror: same bytes again
+    assert [e["kind"] for e in events] == ["rekey", "opened"]
+
+
+def test_view_notices_a_gap_and_a_snapshot_repairs_it():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    view = h.view(ana)
+    h.join(bob)
+    h.core.take_outbox()  # the view's snapshot already covers these
+    h.bid(bob, 1000, now=T0 + 1)
+    h.bid(bob, 1100, now=T0 + 2)
+    lost, second = h.core.take_outbox()
+    assert view.feed(second).need_snapshot
+    view.apply_snapshot(h.ask(ana, AuctionCommand.SNAPSHOT, {}, T0 + 2))
+    assert view.best["amount"] == 1100 and [b["amount"] for b in view.bids] == [1100, 1000]
+
+
+def test_view_rejects_announcements_not_signed_by_the_auctioneer():
+    h = Harness()
+    ana = h.bidder("ana")
+    view = h.view(ana)
+    h.core.take_outbox()
+    h.core.open_item(item(), "lamp.json", T0)
+    rekey, opened = h.core.take_outbox()
+    view.feed(rekey)
+    forged = sign_datagram(SigningKey.generate(), EnvelopeType.SEALED, h.core.epoch, 2,
+                           opened[85:])
+    assert view.feed(forged).events == [] and view.dropped == 1
+    tampered = opened[:-1] + bytes([opened[-1] ^ 1])
+    assert view.feed(tampered).events == [] and view.dropped == 2
+    assert view.feed(b"garbage").events == [] and view.dropped == 3
+    assert [e["kind"] for e in view.feed(opened).events] == ["opened"]
+
+
+def test_view_drops_a_replayed_announcement():
+    h = Harness()
+    ana = h.bidder("ana")
+    view = h.view(ana)
+    h.core.take_outbox()
+    h.core.open_item(item(duration=5), "lamp.json", T0)
+    old = h.core.take_outbox()
+    for datagram in old:
+        view.feed(datagram)
+    h.core.tick(T0 + 5)
+    for datagram in h.core.take_outbox():
+        view.feed(datagram)
+    assert all(view.feed(d).events == [] for d in old)  # replaying "opened" changes nothing
+    assert view.status == "closed"
+
+
+def test_late_joiner_sees_the_current_state_at_once():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    ana, late = h.bidder("ana"), h.bidder("late")
+    h.join(ana)
+    h.bid(ana, 1200, now=T0 + 1)
+    view = h.view(late, now=T0 + 2)
+    assert view.item["id"] == "lamp" and view.best == {"amount": 1200, "bidder": "ana",
+                                                       "at": T0 + 1}
+
+
+def test_snapshot_is_refused_to_a_stranger():
+    h = Harness()
+    err = refused(h.ask, h.bidder("ana"), AuctionCommand.SNAPSHOT, {})
+    assert err.code is ErrorCode.NOT_JOINED
+
+
+def test_restart_resumes_the_open_item_with_its_bids(tmp_path):
+    first = Harness(tmp_path / "a.db")
+    first.core.open_item(item(duration=60), "lamp.json", T0)
+    ana = first.bidder("ana")
+    first.join(ana)
+    first.bid(ana, 1000, now=T0 + 1)
+    first.bid(ana, 1200, now=T0 + 2)
+    again = Harness(tmp_path / "a.db", private_key=first.private_key,
+                    signing_key=first.signing_key, registry=first.registry, now=T0 + 3)
+    assert again.core.lot.item.id == "lamp"
+    assert [b.amount for b in again.core.lot.bids] == [1000, 1200]
+    assert again.core.epoch > first.core.epoch
+    assert again.bid(ana, 1300, now=T0 + 4)["accepted"]  # still a member after restart
+
+
+def test_a_datagram_too_large_is_dropped_by_the_view():
+    h = Harness()
+    view = h.view(h.bidder("ana"))
+    assert view.feed(b"A" * 70_000).events == [] and view.dropped == 1
+
+
+def test_malformed_snapshot_is_a_protocol_error():
+    h = Harness()
+    view = h.view(h.bidder("ana"))
+    with pytest.raises(ProtocolError):
+        view.apply_snapshot({"epoch": 1})
+
+
+def test_watch_screen_shows_item_best_bid_time_left_and_winner():
+    from rich.console import Console
+
+    from cli.auction_cmd import render
+
+    h = Harness()
+    h.core.open_item(item(duration=30), "lamp.json", T0)
+    ana = h.bidder("ana")
+    view = h.view(ana)
+    h.bid(ana, 1250, now=T0 + 1)
+    for datagram in h.core.take_outbox():
+        view.feed(datagram)
+    console = Console(record=True, width=100)
+    console.print(render(view, T0 + 10))
+    screen = console.export_text()
+    assert "The lamp" in screen and "12.50 by ana" in screen and "20s left" in screen
+    h.core.tick(T0 + 30)
+    for datagram in h.core.take_outbox():
+        view.feed(datagram)
+    console.print(render(view, T0 + 31))
+    assert "lamp: sold to ana for 12.50" in console.export_text()

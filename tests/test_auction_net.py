@@ -1,0 +1,191 @@
+"""The auction over real sockets: broker, auctioneer threads, multicast and the PUB mirror."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from agents.auction import AuctionClient, AuctionWatcher
+from agora.errors import RemoteError
+from agora.multicast import open_sender, send_datagram
+from agora.protocol import ErrorCode, PrincipalKind
+from auctioneer.server import AuctioneerServer
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_group() -> str:
+    return f"239.255.{random.randint(1, 254)}.{random.randint(1, 254)}"
+
+
+def write_item(folder, name: str, item_id: str, duration: float = 1.5,
+               **extra: object) -> None:
+    doc = {"id": item_id, "title": f"The {item_id}", "description": "test item",
+           "starting_price": "10.00", "min_increment": "1.00", "duration": duration, **extra}
+    (folder / name).write_text(json.dumps(doc))
+
+
+class AuctionHarness:
+    def __init__(self, broker, tmp_path, zctx) -> None:
+        self.broker = broker
+        self.agent = broker.agent("Auction House", kind=PrincipalKind.SERVICE)
+        self.items = tmp_path / "items"
+        self.items.mkdir()
+        self.group, self.port = random_group(), free_udp_port()
+        self.server = AuctioneerServer(
+            self.agent, self.items, tmp_path / "auctioneer", "tcp://127.0.0.1:0",
+            "tcp://127.0.0.1:0", self.group, self.port, soft_close=0.5, pause=0.2,
+            context=zctx)
+        self.server.core.config.member_check = 0.3
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+
+    def client(self, name: str) -> AuctionClient:
+        agent = self.broker.agent(name)
+        return AuctionClient.for_agent(agent, self.agent.username, self.server.endpoint,
+                                       timeout=2.0, retries=2)
+
+    def stop(self) -> None:
+        self.server.stop.set()
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+@pytest.fixture
+def auction(broker, tmp_path, zctx):
+    harness = AuctionHarness(broker, tmp_path, zctx)
+    yield harness
+    harness.stop()
+
+
+def watch_in_thread(client: AuctionClient, results: dict, key: str, until_items: int = 1,
+                    timeout: float = 15) -> threading.Thread:
+    join = client.join()
+
+    def run() -> None:
+        watcher = AuctionWatcher(client, join)
+        try:
+            view = watcher.serve(lambda v: len(v.results) >= until_items, timeout)
+            results[key] = (list(view.results), watcher.removed)
+        finally:
+            watcher.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_join_refuses_a_revoked_collaborator(auction, broker):
+    client = auction.client("Ana Lima")
+    assert client.join().username == "ana.lima"
+    broker.admin.revoke("ana.lima", time.time())
+    broker.wait_for_store_sync()
+    with pytest.raises(RemoteError) as info:
+        client.join()
+    assert info.value.code is ErrorCode.REVOKED
+
+
+def test_bidder_refuses_a_person_posing_as_the_auctioneer(auction, broker):
+    agent = broker.agent("Ana Lima")
+    broker.agent("Eve Auctioneer")
+    with pytest.raises(Exception, match="not a service principal"):
+        AuctionClient.for_agent(agent, "eve.auctioneer", auction.server.endpoint)
+
+
+def test_several_watchers_all_see_the_same_winner(auction):
+    bidders = [auction.client("Ana Lima"), auction.client("Bob Costa")]
+    watchers = [auction.client(f"Watcher {n}") for n in "ABC"]
+    seen: dict = {}
+    threads = [watch_in_thread(c, seen, c.public_key.hex()) for c in watchers]
+    write_item(auction.items, "01-lamp.json", "lamp", duration=1.5)
+    for client in bidders:
+        client.join()
+    deadline = time.monotonic() + 5
+    while auction.server.core.idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bidders[0].bid("lamp", 1000)["accepted"]
+    assert bidders[1].bid("lamp", 1500)["accepted"]
+    for thread in threads:
+        thread.join(timeout=20)
+    winners = {(r[0][-1]["winner"], r[0][-1]["price_cents"]) for r in seen.values()}
+    assert len(seen) == 3 and winners == {("bob.costa", 1500)}
+    assert (auction.items / "done" / "01-lamp.json").exists()
+
+
+def test_revoked_member_is_keyed_out_while_others_keep_watching(auction, broker):
+    ana, bob = auction.client("Ana Lima"), auction.client("Bob Costa")
+    seen: dict = {}
+    ana_thread = watch_in_thread(ana, seen, "ana")
+    bob_thread = watch_in_thread(bob, seen, "bob")
+    time.sleep(0.3)
+    broker.admin.revoke("bob.costa", time.time())
+    bob_thread.join(timeout=10)
+    assert seen["bob"][1] and "not-joined" in seen["bob"][1]
+    write_item(auction.items, "01-lamp.json", "lamp", duration=0.5)
+    ana_thread.join(timeout=15)
+    assert seen["ana"][0][-1]["item"] == "lamp" and seen["ana"][1] is None
+
+
+def test_bad_item_file_is_rejected_and_the_next_one_runs(auction):
+    (auction.items / "01-broken.json").write_text("{not json")
+    write_item(auction.items, "02-float.json", "vase", starting_price=12.5)
+    write_item(auction.items, "03-lamp.json", "lamp", duration=0.3)
+    deadline = time.monotonic() + 10
+    while not (auction.items / "done" / "03-lamp.json").exists():
+        assert time.monotonic() < deadline, "good item never finished"
+        time.sleep(0.05)
+    rejected = auction.items / "rejected"
+    assert (rejected / "01-broken.json.reason").read_text().strip() == "not valid JSON"
+    assert "decimal string" in (rejected / "02-float.json.reason").read_text()
+
+
+def test_watcher_ignores_other_groups_garbage_and_oversized_datagrams(auction):
+    client = auction.client("Ana Lima")
+    seen: dict = {}
+    join = client.join()
+    watcher = AuctionWatcher(client, join, mirror=False)  # multicast only
+    thread = threading.Thread(
+        target=lambda: seen.setdefault("view", watcher.serve(lambda v: bool(v.results), 15)),
+        daemon=True)
+    thread.start()
+    sender = open_sender()
+    try:
+        other_group = random_group()
+        while other_group == auction.group:
+            other_group = random_group()
+        for _ in range(5):  # another group on the same port: must never reach us
+            send_datagram(sender, b"AGORA01M" + b"x" * 200, other_group, auction.port)
+        send_datagram(sender, b"not an announcement", auction.group, auction.port)
+        send_datagram(sender, b"A" * 65_000, auction.group, auction.port)
+        time.sleep(0.3)
+        write_item(auction.items, "01-lamp.json", "lamp", duration=0.5)
+        thread.join(timeout=15)
+    finally:
+        sender.close()
+        watcher.close()
+    view = seen["view"]
+    assert view.results[-1]["item"] == "lamp"
+    assert view.dropped == 1  # the garbage; the oversized one is dropped before the view
+
+
+def test_malformed_join_does_not_stop_the_auctioneer(auction, zctx):
+    import zmq
+
+    sock = zctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 2000)
+    sock.connect(auction.server.endpoint)
+    sock.send_multipart([b"AGORA01A", b"\x01", b"k" * 32])
+    reply = sock.recv_multipart()
+    sock.close(0)
+    assert b"bad-request" in reply[3]
+    assert auction.client("Ana Lima").join().username == "ana.lima"
