@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.conftest import PASSWORD, Proc, agora_env, run_agora
+from tests.conftest import PASSWORD, AgoraProcess, agora_env, run_agora
 from tests.test_auction_net import free_udp_port, random_group, write_item
 
 
@@ -23,7 +23,7 @@ class Deployment:
     def __init__(self, root) -> None:
         self.root = root
         self.env = agora_env(AGORA_PASSWORD=PASSWORD)
-        self.procs: list[Proc] = []
+        self.procs: list[AgoraProcess] = []
         self.broker = self.start("broker", "start", "--data-dir", str(root / "broker"),
                                  "--bind", "tcp://127.0.0.1:0")
         match = self.broker.expect(r"ready at (\S+) fingerprint (\S+)")
@@ -31,8 +31,8 @@ class Deployment:
         self.auctioneer = self.register("Auctioneer", "service")
         self.homes = {name: self.register(name) for name in ("Ana Lima", "Bob Costa")}
 
-    def start(self, *args: str) -> Proc:
-        proc = Proc(list(args), self.env)
+    def start(self, *args: str) -> AgoraProcess:
+        proc = AgoraProcess(list(args), self.env)
         self.procs.append(proc)
         return proc
 
@@ -48,7 +48,8 @@ class Deployment:
         assert out.returncode == 0, out.stderr
         return enrolled["username"], home
 
-    def start_auctioneer(self, items, data, ports: tuple[int, int, int], group: str) -> Proc:
+    def start_auctioneer(self, items, data, ports: tuple[int, int, int],
+                         group: str) -> AgoraProcess:
         proc = self.start("auctioneer", "start", "--items", str(items), "--home",
                           self.auctioneer[1], "--broker", self.endpoint, "--data-dir",
                           str(data), "--bind", f"tcp://127.0.0.1:{ports[0]}", "--pub",
