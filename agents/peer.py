@@ -112,7 +112,9 @@ class PeerNode:
 
     def _close(self, sock: zmq.Socket, say_bye: bool, now: float) -> None:
         conversation = self.conversations.pop(sock, None)
-        if conversation is not None and say_bye:
+        if conversation is None:
+            return  # closed already (the peer said BYE while we waited)
+        if say_bye:
             try:
                 sock.send_multipart(conversation.bye(now), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -134,12 +136,26 @@ class PeerNode:
 
     def poll(self, timeout: float) -> list[PeerMessage]:
         """Wait up to ``timeout`` seconds for peer traffic; handle it; return new messages."""
-        if not self.incoming:
-            self._handle_ready(dict(self.poller.poll(int(timeout * 1000))))
+        return self.wait(timeout)[0]
+
+    def wait(self, timeout: float, watch: tuple[int, ...] = (),
+             ) -> tuple[list[PeerMessage], set[int]]:
+        """Like :meth:`poll`, also watching file descriptors (a chat's stdin).
+
+        Returns the new messages and which of ``watch`` are readable.
+        """
+        for fd in watch:
+            self.poller.register(fd, zmq.POLLIN)
+        try:
+            ready = dict(self.poller.poll(0 if self.incoming else int(timeout * 1000)))
+        finally:
+            for fd in watch:
+                self.poller.unregister(fd)
+        self._handle_ready(ready)
         self.tick(time.time())
         messages = list(self.incoming)
         self.incoming.clear()
-        return messages
+        return messages, {fd for fd in watch if fd in ready}
 
     def _handle_ready(self, ready: dict[Any, int]) -> None:
         if self.inbox in ready:
@@ -264,7 +280,7 @@ class PeerNode:
         if sock is not None:
             try:
                 return self._deliver(sock, text, msg_id, timeout)
-            except PeerTimeout:
+            except PeerError:  # no answer, or the peer said BYE
                 log.info("conversation with %s did not answer; opening a new one", peer)
                 self._close(sock, say_bye=False, now=time.time())
         return self._deliver(self._open(peer, timeout), text, msg_id, timeout)
