@@ -279,9 +279,11 @@ class Agent:
             self._peer = PeerNode(self, timeout=self._timeout)
         return self._peer
 
-    def send(self, username: str, text: str, timeout: float | None = None) -> Receipt:
-        """Send ``text`` to ``username``'s listening session; returns once acknowledged."""
-        return self.peer.send(username, text, timeout)
+    def send(self, username: str, text: str, timeout: float | None = None,
+             queue: bool = True) -> Receipt:
+        """Send ``text`` to ``username``'s listening session; returns once acknowledged, or
+        once left in the broker's mailbox if they are offline and ``queue`` is true."""
+        return self.peer.send(username, text, timeout, queue)
 
     def messages(self, stop: threading.Event | None = None, timeout: float | None = None,
                  ) -> Iterator[PeerMessage]:

@@ -15,10 +15,17 @@ live in :mod:`agents.peer_protocol`; this module receives, calls it, and sends.
 Nothing blocks without a bound: HELLO waits ``timeout``, an ACK waits ``timeout``; a
 conversation that does not answer is closed, and one new conversation (fresh look-up, new
 PAIR) is tried before the send fails. Idle conversations are closed after ``idle_timeout``.
+
+A collaborator who is offline (or whose session does not answer HELLO) gets the message as a
+*letter* in the broker's mailbox (:mod:`broker.mailbox`), still sealed end to end; a node
+fetches its letters when it starts receiving and every MAILBOX_POLL_INTERVAL seconds, and
+remembers the ids of the letters it showed (``letters_seen.json`` in the agent's home) so
+the broker cannot show one twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -38,8 +45,9 @@ from agents.peer_protocol import (
     PeerEndpoint,
     PeerMessage,
 )
-from agora.crypto import unb64
+from agora.crypto import b64, unb64
 from agora.errors import AgoraError, PeerError, PeerOffline, PeerTimeout, ProtocolError, RemoteError
+from agora.files import atomic_write
 from agora.protocol import MAX_MESSAGE_SIZE, ErrorCode
 
 if TYPE_CHECKING:
@@ -53,20 +61,31 @@ MAX_CONVERSATIONS = 256
 #: Messages handled per socket per poll, so one busy peer cannot starve the others.
 DRAIN_LIMIT = 100
 LOOPBACK = ("127.0.0.1", "::1")
+#: How often a receiving node asks the broker for letters left while it was away.
+MAILBOX_POLL_INTERVAL = 30.0
+LETTERS_SEEN_NAME = "letters_seen.json"
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """Proof of delivery: the peer's session acknowledged message ``seq``."""
+    """What became of a message: ``delivered`` (the peer's session acknowledged message
+    ``seq``) or ``queued`` in the broker's mailbox because of ``reason``."""
 
     to: str
     seq: int
     conversation: str
     round_trip: float
+    delivered: bool = True
+    reason: str = ""
+
+    @property
+    def queued(self) -> bool:
+        return not self.delivered
 
     def to_dict(self) -> dict[str, Any]:
-        return {"to": self.to, "delivered": True, "seq": self.seq,
-                "conversation": self.conversation, "round_trip_ms": self.round_trip * 1000}
+        return {"to": self.to, "delivered": self.delivered, "queued": self.queued,
+                "reason": self.reason, "seq": self.seq, "conversation": self.conversation,
+                "round_trip_ms": self.round_trip * 1000}
 
 
 def tcp_endpoint(address: str, port: int) -> str:
@@ -93,6 +112,9 @@ class PeerNode:
         self.incoming: deque[PeerMessage] = deque()
         #: Messages dropped as bad input (garbage, wrong key, replay...); each was logged.
         self.dropped = 0
+        self.letters_path = agent.home / LETTERS_SEEN_NAME
+        self.core.seen_letters = self._load_seen_letters()
+        self._next_fetch = 0.0  # the first wait() fetches letters left while we were away
 
     # -- sockets ----------------------------------------------------------------------------
 
@@ -152,7 +174,11 @@ class PeerNode:
             for fd in watch:
                 self.poller.unregister(fd)
         self._handle_ready(ready)
-        self.tick(time.time())
+        now = time.time()
+        self.tick(now)
+        if now >= self._next_fetch:
+            self._next_fetch = now + MAILBOX_POLL_INTERVAL
+            self.fetch_letters(now)
         messages = list(self.incoming)
         self.incoming.clear()
         return messages, {fd for fd in watch if fd in ready}
@@ -266,11 +292,15 @@ class PeerNode:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send(self, peer: str, text: str, timeout: float | None = None) -> Receipt:
+    def send(self, peer: str, text: str, timeout: float | None = None,
+             queue: bool = True) -> Receipt:
         """Deliver ``text`` to ``peer``'s listening session and wait for its acknowledgement.
 
-        Raises RemoteError (unknown-user, revoked, refused), PeerOffline, PeerTimeout or
-        MessageTooLarge; never waits longer than about twice ``timeout`` in all.
+        If ``peer`` is offline or their session does not answer, the message is left
+        (sealed end to end) in the broker's mailbox when ``queue`` is true, else PeerOffline
+        or PeerTimeout is raised. Other failures: RemoteError (unknown-user, revoked,
+        refused, mailbox-full), PeerTimeout (no acknowledgement) or MessageTooLarge. Never
+        waits much longer than twice ``timeout`` for the peer.
         """
         timeout = self.timeout if timeout is None else timeout
         # One id for every attempt: if a first copy did arrive before the conversation went
@@ -283,7 +313,18 @@ class PeerNode:
             except PeerError:  # no answer, or the peer said BYE
                 log.info("conversation with %s did not answer; opening a new one", peer)
                 self._close(sock, say_bye=False, now=time.time())
-        return self._deliver(self._open(peer, timeout), text, msg_id, timeout)
+        started = time.monotonic()
+        entry = self.agent.call("lookup", {"username": peer})
+        try:
+            sock = self._open(peer, entry, timeout)
+        except (PeerOffline, PeerTimeout) as exc:
+            if not queue:
+                raise
+            self.agent.call("mailbox_deposit", {"to": peer, "sealed": b64(self.core.letter(
+                peer, unb64(entry["public_key"], 32), text, time.time(), msg_id))})
+            return Receipt(peer, 0, "mailbox", time.monotonic() - started, delivered=False,
+                           reason=str(exc))
+        return self._deliver(sock, text, msg_id, timeout)
 
     def _deliver(self, sock: zmq.Socket, text: str, msg_id: bytes, timeout: float) -> Receipt:
         conversation = self.conversations[sock]
@@ -305,9 +346,9 @@ class PeerNode:
         return Receipt(conversation.peer, seq, conversation.short_id,
                        time.monotonic() - started)
 
-    def _open(self, peer: str, timeout: float) -> zmq.Socket:
-        """Look ``peer`` up, send HELLO to their inbox, connect a PAIR to the WELCOME port."""
-        entry = self.agent.call("lookup", {"username": peer})
+    def _open(self, peer: str, entry: dict[str, Any], timeout: float) -> zmq.Socket:
+        """Send HELLO to the inbox the directory ``entry`` names; connect a PAIR to WELCOME's
+        port."""
         if not entry.get("online") or not entry.get("port"):
             raise PeerOffline(f"{peer} is offline (no listening session)")
         address = entry.get("address") or "127.0.0.1"
@@ -336,3 +377,57 @@ class PeerNode:
         self._add(sock, conversation, now)
         log.info("conversation %s with %s opened", conversation.short_id, peer)
         return sock
+
+    # -- letters (offline mailbox) ------------------------------------------------------------
+
+    def fetch_letters(self, now: float) -> None:
+        """Fetch, check and queue the letters left at the broker, then delete them there."""
+        try:
+            for _ in range(100):  # bounded: the mailbox holds at most 100 letters anyway
+                batch = self.agent.call("mailbox_fetch", {})
+                letters = batch.get("letters") or []
+                keys: dict[str, bytes | None] = {}
+                for letter in letters:
+                    self._open_letter(letter, keys, now)
+                if not letters:
+                    return
+                self._save_seen_letters()  # before deleting: a crash in between cannot
+                self.agent.call("mailbox_delete",  # show a letter twice
+                                {"upto": max(int(x["id"]) for x in letters)})
+                if not batch.get("more"):
+                    return
+        except AgoraError as exc:
+            log.info("could not fetch letters (will try again): %s", exc)
+
+    def _open_letter(self, letter: dict[str, Any], keys: dict[str, bytes | None],
+                     now: float) -> None:
+        sender = str(letter.get("from", ""))
+        try:
+            if sender not in keys:
+                try:
+                    entry = self.agent.call("lookup", {"username": sender})
+                    keys[sender] = unb64(entry["public_key"], 32)
+                except RemoteError:
+                    keys[sender] = None  # unknown or revoked since: their letters are void
+            key = keys[sender]
+            if key is None:
+                raise ProtocolError(f"{sender[:64]!r} is no longer in the directory")
+            msg = self.core.open_letter(sender, key, unb64(str(letter.get("sealed", ""))), now)
+        except ProtocolError as exc:
+            self._drop(f"a letter from {sender[:64]!r}", exc)
+            return
+        if msg is not None:
+            self.incoming.append(msg)
+
+    def _load_seen_letters(self) -> dict[str, float]:
+        try:
+            seen = json.loads(self.letters_path.read_text())
+            return {str(k): float(v) for k, v in seen.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError, TypeError, OSError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.letters_path, exc)
+            return {}
+
+    def _save_seen_letters(self) -> None:
+        atomic_write(self.letters_path, json.dumps(self.core.seen_letters).encode())

@@ -19,6 +19,15 @@ Every message on a PAIR is ``[PEER_PROTOCOL, Box(nonce || ciphertext)]`` of::
     kind (1) | direction (1) | conversation id (16) | seq (8, big endian) | sent_at (8, double)
     MESSAGE body: message id (16) | UTF-8 text;  ACK and BYE: empty
 
+A *letter* is a message left in the broker's offline mailbox for a collaborator who is not
+listening: ``Box(sender -> recipient)`` of::
+
+    kind LETTER (1) | message id (16) | sent_at (8, double) | len (1) | sender |
+    len (1) | recipient | UTF-8 text
+
+:meth:`PeerEndpoint.letter` seals one; :meth:`PeerEndpoint.open_letter` checks it (names,
+age, and a message id never seen before, remembered for MAILBOX_TTL).
+
 The clock is always passed in; nothing here sleeps, binds or connects.
 """
 
@@ -45,6 +54,7 @@ from agora.crypto import (
 from agora.errors import MessageTooLarge, ProtocolError, RemoteError
 from agora.protocol import (
     FRESHNESS_WINDOW,
+    MAILBOX_TTL,
     MAX_PEER_TEXT,
     PEER_PROTOCOL,
     ErrorCode,
@@ -55,6 +65,7 @@ from agora.wire import decode_json, encode_json
 from agora.wire import field as body_field
 
 HEADER = struct.Struct(">BB16sQd")
+LETTER_HEADER = struct.Struct(">B16sd")
 CONVERSATION_ID_SIZE = 16
 MESSAGE_ID_SIZE = 16
 #: Message ids remembered per peer, to recognise a retransmission through a new conversation.
@@ -101,6 +112,22 @@ class Closed:
 
 
 Event = PeerMessage | Acked | Closed
+
+
+def encode_text(text: str) -> bytes:
+    """UTF-8 bytes of a message text; MessageTooLarge (nothing is sent) over the limit."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_PEER_TEXT:
+        raise MessageTooLarge(f"message is {len(data)} bytes; the limit is "
+                              f"{MAX_PEER_TEXT // 1024} KiB")
+    return data
+
+
+def _decode_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("message text is not UTF-8") from None
 
 
 class RecentIds:
@@ -151,10 +178,7 @@ class Conversation:
         Pass the ``msg_id`` of an earlier attempt when retransmitting through a new
         conversation, so the receiver shows it once.
         """
-        data = text.encode("utf-8")
-        if len(data) > MAX_PEER_TEXT:
-            raise MessageTooLarge(f"message is {len(data)} bytes; the limit is "
-                                  f"{MAX_PEER_TEXT // 1024} KiB")
+        data = encode_text(text)
         msg_id = msg_id or os.urandom(MESSAGE_ID_SIZE)
         self.send_seq += 1
         self.last_active = now
@@ -200,10 +224,7 @@ class Conversation:
             return [Closed()], []
         if len(body) < MESSAGE_ID_SIZE:
             raise ProtocolError("message has no message id")
-        try:
-            text = body[MESSAGE_ID_SIZE:].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError("message text is not UTF-8") from None
+        text = _decode_text(body[MESSAGE_ID_SIZE:])
         if not math.isfinite(sent_at):
             raise ProtocolError("message time is not a number")
         self.recv_seq = seq
@@ -246,6 +267,8 @@ class PeerEndpoint:
         #: Conversation ids accepted recently (expiry time): a replayed HELLO is refused.
         self._seen_hellos: OrderedDict[bytes, float] = OrderedDict()
         self._recent_ids: dict[str, RecentIds] = {}
+        #: Letter ids accepted (hex -> sent_at), kept MAILBOX_TTL; the shell persists it.
+        self.seen_letters: dict[str, float] = {}
 
     def _recent(self, peer: str) -> RecentIds:
         # Shared by all conversations with one peer, so a retransmission that arrives on a
@@ -342,6 +365,51 @@ class PeerEndpoint:
                 break
             del self._seen_hellos[conversation_id]
 
+    # -- letters (offline mailbox) ----------------------------------------------------------
+
+    def letter(self, recipient: str, recipient_key: bytes, text: str, now: float,
+               msg_id: bytes | None = None) -> bytes:
+        """Seal ``text`` for ``recipient``'s mailbox; only they can open it, only from us."""
+        data = encode_text(text)
+        box = Box(self.private_key, public_key_from_bytes(recipient_key))
+        return seal(box, LETTER_HEADER.pack(PeerKind.LETTER, msg_id or os.urandom(
+            MESSAGE_ID_SIZE), now) + _name(self.username) + _name(recipient) + data)
+
+    def open_letter(self, sender: str, sender_key: bytes, sealed: bytes, now: float,
+                    ) -> PeerMessage | None:
+        """Check a letter the broker says ``sender`` left; None if already shown.
+
+        ``sender_key`` comes from the directory: a letter the broker (or anyone) attributes
+        to the wrong sender does not open. Raises ProtocolError for a letter that is
+        forged, for someone else, too old to be checked for replay, or replayed.
+        """
+        plain = open_sealed(Box(self.private_key, public_key_from_bytes(sender_key)), sealed)
+        if len(plain) < LETTER_HEADER.size + 2:
+            raise ProtocolError("letter too short")
+        kind, msg_id, sent_at = LETTER_HEADER.unpack_from(plain)
+        if kind != PeerKind.LETTER:
+            raise ProtocolError("not a letter")
+        named_sender, rest = _unname(plain[LETTER_HEADER.size:])
+        named_recipient, data = _unname(rest)
+        if named_sender != sender or named_recipient != self.username:
+            raise ProtocolError("letter names another sender or recipient")
+        if not (math.isfinite(sent_at)
+                and now - MAILBOX_TTL <= sent_at <= now + self.hello_window):
+            raise ProtocolError("letter is too old (or from the future) to check for replay")
+        text = _decode_text(data)
+        self._forget_letters(now)
+        if msg_id.hex() in self.seen_letters:
+            raise ProtocolError("letter replayed")
+        self.seen_letters[msg_id.hex()] = sent_at
+        if not self._recent(sender).add(msg_id):
+            return None  # it came through a conversation already
+        return PeerMessage(sender, text, sent_at, now, 0, "mailbox")
+
+    def _forget_letters(self, now: float) -> None:
+        # Older letters are refused by age, so their ids need not be remembered.
+        for key in [k for k, t in self.seen_letters.items() if t < now - MAILBOX_TTL]:
+            del self.seen_letters[key]
+
     @staticmethod
     def welcome(conversation: Conversation, port: int, now: float) -> list[bytes]:
         return [PEER_PROTOCOL, PeerCommand.WELCOME.value, seal(conversation.box, encode_json(
@@ -351,3 +419,20 @@ class PeerEndpoint:
     def refuse(code: ErrorCode, message: str) -> list[bytes]:
         return [PEER_PROTOCOL, PeerCommand.REFUSE.value,
                 encode_json({"code": code.value, "message": message})]
+
+
+def _name(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    if len(raw) > MAX_USERNAME_BYTES:
+        raise ProtocolError("username too long")
+    return bytes([len(raw)]) + raw
+
+
+def _unname(data: bytes) -> tuple[str, bytes]:
+    if not data or len(data) < 1 + data[0]:
+        raise ProtocolError("letter is truncated")
+    end = 1 + data[0]
+    try:
+        return data[1:end].decode("utf-8"), data[end:]
+    except UnicodeDecodeError:
+        raise ProtocolError("name in letter is not UTF-8") from None

@@ -48,6 +48,10 @@ class Command(bytes, Enum):
 
 #: Largest text of one peer message, in UTF-8 bytes; the sealed envelope adds 90 bytes.
 MAX_PEER_TEXT = 64 * 1024
+#: Largest sealed letter the broker's offline mailbox accepts (text + names + envelope).
+MAX_LETTER_SIZE = MAX_PEER_TEXT + 512
+#: Letters older than this are deleted unread; recipients remember letter ids this long.
+MAILBOX_TTL = 7 * 24 * 3600.0
 
 
 class PeerCommand(bytes, Enum):
@@ -64,6 +68,7 @@ class PeerKind(IntEnum):
     MESSAGE = 1
     ACK = 2
     BYE = 3
+    LETTER = 4  # a message left in the broker's offline mailbox
 
 
 class SessionOp(IntEnum):
@@ -103,6 +108,7 @@ class ErrorCode(str, Enum):
     SERVICE_FAILED = "service-failed"
     TIMEOUT = "timeout"
     OFFLINE = "offline"
+    MAILBOX_FULL = "mailbox-full"
     INTERNAL = "internal"
 
 

@@ -100,21 +100,32 @@ def send(
     home: HomeOption = None,  # type: ignore[assignment]
     broker: BrokerOption = None,
     timeout: TimeoutOption = 2.5,
+    no_queue: Annotated[bool, typer.Option(
+        "--no-queue", help="Fail if USER is offline or not answering, instead of leaving "
+        "the message in the broker's mailbox.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Send one message to USER's listening session and wait for their acknowledgement.
 
-    Fails with a clear reason: unknown user, user offline (not listening), or no answer
-    in time. Example: `agora send bob.reis "lunch at noon?"`, or `echo hi | agora send bob.reis`.
+    If USER is offline (or their session does not answer), the message is left in the
+    broker's mailbox, still end-to-end encrypted, and shown at their next `agora listen`;
+    with --no-queue that is an error instead. Other errors: unknown user, no
+    acknowledgement in time, mailbox full.
+
+    Examples: `agora send bob.reis "lunch at noon?"`, `echo hi | agora send bob.reis`.
     """
     if text is None or text == "-":
         text = sys.stdin.read().rstrip("\n")
     if not text:
         raise fail("nothing to send: give the text as an argument or on stdin")
     with user_errors(), session(home, broker, timeout) as agent:
-        receipt = agent.send(user, text, timeout)
+        receipt = agent.send(user, text, timeout, queue=not no_queue)
         if json_out:
             print_json(receipt.to_dict())
+        elif receipt.queued:
+            console.print(f"Not delivered now: {escape(receipt.reason)}. Left in the broker's "
+                          f"mailbox (end-to-end encrypted) for [bold cyan]{escape(receipt.to)}"
+                          "[/]'s next login.", highlight=False)
         else:
             console.print(f"Delivered to [bold cyan]{escape(receipt.to)}[/] (message "
                           f"{receipt.seq}, {receipt.round_trip * 1000:.1f} ms)", highlight=False)

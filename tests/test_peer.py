@@ -119,18 +119,18 @@ def test_send_to_unknown_user_fails_with_unknown_user(ana_bob):
     assert exc.value.code is ErrorCode.UNKNOWN_USER
 
 
-def test_send_to_offline_user_fails_with_offline(broker):
+def test_send_to_offline_user_without_queueing_fails_with_offline(broker):
     ana = broker.agent("Ana Lima")
     broker.agent("Bob Reis", login=False)
     with pytest.raises(PeerOffline, match="bob.reis is offline"):
-        ana.send("bob.reis", "hello?")
+        ana.send("bob.reis", "hello?", queue=False)
 
 
 def test_send_to_a_session_that_does_not_answer_times_out(ana_bob):
     ana, _ = ana_bob  # bob is logged in, but nothing reads his inbox
     started = time.monotonic()
     with pytest.raises(PeerTimeout, match="did not answer"):
-        ana.send("bob.reis", "hello?", timeout=0.3)
+        ana.send("bob.reis", "hello?", timeout=0.3, queue=False)
     assert time.monotonic() - started < 3
 
 

@@ -31,9 +31,21 @@ def test_listen_prints_what_send_delivers_and_send_reports_delivery(broker, proc
     listener.expect(r"ana\.lima: from stdin")
 
     assert listener.terminate() == 0  # SIGTERM: logs out cleanly
-    offline = run_agora("send", "bob.reis", "anyone?", "--home", ana_home, env=env)
+    offline = run_agora("send", "bob.reis", "anyone?", "--home", ana_home, "--no-queue",
+                        env=env)
     assert offline.returncode == 1
     assert offline.stderr.strip() == "error: bob.reis is offline (no listening session)"
+
+
+def test_message_to_offline_user_waits_in_the_mailbox_until_they_listen(broker, procs):
+    ana_home, bob_home = homes(broker, "Ana Lima", "Bob Reis")
+    env = agora_env(AGORA_PASSWORD=PASSWORD, AGORA_BROKER=broker.endpoint)
+    queued = run_agora("send", "bob.reis", "while you were out", "--home", ana_home, env=env)
+    assert queued.returncode == 0, queued.stderr
+    assert "Left in the broker's mailbox" in queued.stdout
+    listener = procs("listen", "--home", bob_home, env=env)
+    listener.expect(r"Listening as bob\.reis")
+    listener.expect(r"ana\.lima: while you were out")
 
 
 def test_send_to_unknown_user_says_so_in_one_line(broker):

@@ -18,7 +18,14 @@ from agents.peer_protocol import (
 )
 from agora.crypto import PrivateKey, seal
 from agora.errors import MessageTooLarge, ProtocolError, RemoteError
-from agora.protocol import MAX_PEER_TEXT, PEER_PROTOCOL, ErrorCode, PeerCommand, PeerKind
+from agora.protocol import (
+    MAILBOX_TTL,
+    MAX_PEER_TEXT,
+    PEER_PROTOCOL,
+    ErrorCode,
+    PeerCommand,
+    PeerKind,
+)
 
 NOW = 1_800_000_000.0
 
@@ -211,3 +218,49 @@ def test_welcome_for_another_conversation_is_rejected(pair):
     bob_side = pair.bob.accept(pair.bob.parse_hello(second.frames), pair.directory["ana"], NOW)
     with pytest.raises(ProtocolError, match="another conversation"):
         pair.ana.welcome_received(first, pair.bob.welcome(bob_side, 4242, NOW), NOW)
+
+
+# -- letters (offline mailbox) ----------------------------------------------------------------
+
+def test_letter_opens_once_for_its_recipient(pair):
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "while you were out", NOW)
+    msg = pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW + 60)
+    assert (msg.sender, msg.text, msg.sent_at, msg.conversation) == (
+        "ana", "while you were out", NOW, "mailbox")
+    with pytest.raises(ProtocolError, match="letter replayed"):
+        pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW + 61)
+
+
+def test_letter_attributed_to_another_sender_does_not_open(pair):
+    sealed = PeerEndpoint("mallory", pair.keys["mallory"]).letter(
+        "bob", pair.directory["bob"], "it's ana, really", NOW)
+    with pytest.raises(ProtocolError, match="could not be decrypted"):
+        pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW)
+
+
+def test_letter_for_another_recipient_is_rejected(pair):
+    carol = PeerEndpoint("carol", pair.keys["bob"])  # same key, other name
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "for bob", NOW)
+    with pytest.raises(ProtocolError, match="another sender or recipient"):
+        carol.open_letter("ana", pair.directory["ana"], sealed, NOW)
+
+
+def test_letter_older_than_the_mailbox_lifetime_is_rejected(pair):
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "ancient", NOW - MAILBOX_TTL - 1)
+    with pytest.raises(ProtocolError, match="too old"):
+        pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW)
+
+
+def test_conversation_message_is_not_accepted_as_a_letter(pair):
+    ana, _ = pair.connect()
+    _, _, frames = ana.message("in a conversation", NOW)
+    with pytest.raises(ProtocolError):
+        pair.bob.open_letter("ana", pair.directory["ana"], frames[1], NOW)
+
+
+def test_letter_already_received_in_a_conversation_is_not_shown_again(pair):
+    ana, bob = pair.connect()
+    _, msg_id, frames = ana.message("sent twice", NOW)
+    bob.handle(frames, NOW)
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "sent twice", NOW, msg_id)
+    assert pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW) is None
