@@ -358,9 +358,13 @@ class PeerNode:
         dealer = self.agent.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+        dealer.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
         try:
             dealer.connect(tcp_endpoint(address, entry["port"]))
-            dealer.send_multipart(pending.frames)
+            try:
+                dealer.send_multipart(pending.frames)
+            except zmq.Again:
+                raise PeerTimeout(f"{peer} is not taking conversation requests") from None
             if not dealer.poll(int(timeout * 1000), zmq.POLLIN):
                 raise PeerTimeout(f"{peer} did not answer in {timeout:g}s (session gone or "
                                   "not listening)")
