@@ -46,7 +46,15 @@ from agents.peer_protocol import (
     PeerMessage,
 )
 from agora.crypto import b64, unb64
-from agora.errors import AgoraError, PeerError, PeerOffline, PeerTimeout, ProtocolError, RemoteError
+from agora.errors import (
+    AgoraError,
+    LocalError,
+    PeerError,
+    PeerOffline,
+    PeerTimeout,
+    ProtocolError,
+    RemoteError,
+)
 from agora.files import atomic_write
 from agora.protocol import MAX_MESSAGE_SIZE, ErrorCode
 
@@ -64,6 +72,8 @@ LOOPBACK = ("127.0.0.1", "::1")
 #: How often a receiving node asks the broker for letters left while it was away.
 MAILBOX_POLL_INTERVAL = 30.0
 LETTERS_SEEN_NAME = "letters_seen.json"
+#: Idle conversations are looked for at most this often (not on every poll: a hot path).
+TICK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,7 @@ class PeerNode:
         self.letters_path = agent.home / LETTERS_SEEN_NAME
         self.core.seen_letters = self._load_seen_letters()
         self._next_fetch = 0.0  # the first wait() fetches letters left while we were away
+        self._next_tick = 0.0
 
     # -- sockets ----------------------------------------------------------------------------
 
@@ -175,7 +186,9 @@ class PeerNode:
                 self.poller.unregister(fd)
         self._handle_ready(ready)
         now = time.time()
-        self.tick(now)
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_INTERVAL
+            self.tick(now)
         if now >= self._next_fetch:
             self._next_fetch = now + MAILBOX_POLL_INTERVAL
             self.fetch_letters(now)
@@ -302,6 +315,8 @@ class PeerNode:
         refused, mailbox-full), PeerTimeout (no acknowledgement) or MessageTooLarge. Never
         waits much longer than twice ``timeout`` for the peer.
         """
+        if peer == self.agent.username:
+            raise LocalError("that is you: peer messages go to another collaborator")
         timeout = self.timeout if timeout is None else timeout
         # One id for every attempt: if a first copy did arrive before the conversation went
         # stale, the receiver acknowledges the retransmission but shows it only once.

@@ -15,7 +15,7 @@ import zmq
 
 from agents import Agent
 from agents.peer_protocol import PeerEndpoint
-from agora.errors import PeerOffline, PeerTimeout, RemoteError
+from agora.errors import LocalError, PeerOffline, PeerTimeout, RemoteError
 from agora.protocol import MAX_MESSAGE_SIZE, PEER_PROTOCOL, ErrorCode
 from tests.conftest import PASSWORD
 
@@ -62,14 +62,21 @@ def raw_dealer(zctx, port: int) -> zmq.Socket:
     return sock
 
 
-def raw_conversation(zctx, sender: Agent, receiver: Agent):
-    """Set up a conversation by hand (the sender's real key, raw sockets): (conv, PAIR)."""
-    core = PeerEndpoint(sender.username, sender.private_key)
+def raw_hello(zctx, core: PeerEndpoint, receiver: Agent):
+    """Send a HELLO by hand; return what ``welcome_received`` makes of the answer."""
     pending = core.hello(receiver.username, bytes(receiver.private_key.public_key), time.time())
     dealer = raw_dealer(zctx, receiver.info.port)
-    dealer.send_multipart(pending.frames)
-    conversation, port = core.welcome_received(pending, dealer.recv_multipart(), time.time())
-    dealer.close(0)
+    try:
+        dealer.send_multipart(pending.frames)
+        return core.welcome_received(pending, dealer.recv_multipart(), time.time())
+    finally:
+        dealer.close(0)
+
+
+def raw_conversation(zctx, sender: Agent, receiver: Agent):
+    """Set up a conversation by hand (the sender's real key, raw sockets): (conv, PAIR)."""
+    conversation, port = raw_hello(zctx, PeerEndpoint(sender.username, sender.private_key),
+                                   receiver)
     pair = zctx.socket(zmq.PAIR)
     pair.setsockopt(zmq.LINGER, 0)
     pair.setsockopt(zmq.RCVTIMEO, 3000)
@@ -209,13 +216,9 @@ def test_conversation_request_with_a_key_not_the_senders_is_refused(zctx, broker
     broker.agent("Ana Lima")
     mallory = broker.agent("Mallory")
     impostor = PeerEndpoint("ana.lima", mallory.private_key)  # ana's name, mallory's key
-    pending = impostor.hello("bob.reis", bytes(bob.private_key.public_key), time.time())
-    with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob):
-        dealer = raw_dealer(zctx, bob.info.port)
-        dealer.send_multipart(pending.frames)
-        with pytest.raises(RemoteError) as exc:
-            impostor.welcome_received(pending, dealer.recv_multipart(), time.time())
-    dealer.close(0)
+    with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob), \
+            pytest.raises(RemoteError) as exc:
+        raw_hello(zctx, impostor, bob)
     assert exc.value.code is ErrorCode.BAD_CREDENTIALS
     assert bob.peer.conversations == {} and "not ana.lima's key" in caplog.text
 
@@ -223,15 +226,15 @@ def test_conversation_request_with_a_key_not_the_senders_is_refused(zctx, broker
 def test_revoked_sender_is_refused(zctx, broker):
     bob, ana = broker.agent("Bob Reis"), broker.agent("Ana Lima")
     broker.admin.revoke("ana.lima", time.time())
-    core = PeerEndpoint("ana.lima", ana.private_key)
-    pending = core.hello("bob.reis", bytes(bob.private_key.public_key), time.time())
-    with Listening(bob):
-        dealer = raw_dealer(zctx, bob.info.port)
-        dealer.send_multipart(pending.frames)
-        with pytest.raises(RemoteError) as exc:
-            core.welcome_received(pending, dealer.recv_multipart(), time.time())
-    dealer.close(0)
+    with Listening(bob), pytest.raises(RemoteError) as exc:
+        raw_hello(zctx, PeerEndpoint("ana.lima", ana.private_key), bob)
     assert exc.value.code is ErrorCode.REVOKED
+
+
+def test_send_to_yourself_is_refused(ana_bob):
+    ana, _ = ana_bob
+    with pytest.raises(LocalError, match="that is you"):
+        ana.send("ana.lima", "hello me")
 
 
 def test_bad_input_on_a_conversation_is_dropped_and_good_messages_still_arrive(zctx, ana_bob,
