@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,22 @@ class Receipt:
         return {"to": self.to, "delivered": self.delivered, "queued": self.queued,
                 "reason": self.reason, "seq": self.seq, "conversation": self.conversation,
                 "round_trip_ms": self.round_trip * 1000}
+
+
+class Listener:
+    """Receives for a logged-in agent until ``stop`` is set: in a thread, or as the main
+    loop of a process (``agora listen``). Each message goes to ``on_message``."""
+
+    def __init__(self, agent: Agent, on_message: Callable[[PeerMessage], None],
+                 stop: threading.Event | None = None) -> None:
+        self.agent = agent
+        self.on_message = on_message
+        self.stop = stop or threading.Event()
+        agent.peer  # noqa: B018 - the node (and its poller) exists before anyone writes
+
+    def run(self) -> None:
+        for msg in self.agent.messages(stop=self.stop):
+            self.on_message(msg)
 
 
 def tcp_endpoint(address: str, port: int) -> str:

@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from agents.peer import Listener
 from agents.peer_protocol import PeerMessage
 from agora.errors import AgoraError, RemoteError
 from cli.agent_cmd import session
@@ -55,10 +56,15 @@ def show_peer_warnings() -> None:
                         stream=sys.stderr)
 
 
+def json_line(obj: dict[str, object]) -> None:
+    """One compact JSON object per line, flushed: what a script reading a stream wants."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
 def print_message(msg: PeerMessage, json_out: bool) -> None:
     if json_out:
-        sys.stdout.write(json.dumps(msg.to_dict(), sort_keys=True) + "\n")
-        sys.stdout.flush()
+        json_line(msg.to_dict())
         return
     stamp = time.strftime("%H:%M:%S", time.localtime(msg.sent_at))
     console.print(f"[dim]{stamp}[/] [bold cyan]{escape(msg.sender)}[/]: {escape(msg.text)}",
@@ -69,8 +75,9 @@ def listen(
     home: HomeOption = None,  # type: ignore[assignment]
     broker: BrokerOption = None,
     timeout: TimeoutOption = 2.5,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per message "
-                                           "(from, text, sent_at, received_at, seq).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line: first "
+                                           "{listening, port}, then one per message (from, "
+                                           "text, sent_at, received_at, seq).")] = False,
 ) -> None:
     """Log in and print peer messages as they arrive (sender, time, text) until Ctrl-C.
 
@@ -82,15 +89,14 @@ def listen(
     with user_errors(), session(home, broker, timeout) as agent, stop_on_signals() as stop:
         info = agent.info
         assert info is not None
-        agent.peer  # noqa: B018 - start the peer node before telling anyone we listen
+        listener = Listener(agent, lambda msg: print_message(msg, json_out), stop)
         if json_out:
-            print_json({"listening": info.username, "port": info.port})
+            json_line({"listening": info.username, "port": info.port})
         else:
             console.print(f"Listening as [bold cyan]{info.username}[/] on port {info.port}; "
                           "Ctrl-C to stop", highlight=False)
-        sys.stdout.flush()
-        for msg in agent.messages(stop=stop):
-            print_message(msg, json_out)
+            sys.stdout.flush()
+        listener.run()
 
 
 def send(

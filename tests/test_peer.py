@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from agents import Agent
+from agents.peer import Listener
 from agents.peer_protocol import PeerEndpoint
 from agora.errors import LocalError, PeerOffline, PeerTimeout, RemoteError
 from agora.protocol import MAX_MESSAGE_SIZE, PEER_PROTOCOL, ErrorCode
@@ -21,18 +22,13 @@ from tests.conftest import PASSWORD
 
 
 class Listening:
-    """``agent.messages()`` in a background thread, collecting what arrives."""
+    """A :class:`Listener` in a background thread, collecting what arrives."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.stop = threading.Event()
         self.received = []
-        agent.peer  # noqa: B018 - the node exists before anyone writes
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        for msg in self.agent.messages(stop=self.stop):
-            self.received.append(msg)
+        self.listener = Listener(agent, self.received.append)
+        self.thread = threading.Thread(target=self.listener.run, daemon=True)
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list:
         deadline = time.monotonic() + timeout
@@ -45,7 +41,7 @@ class Listening:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
+        self.listener.stop.set()
         self.thread.join(5)
 
 

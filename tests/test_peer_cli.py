@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -43,9 +44,11 @@ def test_message_to_offline_user_waits_in_the_mailbox_until_they_listen(broker, 
     queued = run_agora("send", "bob.reis", "while you were out", "--home", ana_home, env=env)
     assert queued.returncode == 0, queued.stderr
     assert "Left in the broker's mailbox" in queued.stdout
-    listener = procs("listen", "--home", bob_home, env=env)
-    listener.expect(r"Listening as bob\.reis")
-    listener.expect(r"ana\.lima: while you were out")
+    listener = procs("listen", "--home", bob_home, "--json", env=env)
+    assert json.loads(listener.expect(r"^\{.*listening.*").group(0))["listening"] == "bob.reis"
+    msg = json.loads(listener.expect(r"^\{.*while you were out.*").group(0))
+    assert (msg["from"], msg["text"], msg["conversation"]) == ("ana.lima", "while you were out",
+                                                                "mailbox")
 
 
 def test_send_to_unknown_user_says_so_in_one_line(broker):
