@@ -79,11 +79,13 @@ def listen(
                                            "{listening, port}, then one per message (from, "
                                            "text, sent_at, received_at, seq).")] = False,
 ) -> None:
-    """Log in and print peer messages as they arrive (sender, time, text) until Ctrl-C.
+    """Log in and print peer messages as they arrive (sender, time, text).
 
-    Any number of collaborators can write to you at once; each message is end-to-end
-    encrypted, checked against the sender's key in the broker's directory, and
-    acknowledged to its sender. Bad or replayed messages are dropped with a warning.
+    Runs until Ctrl-C. Any number of collaborators can write to you at once;
+    each message is end-to-end encrypted, checked against the sender's key in
+    the broker's directory, and acknowledged to its sender. Messages left for
+    you while you were offline are shown first. Bad or replayed messages are
+    dropped with a warning on stderr.
     """
     show_peer_warnings()
     with user_errors(), session(home, broker, timeout) as agent, stop_on_signals() as stop:
@@ -111,14 +113,15 @@ def send(
         "the message in the broker's mailbox.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Send one message to USER's listening session and wait for their acknowledgement.
+    """Send one message to USER and wait for their acknowledgement.
 
-    If USER is offline (or their session does not answer), the message is left in the
-    broker's mailbox, still end-to-end encrypted, and shown at their next `agora listen`;
-    with --no-queue that is an error instead. Other errors: unknown user, no
-    acknowledgement in time, mailbox full.
+    If USER is offline (or their session does not answer), the message is
+    left in the broker's mailbox, still end-to-end encrypted, and shown at
+    their next `agora listen`; with --no-queue that is an error instead.
+    Other errors: unknown user, no acknowledgement in time, mailbox full.
 
-    Examples: `agora send bob.reis "lunch at noon?"`, `echo hi | agora send bob.reis`.
+    Examples: `agora send bob.reis "lunch at noon?"`,
+    `echo hi | agora send bob.reis`.
     """
     if text is None or text == "-":
         text = sys.stdin.read().rstrip("\n")
@@ -143,10 +146,11 @@ def chat(
     broker: BrokerOption = None,
     timeout: TimeoutOption = 2.5,
 ) -> None:
-    """Talk with USER: each line you type is sent; their lines appear as they arrive.
+    """Talk with USER: lines you type are sent, theirs appear as they arrive.
 
-    Messages from other collaborators show up too, with their name. A line that could not
-    be delivered says why, and the chat goes on. Ctrl-D or Ctrl-C ends it.
+    Messages from other collaborators show up too, with their name. A line
+    that could not be delivered says why, and the chat goes on. Ctrl-D or
+    Ctrl-C ends it.
     """
     show_peer_warnings()
     with user_errors(), session(home, broker, timeout) as agent, stop_on_signals() as stop:

@@ -7,6 +7,9 @@ import subprocess
 import threading
 import time
 
+from typer.testing import CliRunner
+
+from cli.app import app
 from tests.conftest import PASSWORD, agora_command, agora_env, run_agora
 from tests.test_peer import Listening
 
@@ -27,8 +30,11 @@ def test_listen_prints_what_send_delivers_and_send_reports_delivery(broker, proc
     assert "Delivered to bob.reis" in sent.stdout
     listener.expect(r"\d\d:\d\d:\d\d ana\.lima: olá from a process")
 
-    piped = run_agora("send", "bob.reis", "--home", ana_home, env=env, input="from stdin\n")
+    piped = run_agora("send", "bob.reis", "--home", ana_home, "--json", env=env,
+                      input="from stdin\n")
     assert piped.returncode == 0, piped.stderr
+    receipt = json.loads(piped.stdout)
+    assert (receipt["to"], receipt["delivered"], receipt["seq"]) == ("bob.reis", True, 1)
     listener.expect(r"ana\.lima: from stdin")
 
     assert listener.terminate() == 0  # SIGTERM: logs out cleanly
@@ -89,3 +95,10 @@ def test_chat_sends_typed_lines_and_shows_replies(broker):
         if chat.poll() is None:
             chat.kill()
             chat.wait(5)
+
+
+def test_peer_commands_explain_themselves():
+    for command, phrase in (("listen", "as they arrive"), ("send", "--no-queue"),
+                            ("chat", "Ctrl-D")):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and phrase in result.output
