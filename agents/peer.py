@@ -328,8 +328,9 @@ class PeerNode:
         If ``peer`` is offline or their session does not answer, the message is left
         (sealed end to end) in the broker's mailbox when ``queue`` is true, else PeerOffline
         or PeerTimeout is raised. Other failures: RemoteError (unknown-user, revoked,
-        refused, mailbox-full), PeerTimeout (no acknowledgement) or MessageTooLarge. Never
-        waits much longer than twice ``timeout`` for the peer.
+        refused, mailbox-full), PeerTimeout (no acknowledgement) or MessageTooLarge. Waits
+        for the peer at most three times ``timeout`` (a stale conversation, then HELLO and
+        ACK on a new one), plus the broker requests.
         """
         if peer == self.agent.username:
             raise LocalError("that is you: peer messages go to another collaborator")
