@@ -261,3 +261,29 @@ def test_oversized_message_on_a_conversation_is_dropped(zctx, ana_bob):
         inbox.wait_for(1)
     pair.close(0)
     assert [m.text for m in inbox.received] == ["after the big one"]
+
+
+def test_idle_conversation_is_closed_and_the_next_send_opens_another(ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob):
+        first = ana.send("bob.reis", "before")
+    bob.peer.tick(time.time() + bob.peer.idle_timeout + 1)
+    assert bob.peer.conversations == {}
+    with Listening(bob) as inbox:
+        second = ana.send("bob.reis", "after")
+        inbox.wait_for(1)
+    assert [m.text for m in inbox.received] == ["after"]
+    assert second.conversation != first.conversation
+
+
+def test_listener_at_its_conversation_limit_closes_the_oldest(broker, ana_bob):
+    ana, bob = ana_bob
+    carol = broker.agent("Carol Dias")
+    bob.peer.max_conversations = 1
+    with Listening(bob) as inbox:
+        ana.send("bob.reis", "from ana")
+        carol.send("bob.reis", "from carol")  # evicts ana's conversation (BYE)
+        ana.send("bob.reis", "ana again")  # sees the BYE, sets up a new one
+        inbox.wait_for(3)
+    assert [m.text for m in inbox.received] == ["from ana", "from carol", "ana again"]
+    assert len(bob.peer.conversations) == 1
