@@ -170,7 +170,10 @@ def chat(
             if not line:
                 continue
             try:
-                agent.send(user, line, timeout)
+                receipt = agent.send(user, line, timeout)
+                if receipt.queued:
+                    err_console.print(f"[yellow]left in the mailbox:[/] "
+                                      f"{escape(receipt.reason)}", highlight=False)
             except RemoteError as exc:
                 err_console.print(f"[red]not delivered:[/] "
                                   f"{escape(f'{exc.message} [{exc.code.value}]')}",
