@@ -202,7 +202,7 @@ class Conversation:
             raise ProtocolError("peer message too short")
         kind, direction, conversation_id, seq, sent_at = HEADER.unpack_from(plain)
         body = plain[HEADER.size:]
-        if direction == self.role:
+        if direction != 1 - self.role:  # only the other end's direction is valid here
             raise ProtocolError("message reflected back to its sender")
         if not constant_time_equal(conversation_id, self.conversation_id):
             raise ProtocolError("message belongs to another conversation")
