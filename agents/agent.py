@@ -4,6 +4,8 @@
     agent.register(username, one_time_id, broker_fingerprint, password)   # once
     info = agent.login(password)                                          # every session
     agent.call("echo", {"text": "hi"})
+    agent.send("bob", "hello")                   # peer to peer, end-to-end encrypted
+    for msg in agent.messages(stop=event): ...   # incoming peer messages
     agent.logout(); agent.close()
 
 An Agent is not thread-safe: use it from one thread.
@@ -11,7 +13,9 @@ An Agent is not thread-safe: use it from one thread.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from typing import Any
 import zmq
 
 from agents.credentials import Credentials, CredentialsFile
+from agents.peer import PeerNode, Receipt
+from agents.peer_protocol import PeerMessage
 from agents.transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, BrokerConnection
 from agora.crypto import (
     Box,
@@ -85,6 +91,7 @@ class Agent:
         self.info: SessionInfo | None = None
         #: The socket this session listens on for peers; its port is reported at login.
         self.inbox: zmq.Socket | None = None
+        self._peer: PeerNode | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -116,6 +123,9 @@ class Agent:
         return PrivateKey(self.credentials.private_key)
 
     def close(self) -> None:
+        if self._peer is not None:
+            self._peer.close()
+            self._peer = None
         if self._conn is not None:
             self._conn.close()
         if self.inbox is not None:
@@ -259,6 +269,26 @@ class Agent:
                 self.request(SessionOp.LOGOUT, {})
             finally:
                 self.session = None
+
+    # -- peer messages (agents.peer) ------------------------------------------------------
+
+    @property
+    def peer(self) -> PeerNode:
+        """This session's peer-to-peer node (conversations over PAIR sockets)."""
+        if self._peer is None:
+            self._peer = PeerNode(self, timeout=self._timeout)
+        return self._peer
+
+    def send(self, username: str, text: str, timeout: float | None = None,
+             queue: bool = True) -> Receipt:
+        """Send ``text`` to ``username``'s listening session; returns once acknowledged, or
+        once left in the broker's mailbox if they are offline and ``queue`` is true."""
+        return self.peer.send(username, text, timeout, queue)
+
+    def messages(self, stop: threading.Event | None = None, timeout: float | None = None,
+                 ) -> Iterator[PeerMessage]:
+        """Incoming peer messages as they arrive, until ``stop`` is set or ``timeout``."""
+        return self.peer.messages(stop, timeout)
 
 
 def _one(body: list[bytes]) -> bytes:

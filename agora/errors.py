@@ -51,6 +51,14 @@ class PeerError(AgoraError):
     """A peer-to-peer conversation failed (no answer, refused, bad key)."""
 
 
+class PeerOffline(PeerError):
+    """The collaborator has no listening session."""
+
+
+class PeerTimeout(PeerError):
+    """The peer did not answer in time (gone, restarting or not listening)."""
+
+
 class RemoteError(AgoraError):
     """The other side refused a request; ``code`` says why."""
 

@@ -15,6 +15,9 @@ CLIENT_PROTOCOL = b"AGORA01C"
 #: First frame of every worker <-> broker message (cf. "MDPW01").
 WORKER_PROTOCOL = b"AGORA01W"
 
+#: First frame of every agent <-> agent message (docs/PROTOCOL.md section 5).
+PEER_PROTOCOL = b"AGORA01P"
+
 #: Largest message any agora socket accepts (ZMQ_MAXMSGSIZE). Larger ones are dropped by
 #: libzmq before they reach our code; senders check the size first and refuse locally.
 MAX_MESSAGE_SIZE = 256 * 1024
@@ -41,6 +44,31 @@ class Command(bytes, Enum):
     REGISTER = b"\x02"  # pre-auth: one-time ID -> TOKEN_1
     LOGIN = b"\x03"  # pre-auth: TOKEN_n -> TOKEN_n+1 and a session
     SESSION = b"\x04"  # everything else, sealed under the session key
+
+
+#: Largest text of one peer message, in UTF-8 bytes; the sealed envelope adds 90 bytes.
+MAX_PEER_TEXT = 64 * 1024
+#: Largest sealed letter the broker's offline mailbox accepts (text + names + envelope).
+MAX_LETTER_SIZE = MAX_PEER_TEXT + 512
+#: Letters older than this are deleted unread; recipients remember letter ids this long.
+MAILBOX_TTL = 7 * 24 * 3600.0
+
+
+class PeerCommand(bytes, Enum):
+    """Second frame of a message on a listener's inbox: conversation set-up."""
+
+    HELLO = b"\x01"  # initiator -> listener: open a conversation
+    WELCOME = b"\x02"  # listener -> initiator: the conversation's PAIR port
+    REFUSE = b"\x03"  # listener -> initiator: no conversation, and why
+
+
+class PeerKind(IntEnum):
+    """First byte inside a sealed message on a conversation PAIR (hidden from observers)."""
+
+    MESSAGE = 1
+    ACK = 2
+    BYE = 3
+    LETTER = 4  # a message left in the broker's offline mailbox
 
 
 class SessionOp(IntEnum):
@@ -79,6 +107,7 @@ class ErrorCode(str, Enum):
     SERVICE_FAILED = "service-failed"
     TIMEOUT = "timeout"
     OFFLINE = "offline"
+    MAILBOX_FULL = "mailbox-full"
     INTERNAL = "internal"
     NOT_JOINED = "not-joined"  # auction: a bid or snapshot from a key that has not joined
     BID_TOO_LOW = "bid-too-low"

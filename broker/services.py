@@ -14,6 +14,7 @@ from agora.errors import RemoteError
 from agora.protocol import ErrorCode, Level, PrincipalKind
 from agora.wire import field
 from broker.core import CallContext, Service
+from broker.mailbox import mailbox_services
 
 
 def whoami(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -75,5 +76,6 @@ def builtin_services() -> dict[str, Service]:
                 lookup),
         Service("key_status", Level.PUBLIC, "who holds a public key (service principals "
                 "only)", key_status),
+        *mailbox_services(),
     ]
     return {s.name: s for s in services}

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli import agent_cmd
+from cli import agent_cmd, peer_cmd
 from cli.auction_cmd import auction_app, auctioneer_app
 from cli.broker_cmd import admin_app, broker_app
 
@@ -19,7 +19,8 @@ app = typer.Typer(
     name="agora",
     help="agora: a secure message bus for a closed group of collaborators.\n\n"
     "Operator: `agora broker start`, `agora admin enroll`. "
-    "Collaborator: `agora register`, then `agora login` / `whoami`.",
+    "Collaborator: `agora register`, then `agora login` / `whoami`; peer messages with "
+    "`agora listen`, `agora send USER TEXT`, `agora chat USER`.",
     no_args_is_help=True,
     # Locals in a traceback can hold keys and tokens: never show them.
     pretty_exceptions_show_locals=False,
@@ -30,6 +31,9 @@ app.add_typer(admin_app, name="admin")
 app.command("register")(agent_cmd.register)
 app.command("login")(agent_cmd.login)
 app.command("whoami")(agent_cmd.whoami)
+app.command("listen")(peer_cmd.listen)
+app.command("send")(peer_cmd.send)
+app.command("chat")(peer_cmd.chat)
 app.add_typer(auctioneer_app, name="auctioneer")
 app.add_typer(auction_app, name="auction")
 

@@ -1,0 +1,469 @@
+"""The socket shell of peer messages: one :class:`PeerNode` per logged-in agent.
+
+How a listener accepts conversations from many peers over one-to-one PAIR sockets: the
+port reported at login is a ROUTER (``agent.inbox``) that takes conversation requests only.
+For each HELLO it accepts, the node binds a new PAIR on 127.0.0.1 with an OS-chosen port
+and answers WELCOME with that port; the initiator connects its own PAIR there, and every
+message and acknowledgement of the conversation travels on that pair of sockets. A PAIR is
+used in both directions, so a reply in a chat rides on the conversation the other side
+opened.
+
+Everything runs in the agent's thread around one :class:`zmq.Poller` (inbox + every PAIR);
+directory look-ups are broker requests made from that same thread. The protocol decisions
+live in :mod:`agents.peer_protocol`; this module receives, calls it, and sends.
+
+Nothing blocks without a bound: HELLO waits ``timeout``, an ACK waits ``timeout``; a
+conversation that does not answer is closed, and one new conversation (fresh look-up, new
+PAIR) is tried before the send fails. Idle conversations are closed after ``idle_timeout``.
+
+A collaborator who is offline (or whose session does not answer HELLO) gets the message as a
+*letter* in the broker's mailbox (:mod:`broker.mailbox`), still sealed end to end; a node
+fetches its letters when it starts receiving and every MAILBOX_POLL_INTERVAL seconds, and
+remembers the ids of the letters it showed (``letters_seen.json`` in the agent's home) so
+the broker cannot show one twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from agents.peer_protocol import (
+    MESSAGE_ID_SIZE,
+    Acked,
+    Closed,
+    Conversation,
+    PeerEndpoint,
+    PeerMessage,
+)
+from agora.crypto import b64, unb64
+from agora.errors import (
+    AgoraError,
+    LocalError,
+    PeerError,
+    PeerOffline,
+    PeerTimeout,
+    ProtocolError,
+    RemoteError,
+)
+from agora.files import atomic_write
+from agora.protocol import MAX_MESSAGE_SIZE, ErrorCode
+
+if TYPE_CHECKING:
+    from agents.agent import Agent
+
+log = logging.getLogger("agora.peer")
+
+DEFAULT_PEER_TIMEOUT = 2.5
+IDLE_TIMEOUT = 600.0
+MAX_CONVERSATIONS = 256
+#: Messages handled per socket per poll, so one busy peer cannot starve the others.
+DRAIN_LIMIT = 100
+LOOPBACK = ("127.0.0.1", "::1")
+#: How often a receiving node asks the broker for letters left while it was away.
+MAILBOX_POLL_INTERVAL = 30.0
+LETTERS_SEEN_NAME = "letters_seen.json"
+#: Idle conversations are looked for at most this often (not on every poll: a hot path).
+TICK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What became of a message: ``delivered`` (the peer's session acknowledged message
+    ``seq``) or ``queued`` in the broker's mailbox because of ``reason``."""
+
+    to: str
+    seq: int
+    conversation: str
+    round_trip: float
+    delivered: bool = True
+    reason: str = ""
+
+    @property
+    def queued(self) -> bool:
+        return not self.delivered
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"to": self.to, "delivered": self.delivered, "queued": self.queued,
+                "reason": self.reason, "seq": self.seq, "conversation": self.conversation,
+                "round_trip_ms": self.round_trip * 1000}
+
+
+class Listener:
+    """Receives for a logged-in agent until ``stop`` is set: in a thread, or as the main
+    loop of a process (``agora listen``). Each message goes to ``on_message``."""
+
+    def __init__(self, agent: Agent, on_message: Callable[[PeerMessage], None],
+                 stop: threading.Event | None = None) -> None:
+        self.agent = agent
+        self.on_message = on_message
+        self.stop = stop or threading.Event()
+        agent.peer  # noqa: B018 - the node (and its poller) exists before anyone writes
+
+    def run(self) -> None:
+        for msg in self.agent.messages(stop=self.stop):
+            self.on_message(msg)
+
+
+def tcp_endpoint(address: str, port: int) -> str:
+    return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
+
+
+class PeerNode:
+    """Sends to and receives from peers for one logged-in :class:`~agents.agent.Agent`."""
+
+    def __init__(self, agent: Agent, timeout: float = DEFAULT_PEER_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 max_conversations: int = MAX_CONVERSATIONS) -> None:
+        if agent.inbox is None or agent.session is None:
+            raise PeerError("log in before sending or receiving peer messages")
+        self.agent = agent
+        self.timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.max_conversations = max_conversations
+        self.core = PeerEndpoint(agent.username, agent.private_key)
+        self.inbox = agent.inbox
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        self.conversations: dict[zmq.Socket, Conversation] = {}
+        self.incoming: deque[PeerMessage] = deque()
+        #: Messages dropped as bad input (garbage, wrong key, replay...); each was logged.
+        self.dropped = 0
+        self.letters_path = agent.home / LETTERS_SEEN_NAME
+        self.core.seen_letters = self._load_seen_letters()
+        self._next_fetch = 0.0  # the first wait() fetches letters left while we were away
+        self._next_tick = 0.0
+
+    # -- sockets ----------------------------------------------------------------------------
+
+    def _pair(self) -> zmq.Socket:
+        sock = self.agent.context.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+        sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+        return sock
+
+    def _add(self, sock: zmq.Socket, conversation: Conversation, now: float) -> None:
+        if len(self.conversations) >= self.max_conversations:
+            oldest = min(self.conversations, key=lambda s: self.conversations[s].last_active)
+            self._close(oldest, say_bye=True, now=now)
+        self.conversations[sock] = conversation
+        self.poller.register(sock, zmq.POLLIN)
+
+    def _close(self, sock: zmq.Socket, say_bye: bool, now: float) -> None:
+        conversation = self.conversations.pop(sock, None)
+        if conversation is None:
+            return  # closed already (the peer said BYE while we waited)
+        if say_bye:
+            try:
+                sock.send_multipart(conversation.bye(now), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the peer is gone already; nothing to tell it
+        self.poller.unregister(sock)
+        sock.close(0)
+
+    def close(self) -> None:
+        """Say goodbye on every conversation and close its PAIR (the inbox is the agent's)."""
+        now = time.time()
+        for sock in list(self.conversations):
+            self._close(sock, say_bye=True, now=now)
+
+    def _latest(self, peer: str) -> zmq.Socket | None:
+        socks = [s for s, c in self.conversations.items() if c.peer == peer]
+        return max(socks, key=lambda s: self.conversations[s].last_active, default=None)
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def poll(self, timeout: float) -> list[PeerMessage]:
+        """Wait up to ``timeout`` seconds for peer traffic; handle it; return new messages."""
+        return self.wait(timeout)[0]
+
+    def wait(self, timeout: float, watch: tuple[int, ...] = (),
+             ) -> tuple[list[PeerMessage], set[int]]:
+        """Like :meth:`poll`, also watching file descriptors (a chat's stdin).
+
+        Returns the new messages and which of ``watch`` are readable.
+        """
+        for fd in watch:
+            self.poller.register(fd, zmq.POLLIN)
+        try:
+            ready = dict(self.poller.poll(0 if self.incoming else int(timeout * 1000)))
+        finally:
+            for fd in watch:
+                self.poller.unregister(fd)
+        self._handle_ready(ready)
+        now = time.time()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_INTERVAL
+            self.tick(now)
+        if now >= self._next_fetch:
+            self._next_fetch = now + MAILBOX_POLL_INTERVAL
+            self.fetch_letters(now)
+        messages = list(self.incoming)
+        self.incoming.clear()
+        return messages, {fd for fd in watch if fd in ready}
+
+    def _handle_ready(self, ready: dict[Any, int]) -> None:
+        if self.inbox in ready:
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    frames = self.inbox.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_inbox(frames)
+        for sock in [s for s in self.conversations if s in ready]:
+            for _ in range(DRAIN_LIMIT):
+                if sock not in self.conversations or not self._on_pair(sock):
+                    break
+
+    def _drop(self, what: str, exc: Exception) -> None:
+        self.dropped += 1
+        log.warning("dropped %s: %s", what, exc)
+
+    def _on_inbox(self, frames: list[bytes]) -> None:
+        """A conversation request: verify it against the directory, open a PAIR, WELCOME."""
+        identity, body = frames[0], frames[1:]
+        now = time.time()
+        try:
+            hello = self.core.parse_hello(body)
+        except ProtocolError as exc:
+            self._drop("a bad conversation request", exc)
+            self._reply(identity, self.core.refuse(ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        try:
+            entry = self.agent.call("lookup", {"username": hello.sender})
+            conversation = self.core.accept(hello, unb64(entry["public_key"], 32), now)
+        except RemoteError as exc:
+            self._drop(f"a conversation request from {hello.sender[:64]!r}", exc)
+            self._reply(identity, self.core.refuse(exc.code, exc.message))
+            return
+        except ProtocolError as exc:
+            self._drop(f"a conversation request from {hello.sender[:64]!r}", exc)
+            self._reply(identity, self.core.refuse(ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        except AgoraError as exc:  # the broker is unreachable: cannot check the key
+            self._drop(f"a conversation request from {hello.sender[:64]!r}", exc)
+            self._reply(identity, self.core.refuse(ErrorCode.SERVICE_UNAVAILABLE,
+                                                   "directory unavailable; try again"))
+            return
+        sock = self._pair()
+        sock.bind("tcp://127.0.0.1:*")
+        port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        self._add(sock, conversation, now)
+        self._reply(identity, self.core.welcome(conversation, port, now))
+        log.info("conversation %s with %s opened on port %d", conversation.short_id,
+                 conversation.peer, port)
+
+    def _reply(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            self.inbox.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.info("could not answer a conversation request: %s", exc.strerror)
+
+    def _on_pair(self, sock: zmq.Socket) -> bool:
+        """Handle one message waiting on a conversation PAIR; False if none was waiting."""
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        conversation = self.conversations[sock]
+        now = time.time()
+        try:
+            events, replies = conversation.handle(frames, now)
+        except ProtocolError as exc:
+            self._drop(f"a message on conversation {conversation.short_id} with "
+                       f"{conversation.peer}", exc)
+            return True
+        for reply in replies:
+            try:
+                sock.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.info("could not acknowledge %s: %s", conversation.peer, exc.strerror)
+        for event in events:
+            if isinstance(event, PeerMessage):
+                self.incoming.append(event)
+            elif isinstance(event, Closed):
+                log.info("conversation %s with %s closed by the peer",
+                         conversation.short_id, conversation.peer)
+                self._close(sock, say_bye=False, now=now)
+            elif isinstance(event, Acked):
+                pass  # conversation.acked moved; send() waits on it
+        return True
+
+    def tick(self, now: float) -> None:
+        """Close conversations idle for longer than ``idle_timeout``."""
+        for sock, conversation in list(self.conversations.items()):
+            if now - conversation.last_active > self.idle_timeout:
+                log.info("conversation %s with %s idle; closed", conversation.short_id,
+                         conversation.peer)
+                self._close(sock, say_bye=True, now=now)
+
+    def messages(self, stop: threading.Event | None = None, timeout: float | None = None,
+                 poll_interval: float = 0.1) -> Iterator[PeerMessage]:
+        """Yield messages as they arrive, until ``stop`` is set or ``timeout`` seconds pass."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (stop is not None and stop.is_set()):
+            wait = poll_interval
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            yield from self.poll(wait)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, peer: str, text: str, timeout: float | None = None,
+             queue: bool = True) -> Receipt:
+        """Deliver ``text`` to ``peer``'s listening session and wait for its acknowledgement.
+
+        If ``peer`` is offline or their session does not answer, the message is left
+        (sealed end to end) in the broker's mailbox when ``queue`` is true, else PeerOffline
+        or PeerTimeout is raised. Other failures: RemoteError (unknown-user, revoked,
+        refused, mailbox-full), PeerTimeout (no acknowledgement) or MessageTooLarge. Waits
+        for the peer at most three times ``timeout`` (a stale conversation, then HELLO and
+        ACK on a new one), plus the broker requests.
+        """
+        if peer == self.agent.username:
+            raise LocalError("that is you: peer messages go to another collaborator")
+        timeout = self.timeout if timeout is None else timeout
+        # One id for every attempt: if a first copy did arrive before the conversation went
+        # stale, the receiver acknowledges the retransmission but shows it only once.
+        msg_id = os.urandom(MESSAGE_ID_SIZE)
+        sock = self._latest(peer)
+        if sock is not None:
+            try:
+                return self._deliver(sock, text, msg_id, timeout)
+            except PeerError:  # no answer, or the peer said BYE
+                log.info("conversation with %s did not answer; opening a new one", peer)
+                self._close(sock, say_bye=False, now=time.time())
+        started = time.monotonic()
+        entry = self.agent.call("lookup", {"username": peer})
+        try:
+            sock = self._open(peer, entry, timeout)
+        except (PeerOffline, PeerTimeout) as exc:
+            if not queue:
+                raise
+            self.agent.call("mailbox_deposit", {"to": peer, "sealed": b64(self.core.letter(
+                peer, unb64(entry["public_key"], 32), text, time.time(), msg_id))})
+            return Receipt(peer, 0, "mailbox", time.monotonic() - started, delivered=False,
+                           reason=str(exc))
+        return self._deliver(sock, text, msg_id, timeout)
+
+    def _deliver(self, sock: zmq.Socket, text: str, msg_id: bytes, timeout: float) -> Receipt:
+        conversation = self.conversations[sock]
+        started = time.monotonic()
+        seq, _, frames = conversation.message(text, time.time(), msg_id)
+        try:
+            sock.send_multipart(frames)
+        except zmq.Again:
+            raise PeerTimeout(f"{conversation.peer} is not taking messages "
+                              f"(send timed out after {timeout:g}s)") from None
+        deadline = started + timeout
+        while conversation.acked < seq:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000), zmq.POLLIN):
+                raise PeerTimeout(f"{conversation.peer} did not acknowledge in {timeout:g}s")
+            self._on_pair(sock)  # an ACK, or a message from the peer (kept for poll())
+            if sock not in self.conversations:
+                raise PeerError(f"{conversation.peer} closed the conversation")
+        return Receipt(conversation.peer, seq, conversation.short_id,
+                       time.monotonic() - started)
+
+    def _open(self, peer: str, entry: dict[str, Any], timeout: float) -> zmq.Socket:
+        """Send HELLO to the inbox the directory ``entry`` names; connect a PAIR to WELCOME's
+        port."""
+        if not entry.get("online") or not entry.get("port"):
+            raise PeerOffline(f"{peer} is offline (no listening session)")
+        address = entry.get("address") or "127.0.0.1"
+        if address not in LOOPBACK:
+            raise PeerError(f"{peer} listens on {address}, not on loopback; not connecting")
+        pending = self.core.hello(peer, unb64(entry["public_key"], 32), time.time())
+        dealer = self.agent.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+        dealer.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        try:
+            dealer.connect(tcp_endpoint(address, entry["port"]))
+            try:
+                dealer.send_multipart(pending.frames)
+            except zmq.Again:
+                raise PeerTimeout(f"{peer} is not taking conversation requests") from None
+            if not dealer.poll(int(timeout * 1000), zmq.POLLIN):
+                raise PeerTimeout(f"{peer} did not answer in {timeout:g}s (session gone or "
+                                  "not listening)")
+            answer = dealer.recv_multipart()
+        finally:
+            dealer.close(0)
+        now = time.time()
+        try:
+            conversation, port = self.core.welcome_received(pending, answer, now)
+        except ProtocolError as exc:
+            raise PeerError(f"{peer} answered with something invalid: {exc}") from None
+        sock = self._pair()
+        sock.connect(tcp_endpoint(address, port))
+        self._add(sock, conversation, now)
+        log.info("conversation %s with %s opened", conversation.short_id, peer)
+        return sock
+
+    # -- letters (offline mailbox) ------------------------------------------------------------
+
+    def fetch_letters(self, now: float) -> None:
+        """Fetch, check and queue the letters left at the broker, then delete them there."""
+        try:
+            for _ in range(100):  # bounded: the mailbox holds at most 100 letters anyway
+                batch = self.agent.call("mailbox_fetch", {})
+                letters = batch.get("letters") or []
+                keys: dict[str, bytes | None] = {}
+                for letter in letters:
+                    self._open_letter(letter, keys, now)
+                if not letters:
+                    return
+                self._save_seen_letters()  # before deleting: a crash in between cannot
+                self.agent.call("mailbox_delete",  # show a letter twice
+                                {"upto": max(int(x["id"]) for x in letters)})
+                if not batch.get("more"):
+                    return
+        except AgoraError as exc:
+            log.info("could not fetch letters (will try again): %s", exc)
+
+    def _open_letter(self, letter: dict[str, Any], keys: dict[str, bytes | None],
+                     now: float) -> None:
+        sender = str(letter.get("from", ""))
+        try:
+            if sender not in keys:
+                try:
+                    entry = self.agent.call("lookup", {"username": sender})
+                    keys[sender] = unb64(entry["public_key"], 32)
+                except RemoteError:
+                    keys[sender] = None  # unknown or revoked since: their letters are void
+            key = keys[sender]
+            if key is None:
+                raise ProtocolError(f"{sender[:64]!r} is no longer in the directory")
+            msg = self.core.open_letter(sender, key, unb64(str(letter.get("sealed", ""))), now)
+        except ProtocolError as exc:
+            self._drop(f"a letter from {sender[:64]!r}", exc)
+            return
+        if msg is not None:
+            self.incoming.append(msg)
+
+    def _load_seen_letters(self) -> dict[str, float]:
+        try:
+            seen = json.loads(self.letters_path.read_text())
+            return {str(k): float(v) for k, v in seen.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError, TypeError, OSError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.letters_path, exc)
+            return {}
+
+    def _save_seen_letters(self) -> None:
+        atomic_write(self.letters_path, json.dumps(self.core.seen_letters).encode())

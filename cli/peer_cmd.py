@@ -1,0 +1,183 @@
+"""Peer message commands: ``agora listen``, ``agora send USER TEXT``, ``agora chat USER``.
+
+Each logs in for its own session (so it has an inbox the broker knows about), works peer to
+peer over PAIR sockets (the broker only tells where the peer is and which key is theirs),
+and logs out at the end. ``listen`` and ``chat`` stop on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from agents.peer import Listener
+from agents.peer_protocol import PeerMessage
+from agora.errors import AgoraError, RemoteError
+from cli.agent_cmd import session
+from cli.common import (
+    BrokerOption,
+    HomeOption,
+    JsonOption,
+    TimeoutOption,
+    console,
+    err_console,
+    fail,
+    print_json,
+    user_errors,
+)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An Event set by SIGTERM / SIGINT, so long-running commands log out cleanly."""
+    stop = threading.Event()
+    handler = lambda signum, frame: stop.set()  # noqa: E731 - two signals, one action
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def show_peer_warnings() -> None:
+    """Dropped peer input (garbage, wrong key, replay) is reported on stderr, one line each."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def json_line(obj: dict[str, object]) -> None:
+    """One compact JSON object per line, flushed: what a script reading a stream wants."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def print_message(msg: PeerMessage, json_out: bool) -> None:
+    if json_out:
+        json_line(msg.to_dict())
+        return
+    stamp = time.strftime("%H:%M:%S", time.localtime(msg.sent_at))
+    console.print(f"[dim]{stamp}[/] [bold cyan]{escape(msg.sender)}[/]: {escape(msg.text)}",
+                  highlight=False, soft_wrap=True)
+
+
+def listen(
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    timeout: TimeoutOption = 2.5,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line: first "
+                                           "{listening, port}, then one per message (from, "
+                                           "text, sent_at, received_at, seq).")] = False,
+) -> None:
+    """Log in and print peer messages as they arrive (sender, time, text).
+
+    Runs until Ctrl-C. Any number of collaborators can write to you at once;
+    each message is end-to-end encrypted, checked against the sender's key in
+    the broker's directory, and acknowledged to its sender. Messages left for
+    you while you were offline are shown first. Bad or replayed messages are
+    dropped with a warning on stderr.
+    """
+    show_peer_warnings()
+    with user_errors(), session(home, broker, timeout) as agent, stop_on_signals() as stop:
+        info = agent.info
+        assert info is not None
+        listener = Listener(agent, lambda msg: print_message(msg, json_out), stop)
+        if json_out:
+            json_line({"listening": info.username, "port": info.port})
+        else:
+            console.print(f"Listening as [bold cyan]{info.username}[/] on port {info.port}; "
+                          "Ctrl-C to stop", highlight=False)
+            sys.stdout.flush()
+        listener.run()
+
+
+def send(
+    user: Annotated[str, typer.Argument(help="Username of the collaborator to write to.")],
+    text: Annotated[str | None, typer.Argument(
+        help="The message; read from stdin when omitted or '-'.", show_default=False)] = None,
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    timeout: TimeoutOption = 2.5,
+    no_queue: Annotated[bool, typer.Option(
+        "--no-queue", help="Fail if USER is offline or not answering, instead of leaving "
+        "the message in the broker's mailbox.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Send one message to USER and wait for their acknowledgement.
+
+    If USER is offline (or their session does not answer), the message is
+    left in the broker's mailbox, still end-to-end encrypted, and shown at
+    their next `agora listen`; with --no-queue that is an error instead.
+    Other errors: unknown user, no acknowledgement in time, mailbox full.
+
+    Examples: `agora send bob.reis "lunch at noon?"`,
+    `echo hi | agora send bob.reis`.
+    """
+    if text is None or text == "-":
+        text = sys.stdin.read().rstrip("\n")
+    if not text:
+        raise fail("nothing to send: give the text as an argument or on stdin")
+    with user_errors(), session(home, broker, timeout) as agent:
+        receipt = agent.send(user, text, timeout, queue=not no_queue)
+        if json_out:
+            print_json(receipt.to_dict())
+        elif receipt.queued:
+            console.print(f"Not delivered now: {escape(receipt.reason)}. Left in the broker's "
+                          f"mailbox (end-to-end encrypted) for [bold cyan]{escape(receipt.to)}"
+                          "[/]'s next login.", highlight=False)
+        else:
+            console.print(f"Delivered to [bold cyan]{escape(receipt.to)}[/] (message "
+                          f"{receipt.seq}, {receipt.round_trip * 1000:.1f} ms)", highlight=False)
+
+
+def chat(
+    user: Annotated[str, typer.Argument(help="Username of the collaborator to talk to.")],
+    home: HomeOption = None,  # type: ignore[assignment]
+    broker: BrokerOption = None,
+    timeout: TimeoutOption = 2.5,
+) -> None:
+    """Talk with USER: lines you type are sent, theirs appear as they arrive.
+
+    Messages from other collaborators show up too, with their name. A line
+    that could not be delivered says why, and the chat goes on. Ctrl-D or
+    Ctrl-C ends it.
+    """
+    show_peer_warnings()
+    with user_errors(), session(home, broker, timeout) as agent, stop_on_signals() as stop:
+        console.print(f"Chatting with [bold cyan]{escape(user)}[/] as {agent.username}; "
+                      "Ctrl-D to end", highlight=False)
+        stdin = sys.stdin.fileno()
+        while not stop.is_set():
+            messages, ready = agent.peer.wait(0.2, watch=(stdin,))
+            for msg in messages:
+                print_message(msg, json_out=False)
+            if stdin not in ready:
+                continue
+            line = sys.stdin.readline()
+            if not line:
+                break  # end of input
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            try:
+                receipt = agent.send(user, line, timeout)
+                if receipt.queued:
+                    err_console.print(f"[yellow]left in the mailbox:[/] "
+                                      f"{escape(receipt.reason)}", highlight=False)
+            except RemoteError as exc:
+                err_console.print(f"[red]not delivered:[/] "
+                                  f"{escape(f'{exc.message} [{exc.code.value}]')}",
+                                  highlight=False)
+            except AgoraError as exc:
+                err_console.print(f"[red]not delivered:[/] {escape(str(exc))}",
+                                  highlight=False)

@@ -1,0 +1,289 @@
+"""Peer messages over real sockets on loopback: delivery, several peers, failures, bad input.
+
+An Agent belongs to one thread, so a listening agent runs ``agent.messages()`` in a thread
+of its own (:class:`Listening`) while the test thread sends with another agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+import zmq
+
+from agents import Agent
+from agents.peer import Listener
+from agents.peer_protocol import PeerEndpoint
+from agora.errors import LocalError, PeerOffline, PeerTimeout, RemoteError
+from agora.protocol import MAX_MESSAGE_SIZE, PEER_PROTOCOL, ErrorCode
+from tests.conftest import PASSWORD
+
+
+class Listening:
+    """A :class:`Listener` in a background thread, collecting what arrives."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.received = []
+        self.listener = Listener(agent, self.received.append)
+        self.thread = threading.Thread(target=self.listener.run, daemon=True)
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.received
+
+    def __enter__(self) -> Listening:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.stop.set()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def ana_bob(broker):
+    return broker.agent("Ana Lima"), broker.agent("Bob Reis")
+
+
+def raw_dealer(zctx, port: int) -> zmq.Socket:
+    sock = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 3000)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def raw_hello(zctx, core: PeerEndpoint, receiver: Agent):
+    """Send a HELLO by hand; return what ``welcome_received`` makes of the answer."""
+    pending = core.hello(receiver.username, bytes(receiver.private_key.public_key), time.time())
+    dealer = raw_dealer(zctx, receiver.info.port)
+    try:
+        dealer.send_multipart(pending.frames)
+        return core.welcome_received(pending, dealer.recv_multipart(), time.time())
+    finally:
+        dealer.close(0)
+
+
+def raw_conversation(zctx, sender: Agent, receiver: Agent):
+    """Set up a conversation by hand (the sender's real key, raw sockets): (conv, PAIR)."""
+    conversation, port = raw_hello(zctx, PeerEndpoint(sender.username, sender.private_key),
+                                   receiver)
+    pair = zctx.socket(zmq.PAIR)
+    pair.setsockopt(zmq.LINGER, 0)
+    pair.setsockopt(zmq.RCVTIMEO, 3000)
+    pair.connect(f"tcp://127.0.0.1:{port}")
+    return conversation, pair
+
+
+def test_send_is_delivered_and_acknowledged(ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        receipt = ana.send("bob.reis", "olá, Bob")
+        [msg] = inbox.wait_for(1)
+    assert (receipt.to, receipt.seq) == ("bob.reis", 1)
+    assert (msg.sender, msg.text, msg.conversation) == ("ana.lima", "olá, Bob",
+                                                          receipt.conversation)
+
+
+def test_listener_receives_from_several_peers_at_the_same_time(broker):
+    bob = broker.agent("Bob Reis")
+    senders = [broker.agent(f"Sender {n}") for n in range(3)]
+    failures = []
+
+    def write(agent: Agent) -> None:
+        try:
+            for i in range(5):
+                agent.send("bob.reis", f"{agent.username} {i}")
+        except Exception as exc:  # reported below; a thread must not swallow it
+            failures.append(exc)
+
+    with Listening(bob) as inbox:
+        threads = [threading.Thread(target=write, args=(a,)) for a in senders]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        received = inbox.wait_for(15)
+    assert failures == []
+    for agent in senders:
+        texts = [m.text for m in received if m.sender == agent.username]
+        assert texts == [f"{agent.username} {i}" for i in range(5)]
+
+
+def test_send_to_unknown_user_fails_with_unknown_user(ana_bob):
+    ana, _ = ana_bob
+    with pytest.raises(RemoteError) as exc:
+        ana.send("nobody.here", "hello?")
+    assert exc.value.code is ErrorCode.UNKNOWN_USER
+
+
+def test_send_to_offline_user_without_queueing_fails_with_offline(broker):
+    ana = broker.agent("Ana Lima")
+    broker.agent("Bob Reis", login=False)
+    with pytest.raises(PeerOffline, match="bob.reis is offline"):
+        ana.send("bob.reis", "hello?", queue=False)
+
+
+def test_send_to_a_session_that_does_not_answer_times_out(ana_bob):
+    ana, _ = ana_bob  # bob is logged in, but nothing reads his inbox
+    started = time.monotonic()
+    with pytest.raises(PeerTimeout, match="did not answer"):
+        ana.send("bob.reis", "hello?", timeout=0.3, queue=False)
+    assert time.monotonic() - started < 3
+
+
+def test_peer_that_vanished_and_came_back_gets_a_new_conversation(broker, ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        first = ana.send("bob.reis", "before")
+        inbox.wait_for(1)
+    # bob's process dies: sockets gone, no goodbye, no logout
+    for sock in list(bob.peer.conversations):
+        sock.close(0)
+    bob.inbox.close(0)
+    bob2 = Agent(bob.home, broker=broker.endpoint, context=broker.context, timeout=2.0)
+    broker.agents.append(bob2)
+    bob2.login(PASSWORD)
+    with Listening(bob2) as inbox2:
+        second = ana.send("bob.reis", "after", timeout=0.5)
+        [msg] = inbox2.wait_for(1)
+    assert msg.text == "after" and second.conversation != first.conversation
+
+
+def test_peer_that_said_goodbye_gets_a_new_conversation(broker, ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        first = ana.send("bob.reis", "before")
+        inbox.wait_for(1)
+    bob.logout()
+    bob.close()  # says BYE on the conversation
+    bob2 = Agent(bob.home, broker=broker.endpoint, context=broker.context, timeout=2.0)
+    broker.agents.append(bob2)
+    bob2.login(PASSWORD)
+    with Listening(bob2) as inbox2:
+        second = ana.send("bob.reis", "after")
+        [msg] = inbox2.wait_for(1)
+    assert msg.text == "after" and second.conversation != first.conversation
+
+
+def test_reply_travels_on_the_conversation_the_peer_opened(ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob):
+        sent = ana.send("bob.reis", "ping")
+    with Listening(ana) as inbox:
+        reply = bob.send("ana.lima", "pong")
+        [msg] = inbox.wait_for(1)
+    assert msg.text == "pong" and reply.conversation == sent.conversation
+
+
+def test_garbage_on_the_inbox_is_refused_and_the_listener_keeps_running(zctx, ana_bob, caplog):
+    ana, bob = ana_bob
+    with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob) as inbox:
+        dealer = raw_dealer(zctx, bob.info.port)
+        dealer.send_multipart([b"GET / HTTP/1.1"])
+        refusal = dealer.recv_multipart()
+        ana.send("bob.reis", "still there?")
+        inbox.wait_for(1)
+    dealer.close(0)
+    assert refusal[:2] == [PEER_PROTOCOL, b"\x03"] and b"bad-request" in refusal[2]
+    assert [m.text for m in inbox.received] == ["still there?"]
+    assert bob.peer.dropped == 1 and "dropped a bad conversation request" in caplog.text
+
+
+def test_oversized_message_on_the_inbox_is_dropped(zctx, ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        dealer = raw_dealer(zctx, bob.info.port)
+        dealer.send_multipart([PEER_PROTOCOL, b"\x01", b"x" * (MAX_MESSAGE_SIZE + 1)])
+        time.sleep(0.1)
+        ana.send("bob.reis", "after the big one")
+        inbox.wait_for(1)
+    dealer.close(0)
+    assert [m.text for m in inbox.received] == ["after the big one"]
+
+
+def test_conversation_request_with_a_key_not_the_senders_is_refused(zctx, broker, caplog):
+    bob = broker.agent("Bob Reis")
+    broker.agent("Ana Lima")
+    mallory = broker.agent("Mallory")
+    impostor = PeerEndpoint("ana.lima", mallory.private_key)  # ana's name, mallory's key
+    with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob), \
+            pytest.raises(RemoteError) as exc:
+        raw_hello(zctx, impostor, bob)
+    assert exc.value.code is ErrorCode.BAD_CREDENTIALS
+    assert bob.peer.conversations == {} and "not ana.lima's key" in caplog.text
+
+
+def test_revoked_sender_is_refused(zctx, broker):
+    bob, ana = broker.agent("Bob Reis"), broker.agent("Ana Lima")
+    broker.admin.revoke("ana.lima", time.time())
+    with Listening(bob), pytest.raises(RemoteError) as exc:
+        raw_hello(zctx, PeerEndpoint("ana.lima", ana.private_key), bob)
+    assert exc.value.code is ErrorCode.REVOKED
+
+
+def test_send_to_yourself_is_refused(ana_bob):
+    ana, _ = ana_bob
+    with pytest.raises(LocalError, match="that is you"):
+        ana.send("ana.lima", "hello me")
+
+
+def test_bad_input_on_a_conversation_is_dropped_and_good_messages_still_arrive(zctx, ana_bob,
+                                                                               caplog):
+    ana, bob = ana_bob
+    with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob) as inbox:
+        conversation, pair = raw_conversation(zctx, ana, bob)
+        _, _, first = conversation.message("one", time.time())
+        _, _, second = conversation.message("two", time.time())
+        tampered = [first[0], first[1][:-1] + bytes([first[1][-1] ^ 1])]
+        for frames in ([b"garbage"], tampered, first, first, second):  # 'first' twice: replay
+            pair.send_multipart(frames)
+        inbox.wait_for(2)
+        time.sleep(0.1)
+    pair.close(0)
+    assert [m.text for m in inbox.received] == ["one", "two"]
+    assert bob.peer.dropped == 3
+    assert "replayed or reordered" in caplog.text and "could not be decrypted" in caplog.text
+
+
+def test_oversized_message_on_a_conversation_is_dropped(zctx, ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        conversation, pair = raw_conversation(zctx, ana, bob)
+        pair.send_multipart([PEER_PROTOCOL, b"x" * (MAX_MESSAGE_SIZE + 1)])
+        time.sleep(0.1)
+        ana.send("bob.reis", "after the big one")
+        inbox.wait_for(1)
+    pair.close(0)
+    assert [m.text for m in inbox.received] == ["after the big one"]
+
+
+def test_idle_conversation_is_closed_and_the_next_send_opens_another(ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob):
+        first = ana.send("bob.reis", "before")
+    bob.peer.tick(time.time() + bob.peer.idle_timeout + 1)
+    assert bob.peer.conversations == {}
+    with Listening(bob) as inbox:
+        second = ana.send("bob.reis", "after")
+        inbox.wait_for(1)
+    assert [m.text for m in inbox.received] == ["after"]
+    assert second.conversation != first.conversation
+
+
+def test_listener_at_its_conversation_limit_closes_the_oldest(broker, ana_bob):
+    ana, bob = ana_bob
+    carol = broker.agent("Carol Dias")
+    bob.peer.max_conversations = 1
+    with Listening(bob) as inbox:
+        ana.send("bob.reis", "from ana")
+        carol.send("bob.reis", "from carol")  # evicts ana's conversation (BYE)
+        ana.send("bob.reis", "ana again")  # sees the BYE, sets up a new one
+        inbox.wait_for(3)
+    assert [m.text for m in inbox.received] == ["from ana", "from carol", "ana again"]
+    assert len(bob.peer.conversations) == 1

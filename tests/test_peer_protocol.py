@@ -1,0 +1,266 @@
+"""The peer protocol core without sockets: set-up, sealing, sequence numbers, replays.
+
+Two :class:`PeerEndpoint` objects are linked in memory (like h11's ConnectionPair); the
+clock is a number passed in.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.peer_protocol import (
+    HEADER,
+    Acked,
+    Closed,
+    PeerEndpoint,
+    PeerMessage,
+    Role,
+)
+from agora.crypto import PrivateKey, seal
+from agora.errors import MessageTooLarge, ProtocolError, RemoteError
+from agora.protocol import (
+    MAILBOX_TTL,
+    MAX_PEER_TEXT,
+    PEER_PROTOCOL,
+    ErrorCode,
+    PeerCommand,
+    PeerKind,
+)
+
+NOW = 1_800_000_000.0
+
+
+class Pair:
+    """Ana (initiator) and Bob (listener) with a directory that maps names to keys."""
+
+    def __init__(self) -> None:
+        self.keys = {name: PrivateKey.generate() for name in ("ana", "bob", "mallory")}
+        self.directory = {name: bytes(k.public_key) for name, k in self.keys.items()}
+        self.ana = PeerEndpoint("ana", self.keys["ana"])
+        self.bob = PeerEndpoint("bob", self.keys["bob"])
+
+    def connect(self, now: float = NOW):
+        pending = self.ana.hello("bob", self.directory["bob"], now)
+        hello = self.bob.parse_hello(pending.frames)
+        bob_side = self.bob.accept(hello, self.directory[hello.sender], now)
+        ana_side, port = self.ana.welcome_received(
+            pending, self.bob.welcome(bob_side, 4242, now), now)
+        assert port == 4242
+        return ana_side, bob_side
+
+
+@pytest.fixture
+def pair() -> Pair:
+    return Pair()
+
+
+def test_message_is_delivered_and_acknowledged(pair):
+    ana, bob = pair.connect()
+    seq, _, frames = ana.message("olá, Bob", NOW)
+    events, replies = bob.handle(frames, NOW + 0.01)
+    assert events == [PeerMessage("ana", "olá, Bob", NOW, NOW + 0.01, seq, bob.short_id)]
+    acks, more = ana.handle(replies[0], NOW + 0.02)
+    assert (acks, more, ana.acked) == ([Acked(seq)], [], seq)
+
+
+def test_both_sides_can_send_on_one_conversation(pair):
+    ana, bob = pair.connect()
+    _, _, frames = bob.message("reply", NOW)
+    events, replies = ana.handle(frames, NOW)
+    assert events[0].sender == "bob" and events[0].text == "reply"
+    assert bob.handle(replies[0], NOW)[0] == [Acked(1)]
+
+
+def test_duplicate_message_is_rejected(pair):
+    ana, bob = pair.connect()
+    _, _, frames = ana.message("once", NOW)
+    bob.handle(frames, NOW)
+    with pytest.raises(ProtocolError, match="replayed or reordered"):
+        bob.handle(frames, NOW)
+
+
+def test_reordered_message_is_rejected(pair):
+    ana, bob = pair.connect()
+    _, _, first = ana.message("first", NOW)
+    _, _, second = ana.message("second", NOW)
+    assert bob.handle(second, NOW)[0][0].text == "second"
+    with pytest.raises(ProtocolError, match="replayed or reordered"):
+        bob.handle(first, NOW)
+
+
+def test_message_reflected_to_its_sender_is_rejected(pair):
+    ana, _ = pair.connect()
+    _, _, frames = ana.message("to bob", NOW)
+    with pytest.raises(ProtocolError, match="reflected"):
+        ana.handle(frames, NOW)
+
+
+def test_message_from_another_conversation_is_rejected(pair):
+    ana_1, _ = pair.connect()
+    _, bob_2 = pair.connect()  # same two keys, so the same Box key: only the id differs
+    _, _, frames = ana_1.message("for conversation 1", NOW)
+    with pytest.raises(ProtocolError, match="another conversation"):
+        bob_2.handle(frames, NOW)
+
+
+def test_tampered_message_is_rejected(pair):
+    ana, bob = pair.connect()
+    _, _, frames = ana.message("pay 10", NOW)
+    tampered = bytearray(frames[1])
+    tampered[-1] ^= 1
+    with pytest.raises(ProtocolError, match="could not be decrypted"):
+        bob.handle([PEER_PROTOCOL, bytes(tampered)], NOW)
+
+
+def test_message_sealed_by_a_third_key_is_rejected(pair):
+    _, bob = pair.connect()
+    mallory = PeerEndpoint("mallory", pair.keys["mallory"])
+    forged = mallory.hello("bob", pair.directory["bob"], NOW)  # a Box mallory -> bob
+    header = HEADER.pack(PeerKind.MESSAGE, Role.INITIATOR, bob.conversation_id, 1, NOW)
+    frames = [PEER_PROTOCOL, seal(forged.box, header + bytes(16) + b"hi")]
+    with pytest.raises(ProtocolError, match="could not be decrypted"):
+        bob.handle(frames, NOW)
+
+
+def test_garbage_frames_are_rejected(pair):
+    _, bob = pair.connect()
+    for frames in ([b"junk"], [b"NOTAGORA", b"x" * 80], [PEER_PROTOCOL, b"short"],
+                   [PEER_PROTOCOL, b"x" * 80, b"extra"]):
+        with pytest.raises(ProtocolError):
+            bob.handle(frames, NOW)
+    assert bob.recv_seq == 0
+
+
+def test_acknowledgement_of_unsent_message_is_rejected(pair):
+    ana, bob = pair.connect()
+    bogus_ack = ana._seal(PeerKind.ACK, 7, b"", NOW)  # bob has sent nothing
+    with pytest.raises(ProtocolError, match="never sent"):
+        bob.handle(bogus_ack, NOW)
+    assert bob.acked == 0
+
+
+def test_retransmission_on_a_new_conversation_is_acknowledged_but_shown_once(pair):
+    ana_1, bob_1 = pair.connect()
+    _, msg_id, frames = ana_1.message("hello", NOW)
+    assert len(bob_1.handle(frames, NOW)[0]) == 1  # delivered, but say the ACK was lost
+    ana_2, bob_2 = pair.connect(NOW + 3)
+    _, _, again = ana_2.message("hello", NOW + 3, msg_id)
+    events, replies = bob_2.handle(again, NOW + 3)
+    assert events == [] and len(replies) == 1
+
+
+def test_bye_closes_the_conversation(pair):
+    ana, bob = pair.connect()
+    assert bob.handle(ana.bye(NOW), NOW) == ([Closed()], [])
+
+
+def test_oversized_text_is_refused_before_sending(pair):
+    ana, _ = pair.connect()
+    with pytest.raises(MessageTooLarge):
+        ana.message("x" * (MAX_PEER_TEXT + 1), NOW)
+    assert ana.send_seq == 0
+
+
+def test_hello_with_a_key_that_is_not_the_senders_is_refused(pair):
+    mallory = PeerEndpoint("ana", pair.keys["mallory"])  # claims to be ana
+    hello = pair.bob.parse_hello(mallory.hello("bob", pair.directory["bob"], NOW).frames)
+    with pytest.raises(RemoteError) as exc:
+        pair.bob.accept(hello, pair.directory["ana"], NOW)
+    assert exc.value.code is ErrorCode.BAD_CREDENTIALS
+
+
+def test_replayed_hello_is_refused(pair):
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    hello = pair.bob.parse_hello(pending.frames)
+    pair.bob.accept(hello, pair.directory["ana"], NOW)
+    with pytest.raises(RemoteError) as exc:
+        pair.bob.accept(hello, pair.directory["ana"], NOW + 1)
+    assert exc.value.code is ErrorCode.REPLAYED
+
+
+def test_stale_hello_is_refused(pair):
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW - 3600)
+    with pytest.raises(RemoteError) as exc:
+        pair.bob.accept(pair.bob.parse_hello(pending.frames), pair.directory["ana"], NOW)
+    assert exc.value.code is ErrorCode.STALE
+
+
+def test_hello_for_another_recipient_is_rejected(pair):
+    carol = PeerEndpoint("carol", pair.keys["bob"])  # same key, other name: not for carol
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    with pytest.raises(ProtocolError, match="another sender or recipient"):
+        carol.accept(carol.parse_hello(pending.frames), pair.directory["ana"], NOW)
+
+
+@pytest.mark.parametrize("frames", [
+    [b"junk"],
+    [PEER_PROTOCOL, PeerCommand.WELCOME.value, b"ana", bytes(32), b"x"],
+    [PEER_PROTOCOL, PeerCommand.HELLO.value, b"", bytes(32), b"x"],
+    [PEER_PROTOCOL, PeerCommand.HELLO.value, b"ana", b"short key", b"x"],
+    [PEER_PROTOCOL, PeerCommand.HELLO.value, b"\xff\xfe", bytes(32), b"x"],
+])
+def test_malformed_hello_is_rejected(pair, frames):
+    with pytest.raises(ProtocolError):
+        pair.bob.parse_hello(frames)
+
+
+def test_refusal_reaches_the_initiator_as_a_remote_error(pair):
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    refusal = pair.bob.refuse(ErrorCode.BAD_CREDENTIALS, "not your key")
+    with pytest.raises(RemoteError) as exc:
+        pair.ana.welcome_received(pending, refusal, NOW)
+    assert exc.value.code is ErrorCode.BAD_CREDENTIALS
+
+
+def test_welcome_for_another_conversation_is_rejected(pair):
+    first = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    second = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    bob_side = pair.bob.accept(pair.bob.parse_hello(second.frames), pair.directory["ana"], NOW)
+    with pytest.raises(ProtocolError, match="another conversation"):
+        pair.ana.welcome_received(first, pair.bob.welcome(bob_side, 4242, NOW), NOW)
+
+
+# -- letters (offline mailbox) ----------------------------------------------------------------
+
+def test_letter_opens_once_for_its_recipient(pair):
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "while you were out", NOW)
+    msg = pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW + 60)
+    assert (msg.sender, msg.text, msg.sent_at, msg.conversation) == (
+        "ana", "while you were out", NOW, "mailbox")
+    with pytest.raises(ProtocolError, match="letter replayed"):
+        pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW + 61)
+
+
+def test_letter_attributed_to_another_sender_does_not_open(pair):
+    sealed = PeerEndpoint("mallory", pair.keys["mallory"]).letter(
+        "bob", pair.directory["bob"], "it's ana, really", NOW)
+    with pytest.raises(ProtocolError, match="could not be decrypted"):
+        pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW)
+
+
+def test_letter_for_another_recipient_is_rejected(pair):
+    carol = PeerEndpoint("carol", pair.keys["bob"])  # same key, other name
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "for bob", NOW)
+    with pytest.raises(ProtocolError, match="another sender or recipient"):
+        carol.open_letter("ana", pair.directory["ana"], sealed, NOW)
+
+
+def test_letter_older_than_the_mailbox_lifetime_is_rejected(pair):
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "ancient", NOW - MAILBOX_TTL - 1)
+    with pytest.raises(ProtocolError, match="too old"):
+        pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW)
+
+
+def test_conversation_message_is_not_accepted_as_a_letter(pair):
+    ana, _ = pair.connect()
+    _, _, frames = ana.message("in a conversation", NOW)
+    with pytest.raises(ProtocolError):
+        pair.bob.open_letter("ana", pair.directory["ana"], frames[1], NOW)
+
+
+def test_letter_already_received_in_a_conversation_is_not_shown_again(pair):
+    ana, bob = pair.connect()
+    _, msg_id, frames = ana.message("sent twice", NOW)
+    bob.handle(frames, NOW)
+    sealed = pair.ana.letter("bob", pair.directory["bob"], "sent twice", NOW, msg_id)
+    assert pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW) is None
