@@ -89,6 +89,7 @@ class Agent:
         self.credentials: Credentials | None = None
         self.session: _Session | None = None
         self.info: SessionInfo | None = None
+        self._listen = True
         #: The socket this session listens on for peers; its port is reported at login.
         self.inbox: zmq.Socket | None = None
         self._peer: PeerNode | None = None
@@ -188,8 +189,13 @@ class Agent:
         self.credentials = self.file.open(password)
         return self.credentials
 
-    def login(self, password: str | None = None) -> SessionInfo:
-        """Open the credentials (if a password is given), then log in to the broker."""
+    def login(self, password: str | None = None, listen: bool = True) -> SessionInfo:
+        """Open the credentials (if a password is given), then log in to the broker.
+
+        ``listen=False`` says this session will not take peer conversations (a one-shot
+        command), so the broker's directory keeps sending peers to a session that does.
+        """
+        self._listen = listen
         if password is not None:
             self.unlock(password)
         elif not self.file.unlocked:
@@ -204,7 +210,8 @@ class Agent:
                 sealed, recovered = unb64(pending["sealed"]), True
             else:
                 sealed = seal(SecretBox(creds.symmetric_key), encode_json(
-                    {"token": b64(creds.token), "port": port, "ts": time.time()}))
+                    {"token": b64(creds.token), "port": port, "listen": listen,
+                     "ts": time.time()}))
                 # Written before sending: if this process dies with the reply in flight, the
                 # next one re-sends these exact bytes instead of presenting an old token.
                 creds.pending_login = {"sealed": b64(sealed), "ts": time.time()}
@@ -227,7 +234,7 @@ class Agent:
                                 self.session.sid.hex()[:8], port)
         if recovered:
             # The recovered reply recorded an earlier process's port: log in once more.
-            return self.login()
+            return self.login(listen=listen)
         return self.info
 
     def _bind_inbox(self) -> int:
@@ -252,7 +259,7 @@ class Agent:
                 request_frames(Command.SESSION, session.sid, sealed)), Command.SESSION)
         except RemoteError as exc:
             if exc.code is ErrorCode.UNKNOWN_SESSION and relogin and op is not SessionOp.LOGOUT:
-                self.login()  # broker restarted or session expired
+                self.login(listen=self._listen)  # broker restarted or session expired
                 return self.request(op, body, relogin=False)
             raise
         return open_session_reply(session.box, _one(reply), session.counter)["result"]

@@ -297,6 +297,9 @@ class BrokerCore:
         port = field(req, "port", int)
         if not 0 <= port <= 65535:
             raise ProtocolError("port out of range")
+        listening = req.get("listen", True)
+        if not isinstance(listening, bool):
+            raise ProtocolError("field 'listen' must be true or false")
         token_hash = hash_secret(unb64(field(req, "token", str), 32))
         if row["last_login_ts"] is not None and ts <= row["last_login_ts"]:
             # Made before the last successful login (both times by the client's clock): a
@@ -313,7 +316,7 @@ class BrokerCore:
         next_token = new_token()
         session_key = new_symmetric_key()
         session = self.sessions.open(username, PrincipalKind(row["kind"]), Level(row["level"]),
-                                     session_key, port, address, now)
+                                     session_key, port, address, now, listening)
         answer = seal(box, encode_json({
             "token": b64(next_token), "session": b64(session.sid),
             "session_key": b64(session_key), "username": username, "level": row["level"],

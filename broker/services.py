@@ -44,7 +44,10 @@ def lookup(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         raise RemoteError(ErrorCode.UNKNOWN_USER, f"unknown user {username[:64]!r}")
     if row["revoked_at"] or row["flagged"]:
         raise RemoteError(ErrorCode.REVOKED, f"{username} is revoked")
-    live = sorted(ctx.core.sessions.of_user(username), key=lambda s: s.created)
+    # Peers go to the newest session that listens; one-shot commands (whoami, send...) log
+    # in with listen=false so they never hide a running `agora listen`.
+    live = sorted((s for s in ctx.core.sessions.of_user(username) if s.listening),
+                  key=lambda s: s.created)
     return {
         "username": username, "kind": row["kind"], "level": row["level"],
         "public_key": b64(row["public_key"]), "online": bool(live),

@@ -38,6 +38,8 @@ class Session:
     created: float
     last_seen: float
     counter: int = 0
+    #: Whether this session takes peer conversations on ``port`` (one-shot commands do not).
+    listening: bool = True
     # The last request's digest and reply, so an exact retransmission (Lazy Pirate retry)
     # gets the same answer instead of a "replayed" error.
     last_digest: bytes = b""
@@ -57,9 +59,10 @@ class SessionTable:
     by_id: dict[bytes, Session] = field(default_factory=dict)
 
     def open(self, username: str, kind: PrincipalKind, level: Level, key: bytes, port: int,
-             address: str, now: float) -> Session:
+             address: str, now: float, listening: bool = True) -> Session:
         sid = secrets.token_bytes(SESSION_ID_SIZE)
-        session = Session(sid, username, kind, level, SecretBox(key), port, address, now, now)
+        session = Session(sid, username, kind, level, SecretBox(key), port, address, now, now,
+                          listening=listening)
         self.by_id[sid] = session
         return session
 

@@ -34,12 +34,16 @@ def make_agent(home: Path | None, broker: str | None, timeout: float = 2.5) -> A
 
 
 @contextlib.contextmanager
-def session(home: Path | None, broker: str | None, timeout: float = 2.5) -> Iterator[Agent]:
-    """A logged-in Agent for the duration of one command; always logged out and closed."""
+def session(home: Path | None, broker: str | None, timeout: float = 2.5,
+            listen: bool = False) -> Iterator[Agent]:
+    """A logged-in Agent for the duration of one command; always logged out and closed.
+
+    Only commands that wait for peers (listen, chat) pass ``listen=True``.
+    """
     agent = make_agent(home, broker, timeout)
     try:
         agent.unlock(password())  # the person first, locally ...
-        agent.login()  # ... then the agent, to the broker
+        agent.login(listen=listen)  # ... then the agent, to the broker
         try:
             yield agent
         finally:
@@ -95,7 +99,7 @@ def login(
     Shows the session the broker opened (and the port it recorded for you); the session
     ends when the command does. `agora listen` keeps one open.
     """
-    with user_errors(), session(home, broker, timeout) as agent:
+    with user_errors(), session(home, broker, timeout, listen=True) as agent:
         info = agent.info
         assert info is not None
         if json_out:

@@ -88,7 +88,8 @@ def listen(
     dropped with a warning on stderr.
     """
     show_peer_warnings()
-    with user_errors(), session(home, broker, timeout) as agent, stop_on_signals() as stop:
+    with user_errors(), session(home, broker, timeout, listen=True) as agent, \
+            stop_on_signals() as stop:
         info = agent.info
         assert info is not None
         listener = Listener(agent, lambda msg: print_message(msg, json_out), stop)
@@ -153,7 +154,8 @@ def chat(
     Ctrl-C ends it.
     """
     show_peer_warnings()
-    with user_errors(), session(home, broker, timeout) as agent, stop_on_signals() as stop:
+    with user_errors(), session(home, broker, timeout, listen=True) as agent, \
+            stop_on_signals() as stop:
         console.print(f"Chatting with [bold cyan]{escape(user)}[/] as {agent.username}; "
                       "Ctrl-D to end", highlight=False)
         stdin = sys.stdin.fileno()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agents import Agent
 from agora.errors import RemoteError, WrongPassword
 from agora.protocol import ErrorCode
 from tests.conftest import PASSWORD
@@ -54,3 +55,21 @@ def test_reused_token_revokes_sessions_and_flags_user(broker):
         assert exc.code in (ErrorCode.UNKNOWN_SESSION, ErrorCode.FLAGGED)
     else:
         raise AssertionError("session survived token reuse")
+
+
+def test_one_shot_session_does_not_hide_a_listening_one_from_the_directory(broker):
+    listener = broker.agent("Ana Lima")  # logged in with listen=True (the default)
+    one_shot = Agent(listener.home, broker=broker.endpoint, context=broker.context, timeout=2)
+    broker.agents.append(one_shot)
+    one_shot.unlock(PASSWORD)
+    one_shot.login(listen=False)
+    bob = broker.agent("Bob Stone")
+    entry = bob.call("lookup", {"username": "ana.lima"})
+    assert entry["online"] and entry["port"] == listener.info.port
+
+
+def test_only_non_listening_sessions_mean_offline_for_peers(broker):
+    ana = broker.agent("Ana Lima", login=False)
+    ana.login(PASSWORD, listen=False)
+    bob = broker.agent("Bob Stone")
+    assert bob.call("lookup", {"username": "ana.lima"})["online"] is False
