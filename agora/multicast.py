@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import socket
 
 from agora.errors import LocalError
@@ -86,3 +87,15 @@ def recv_datagram(sock: socket.socket) -> bytes | None:
         log.warning("dropped an oversized datagram (over %d bytes)", MAX_DATAGRAM)
         return None
     return data
+
+
+def free_udp_port(interface: str = DEFAULT_MULTICAST_INTERFACE) -> int:
+    """A UDP port the OS says is free now (for tests and the demo; racy by nature)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((interface, 0))
+        return s.getsockname()[1]
+
+
+def random_group() -> str:
+    """A random group in 239.255.0.0/16, so parallel runs on one host do not collide."""
+    return f"239.255.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"

@@ -13,6 +13,7 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -20,12 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from rich.markup import escape
 
 from agents import Agent
+from agents.auction import AuctionClient, AuctionWatcher, auctioneer_key
+from agora.auction_wire import format_money
+from agora.crypto import PrivateKey
 from agora.errors import AgoraError, RemoteError
-from agora.protocol import ErrorCode, Level
+from agora.multicast import free_udp_port, random_group
+from agora.protocol import ErrorCode, Level, PrincipalKind
 from broker.server import open_store
 from cli.processes import AgoraProcess, agora_env
+
+SAMPLE_ITEMS = Path(__file__).resolve().parent.parent / "auctioneer" / "sample_items"
 
 PASSWORDS = {"ana.lima": "ana's long passphrase", "bruno.costa": "bruno's long passphrase",
              "carla.dias": "carla's long passphrase"}
@@ -72,8 +80,8 @@ class Transcript:
             return
         mark, colour = {"ok": ("✓", "green"), "refused": ("✗ refused:", "yellow"),
                         "failed": ("FAILED:", "bold red")}[outcome]
-        self.console.print(f"[dim]{event.step:>3}[/] [bold cyan]{actor:<12}[/] {action}")
-        self.console.print(f"{'':16}[{colour}]{mark}[/] {detail}".rstrip())
+        self.console.print(f"[dim]{event.step:>3}[/] [bold cyan]{actor:<12}[/] {escape(action)}")
+        self.console.print(f"{'':16}[{colour}]{mark}[/] {escape(detail)}".rstrip())
 
     def finish(self, ok: bool, message: str, elapsed: float) -> None:
         if self.json_out:
@@ -131,9 +139,10 @@ class Demo:
             raise DemoFailed(f"step {len(self.out.events)} '{action}' failed: {detail}")
         self.out.record(actor, action, "ok", detail)
 
-    def start_process(self, *args: str, ready: str, timeout: float = 20) -> tuple[
-            AgoraProcess, Any]:
-        proc = AgoraProcess(list(args), agora_env())
+    def start_process(self, *args: str, ready: str, timeout: float = 20,
+                      password: str | None = None) -> tuple[AgoraProcess, Any]:
+        env = agora_env(AGORA_PASSWORD=password) if password else agora_env()
+        proc = AgoraProcess(list(args), env)
         self.processes.append(proc)
         return proc, proc.expect(ready, timeout)
 
@@ -150,7 +159,9 @@ class Demo:
 
     def run(self) -> None:
         self.identity()
-        self.token_replay()
+        self.peers()
+        self.auction()
+        self.token_replay()  # last: it locks Bruno out
 
     def identity(self) -> None:
         self.out.heading("Enrollment, registration and login")
@@ -182,12 +193,142 @@ class Demo:
                       lambda c: f"broker key matches fingerprint {self.fingerprint[:9]}…; "
                                 "TOKEN_1 stored")
         for username, agent in self.agents.items():
+            # listen=False: these in-process agents never take peer conversations; Bruno's
+            # `agora listen` process below does.
             info = self.step(username, "log in (password opens credentials, token rotates)",
-                             lambda a=agent, u=username: a.login(PASSWORDS[u]),
+                             lambda a=agent, u=username: a.login(PASSWORDS[u], listen=False),
                              lambda i: f"session {i.session}, listening on port {i.port}")
             me = agent.whoami()
             self.check(username, "whoami: the broker's view", me["level"] == info.level,
                        f"level {me['level']} ({me['level_name']}), session {me['session']}")
+
+    def peers(self) -> None:
+        self.out.heading("Peer-to-peer messages (end-to-end encrypted, over PAIR sockets)")
+        listener, match = self.step(
+            "bruno.costa", "agora listen (its own process)",
+            lambda: self.start_process("listen", "--home", str(self.workdir / "bruno.costa"),
+                                       "--broker", self.broker_endpoint, "--json",
+                                       ready=r'^\{.*"listening"', password=PASSWORDS[
+                                           "bruno.costa"]),
+            lambda r: f"listening on port {json.loads(r[1].string)['port']}")
+        for sender, text in (("ana.lima", "The draft is on your desk."),
+                             ("carla.dias", "Lunch at noon?")):
+            self.step(sender, f"send bruno.costa {text!r}",
+                      lambda s=sender, t=text: self.agents[s].send("bruno.costa", t,
+                                                                   queue=False),
+                      lambda r: f"acknowledged by Bruno's session (seq {r.seq}, "
+                                f"{r.round_trip * 1000:.1f} ms round trip)")
+            line = self.step("bruno.costa", "the message arrives in agora listen",
+                             lambda: listener.expect(r'"from"', timeout=10),
+                             lambda m: _message_line(m.string))
+            got = json.loads(line.string)
+            self.check("bruno.costa", "sender and text are what was sent",
+                       (got["from"], got["text"]) == (sender, text),
+                       f"from {got['from']}, checked against the broker's directory")
+        receipt = self.step("ana.lima", "send carla.dias (not listening) a note",
+                            lambda: self.agents["ana.lima"].send("carla.dias", "Call me."),
+                            lambda r: f"left in the broker's mailbox, still encrypted "
+                                      f"({r.reason})")
+        self.check("ana.lima", "the note is queued, not lost", receipt.queued,
+                   "Carla sees it at her next agora listen")
+        self.step("bruno.costa", "stop agora listen (SIGTERM: logs out)",
+                  lambda: listener.terminate(), lambda code: f"exit code {code}")
+
+    def auction(self) -> None:
+        self.out.heading("Auction (UDP multicast + PUB mirror, encrypted and signed)")
+        store, _ = open_store(self.workdir / "broker")
+        username, otid = self.step(
+            "operator", "enroll the auctioneer as a service principal",
+            lambda: store.enroll("Auctioneer", Level.PUBLIC, time.time(),
+                                 PrincipalKind.SERVICE), lambda r: f"username {r[0]}")
+        store.db.close()
+        home, password = self.workdir / "auctioneer", "auctioneer's long passphrase"
+        service = Agent(home, broker=self.broker_endpoint, context=self.context)
+        self.step(username, "register (its own key pair and credentials)",
+                  lambda: service.register(username, otid, self.fingerprint, password),
+                  lambda c: f"level {c.level}, kind {c.kind}")
+        service.close()
+        items = self.workdir / "items"
+        shutil.copytree(SAMPLE_ITEMS, items)
+        group, port = random_group(), free_udp_port()
+        _, match = self.step(
+            username, "agora auctioneer start (its own process)",
+            lambda: self.start_process(
+                "auctioneer", "start", "--items", str(items), "--home", str(home),
+                "--broker", self.broker_endpoint, "--data-dir", str(self.workdir / "auction"),
+                "--bind", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0", "--group", group,
+                "--port", str(port), "--soft-close", "3", "--pause", "0.5",
+                ready=r"ready at (\S+) pub (\S+) group (\S+)", password=password),
+            lambda r: f"requests {r[1].group(1)}, multicast {r[1].group(3)}, "
+                      f"mirror {r[1].group(2)}")
+        endpoint = match.group(1)
+        bidders = ("ana.lima", "bruno.costa", "carla.dias")
+        key = auctioneer_key(self.agents["ana.lima"], username)  # from the broker's directory
+        clients = {u: AuctionClient(self.agents[u].private_key, key, endpoint, self.context)
+                   for u in bidders}
+        for u in bidders:
+            self.step(u, "join: key checked with the broker, group key received",
+                      clients[u].join,
+                      lambda j: f"group {j.group}:{j.port}, answer authenticated (Box)")
+        stranger = AuctionClient(PrivateKey.generate(), key, endpoint, self.context)
+        self.refused("stranger", "join with an unregistered key", stranger.join,
+                     ErrorCode.UNKNOWN_USER)
+        stranger.close()
+        watchers = [_Watcher(self.agents[u].private_key, key, endpoint, self.context, u)
+                    for u in bidders]
+        try:
+            lamp = self._open_item(clients["ana.lima"], "brass-lamp")
+            self._bid(clients, "ana.lima", lamp, 1250)
+            self._bid(clients, "bruno.costa", lamp, 1300)
+            self.refused("carla.dias", "bid 13.10 on brass-lamp",
+                         lambda: clients["carla.dias"].bid(lamp["id"], 1310),
+                         ErrorCode.BID_TOO_LOW)
+            self._sleep_until(clients["ana.lima"], lamp["id"], before_close=2.0)
+            answer = self._bid(clients, "bruno.costa", lamp, 1400)
+            self.check("bruno.costa", "soft close: the late bid extends the auction",
+                       answer.get("extended") is True, "closing time moved by 3 s, "
+                       "announced to all")
+            atlas = self._open_item(clients["ana.lima"], "atlas-1920")
+            self._bid(clients, "carla.dias", atlas, 2000)
+            self._bid(clients, "ana.lima", atlas, 3600)
+            for w in watchers:
+                w.thread.join(timeout=30)
+            for item_id in ("brass-lamp", "atlas-1920"):
+                seen = {w.username: w.result(item_id) for w in watchers}
+                outcomes = {json.dumps(r, sort_keys=True) for r in seen.values()}
+                first = next(iter(seen.values()))
+                self.check("everyone", f"winner of {item_id} announced; all agents agree",
+                           len(outcomes) == 1 and first is not None,
+                           _result_text(first) + f" (seen by {', '.join(seen)})")
+        finally:
+            for w in watchers:
+                w.stop.set()
+                w.thread.join(timeout=5)
+            for c in clients.values():
+                c.close()
+
+    def _open_item(self, client: AuctionClient, item_id: str) -> dict[str, Any]:
+        def wait() -> dict[str, Any]:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                state = client.snapshot()["state"]
+                if (state.get("item") or {}).get("id") == item_id:
+                    return dict(state["item"], closes_at=state["closes_at"])
+                time.sleep(0.1)
+            raise TimeoutError(f"item {item_id} did not open")
+        return self.step("auctioneer", f"item {item_id} opens", wait,
+                         lambda i: f"{i['title']}, from {format_money(i['start_cents'])}")
+
+    def _bid(self, clients: dict[str, AuctionClient], bidder: str, item: dict[str, Any],
+             cents: int) -> dict[str, Any]:
+        return self.step(bidder, f"bid {format_money(cents)} on {item['id']}",
+                         lambda: clients[bidder].bid(item["id"], cents),
+                         lambda a: "accepted (stored, then acknowledged)")
+
+    def _sleep_until(self, client: AuctionClient, item_id: str, before_close: float) -> None:
+        state = client.snapshot()["state"]
+        if (state.get("item") or {}).get("id") == item_id:
+            time.sleep(max(0.0, min(10.0, state["closes_at"] - before_close - time.time())))
 
     def token_replay(self) -> None:
         self.out.heading("A stolen token")
@@ -240,3 +381,51 @@ def run_demo(json_out: bool = False, keep: Path | None = None) -> bool:
             demo.close()
     transcript.finish(True, "every step did what it should", time.monotonic() - started)
     return True
+
+
+class _Watcher:
+    """One collaborator's watcher of the announcements, in a thread of its own."""
+
+    def __init__(self, private_key: PrivateKey, auctioneer_public_key: bytes, endpoint: str,
+                 context: zmq.Context, username: str) -> None:
+        self.username = username
+        self.stop = threading.Event()
+        self.results: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self._args = (private_key, auctioneer_public_key, endpoint, context)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        client = AuctionClient(*self._args)  # sockets made and used in this thread only
+        try:
+            watcher = AuctionWatcher(client, client.join())
+            watcher.stop = self.stop
+            try:
+                view = watcher.serve(until=lambda v: len(v.results) >= 2, timeout=40)
+                self.results = list(view.results)
+            finally:
+                watcher.close()
+        except AgoraError as exc:
+            self.error = str(exc)
+        finally:
+            client.close()
+
+    def result(self, item_id: str) -> dict[str, Any] | None:
+        for r in self.results:
+            if r.get("item") == item_id:
+                return {k: r.get(k) for k in ("item", "sold", "winner", "price_cents")}
+        return None
+
+
+def _message_line(line: str) -> str:
+    msg = json.loads(line)
+    return f"{msg['from']}: {msg['text']!r}"
+
+
+def _result_text(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "no result seen"
+    if result.get("sold"):
+        return f"sold to {result['winner']} for {format_money(result['price_cents'])}"
+    return "not sold"

@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
+from agora.multicast import free_udp_port, random_group
 from tests.conftest import PASSWORD, AgoraProcess, agora_env, run_agora
-from tests.test_auction_net import free_udp_port, random_group, write_item
+from tests.test_auction_net import write_item
 
 
 def free_tcp_port() -> int:

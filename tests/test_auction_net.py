@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import socket
 import threading
 import time
 
@@ -12,19 +10,9 @@ import pytest
 
 from agents.auction import AuctionClient, AuctionWatcher
 from agora.errors import RemoteError
-from agora.multicast import open_sender, send_datagram
+from agora.multicast import free_udp_port, open_sender, random_group, send_datagram
 from agora.protocol import ErrorCode, PrincipalKind
 from auctioneer.server import AuctioneerServer
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def random_group() -> str:
-    return f"239.255.{random.randint(1, 254)}.{random.randint(1, 254)}"
 
 
 def write_item(folder, name: str, item_id: str, duration: float = 1.5,

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
+
+import pytest
 
 from tests.conftest import agora_env, run_agora
 
 
-def demo_events(tmp_path):
-    result = run_agora("demo", "--json", "--keep", str(tmp_path / "demo"),
-                       env=agora_env(), timeout=120)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One real `agora demo --json` run (about 20 s), shared by this module's tests."""
+    keep = tmp_path_factory.mktemp("demo") / "data"
+    result = run_agora("demo", "--json", "--keep", str(keep), env=agora_env(), timeout=120)
     events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    return result, events
+    return result, events, keep
 
 
-def test_demo_runs_every_step_and_exits_zero(tmp_path):
-    result, events = demo_events(tmp_path)
+def test_demo_runs_every_step_and_exits_zero(demo_run):
+    result, events, _ = demo_run
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = events[-1]
     assert summary["event"] == "summary" and summary["ok"] is True
@@ -26,14 +31,21 @@ def test_demo_runs_every_step_and_exits_zero(tmp_path):
                for e in steps if e["outcome"] == "refused"}
     assert ("thief", "token-reused") in refused
     assert ("bruno.costa", "flagged") in refused
+    assert ("carla.dias", "bid-too-low") in refused
+    assert ("stranger", "unknown-user") in refused
     logins = [e for e in steps if e["action"].startswith("log in (password")]
     assert {e["actor"] for e in logins} == {"ana.lima", "bruno.costa", "carla.dias"}
+    arrived = [e["detail"] for e in steps if e["action"] == "the message arrives in agora listen"]
+    assert arrived == ["ana.lima: 'The draft is on your desk.'", "carla.dias: 'Lunch at noon?'"]
+    winners = [e["detail"] for e in steps if e["action"].startswith("winner of")]
+    assert [w.split(" (seen by")[0] for w in winners] == [
+        "sold to bruno.costa for 14.00", "sold to ana.lima for 36.00"]
+    assert all("seen by ana.lima, bruno.costa, carla.dias" in w for w in winners)
+    assert any(e["action"] == "soft close: the late bid extends the auction" for e in steps)
 
 
-def test_demo_leaves_no_process_running(tmp_path):
-    import subprocess
-
-    result, _ = demo_events(tmp_path)
+def test_demo_leaves_no_process_running(demo_run):
+    result, _, keep = demo_run
     assert result.returncode == 0
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert str(tmp_path / "demo") not in ps.stdout
+    assert str(keep) not in ps.stdout
