@@ -33,6 +33,15 @@ RATE_WINDOW = 60.0
 SESSION_IDLE_TIMEOUT = 30 * 60.0
 SESSION_MAX_AGE = 12 * 3600.0
 
+#: Worker liveness (cf. 7/MDP): both sides send a HEARTBEAT every interval when otherwise
+#: silent, and a peer silent for LIVENESS intervals is dead.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_LIVENESS = 3
+#: A worker-served call not answered in this many seconds gets a ``timeout`` error.
+DEFAULT_CALL_TIMEOUT = 5.0
+#: Requests queued per service while all its workers are busy; more are refused at once.
+MAX_QUEUED_REQUESTS = 1000
+
 
 class Command(bytes, Enum):
     """Second frame of a client message: what the client asks for."""
@@ -48,6 +57,23 @@ class SessionOp(IntEnum):
 
     CALL = 1  # call a service by name
     LOGOUT = 2  # end this session
+
+
+class WorkerCommand(IntEnum):
+    """Command inside a sealed worker message (cf. 7/MDP's worker commands)."""
+
+    READY = 1  # worker -> broker: attach, offering a service
+    REQUEST = 2  # broker -> worker: a call to serve
+    REPLY = 3  # worker -> broker: the answer to a REQUEST
+    HEARTBEAT = 4  # both ways: still alive
+    DISCONNECT = 5  # both ways: detach (from the broker: with the reason)
+
+
+class Direction(bytes, Enum):
+    """Who sealed a worker message: stops a message being reflected back at its sender."""
+
+    TO_BROKER = b"W"
+    TO_WORKER = b"B"
 
 
 class Status(bytes, Enum):
@@ -79,6 +105,7 @@ class ErrorCode(str, Enum):
     SERVICE_UNAVAILABLE = "service-unavailable"
     SERVICE_FAILED = "service-failed"
     TIMEOUT = "timeout"
+    NOT_FOUND = "not-found"
     OFFLINE = "offline"
     INTERNAL = "internal"
 
