@@ -100,6 +100,8 @@ class ServiceWorker:
         #: Set once the broker acknowledged READY (cleared while reconnecting).
         self.attached = threading.Event()
         self.served = 0
+        #: The thread serving, when started by run_worker().
+        self.thread: threading.Thread | None = None
         self._socket: zmq.Socket | None = None
         self._last_in = 0  # highest broker counter seen: older ones are replays
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{service}")
@@ -250,7 +252,8 @@ def run_worker(agent: Agent, service: str, handler: Callable[..., Any], level: i
             errors.append(exc)
             worker.stop.set()
 
-    threading.Thread(target=target, daemon=True, name=f"worker-{service}").start()
+    worker.thread = threading.Thread(target=target, daemon=True, name=f"worker-{service}")
+    worker.thread.start()
     deadline = time.monotonic() + worker.attach_timeout
     while not worker.attached.wait(0.02):
         if errors:

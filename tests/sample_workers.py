@@ -1,0 +1,28 @@
+"""Worker handlers the tests serve (in threads and through `agora worker run`)."""
+
+from __future__ import annotations
+
+import time
+
+from agents.worker import Caller
+
+
+def upper(text: str) -> str:
+    """Upper-cases a text."""
+    return text.upper()
+
+
+def tagged(n: int, caller: Caller) -> dict:
+    """Returns n with the caller the broker named: shows which caller got which answer."""
+    return {"n": n, "caller": caller.username}
+
+
+def slow(seconds: float) -> str:
+    """Sleeps, then answers: a worker that is too late."""
+    time.sleep(seconds)
+    return "done"
+
+
+def crash() -> None:
+    """Always raises: a buggy worker."""
+    raise RuntimeError("database password is hunter2")  # must not reach the caller
