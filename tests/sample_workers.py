@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from agents.worker import Caller
@@ -19,6 +20,7 @@ def tagged(n: int, caller: Caller) -> dict:
 
 def slow(seconds: float) -> str:
     """Sleeps, then answers: a worker that is too late."""
+    logging.getLogger("agora.worker").info("slow call started")  # tests wait for this line
     time.sleep(seconds)
     return "done"
 
