@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +106,11 @@ class ServiceWorker:
         self._socket: zmq.Socket | None = None
         self._last_in = 0  # highest broker counter seen: older ones are replays
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{service}")
+        # The helper thread writes a byte here when the handler is done, so the loop (which
+        # alone owns the socket) wakes at once instead of at its next poll timeout.
+        self._wake_r, self._wake_w = os.pipe()
+        self._wake_lock = threading.Lock()
+        self._wake_open = True
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -117,6 +123,10 @@ class ServiceWorker:
         finally:
             self._close()
             self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._wake_lock:  # a handler finishing later must not write to a reused fd
+                self._wake_open = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def _serve_connection(self) -> None:
         """One attachment: returns to reconnect, raises when it cannot go on."""
@@ -124,8 +134,16 @@ class ServiceWorker:
         expiry = time.monotonic() + self.attach_timeout
         next_heartbeat = time.monotonic() + self.heartbeat_interval
         busy: tuple[str, Future[Any]] | None = None
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        # Bounded so stop and heartbeats are noticed even when nothing arrives.
+        poll_ms = min(100, int(self.heartbeat_interval * 1000))
         while not self.stop.is_set():
-            if self._socket.poll(min(50, int(self.heartbeat_interval * 1000)), zmq.POLLIN):
+            ready = dict(poller.poll(poll_ms))
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+            if self._socket in ready:
                 try:
                     command, body = self._receive()
                 except ProtocolError as exc:
@@ -144,6 +162,7 @@ class ServiceWorker:
                     else:
                         busy = (field(body, "id", str), self._pool.submit(
                             self._run, body.get("args"), body.get("caller")))
+                        busy[1].add_done_callback(self._wake)
                 elif command is WorkerCommand.DISCONNECT:
                     self._refused(RemoteError(str(body.get("code", "internal")),
                                               str(body.get("message", "disconnected"))))
@@ -164,6 +183,11 @@ class ServiceWorker:
                 next_heartbeat = now + self.heartbeat_interval
         if self.attached.is_set():
             self._send(WorkerCommand.DISCONNECT, {})
+
+    def _wake(self, future: Future[Any]) -> None:
+        with self._wake_lock:
+            if self._wake_open:
+                os.write(self._wake_w, b".")
 
     def _run(self, args: Any, caller: Any) -> dict[str, Any]:
         """Run the handler (in the helper thread); the REPLY body, ok or error."""
