@@ -168,8 +168,8 @@ class ServiceWorker:
                                               str(body.get("message", "disconnected"))))
                     return
             if busy is not None and busy[1].done():
+                self.served += 1  # counted before the caller can see the answer
                 self._send(WorkerCommand.REPLY, {"id": busy[0], **busy[1].result()})
-                self.served += 1
                 busy = None
                 next_heartbeat = time.monotonic() + self.heartbeat_interval
             now = time.monotonic()

@@ -67,6 +67,7 @@ def test_worker_process_serves_calls_and_its_death_fails_the_call(tmp_path, proc
     wait_for(lambda: call.stderr_lines)
     assert "service-failed" in call.stderr_lines[-1]
 
+    time.sleep(0.6)  # the broker writes its audit rows in batches, every 0.5 s
     audit = json.loads(ok(run_agora("admin", "audit", "--json", "-n", "200", env=env)))
     decisions = {(r["action"], r["outcome"]) for r in audit}
     assert {("call:upper", "ok"), ("call:no.such", "unknown"),
