@@ -61,11 +61,11 @@ from agora.wire import (
 )
 from broker.sessions import ExpiringCache, FailureLimiter, Session, SessionTable
 from broker.store import Store
-from broker.workers import WorkerRegistry
+from broker.workers import Outgoing, WorkerRegistry
 
 log = logging.getLogger("agora.broker")
 
-Outgoing = tuple[bytes, list[bytes]]
+__all__ = ["BrokerCore", "CallContext", "Outgoing", "Service", "WorkerCall"]
 
 #: How often tick() asks SQLite whether an operator changed something (revoke, level).
 STORE_POLL_INTERVAL = 0.25

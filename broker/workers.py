@@ -52,6 +52,7 @@ from broker.sessions import Session, SessionTable
 
 log = logging.getLogger("agora.broker")
 
+#: A message to send: (ROUTER identity of the peer, frames after the routing envelope).
 Outgoing = tuple[bytes, list[bytes]]
 AuditFn = Callable[..., None]
 

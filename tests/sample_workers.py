@@ -1,4 +1,4 @@
-"""Worker handlers the tests serve (in threads and through `agora worker run`)."""
+"""Worker handlers the tests serve besides agents.examples: slow, crashing, caller-aware."""
 
 from __future__ import annotations
 
@@ -6,11 +6,6 @@ import logging
 import time
 
 from agents.worker import Caller
-
-
-def upper(text: str) -> str:
-    """Upper-cases a text."""
-    return text.upper()
 
 
 def tagged(n: int, caller: Caller) -> dict:

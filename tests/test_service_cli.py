@@ -44,7 +44,7 @@ def test_worker_process_serves_calls_and_its_death_fails_the_call(tmp_path, proc
     enroll_and_register(env, "Slow Worker", 3, "service", tmp_path / "slow")
     ana = dict(env, AGORA_HOME=str(tmp_path / "ana"))
 
-    procs("worker", "run", "tests.sample_workers:upper", "--service", "upper", "--level", "2",
+    procs("worker", "run", "agents.examples:upper", "--service", "upper", "--level", "2",
           env=dict(env, AGORA_HOME=str(tmp_path / "upper"))).expect("worker ready")
     slow = procs("worker", "run", "tests.sample_workers:slow", "--service", "slow",
                  "--level", "1", env=dict(env, AGORA_HOME=str(tmp_path / "slow")))

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from agents import examples
 from agents.worker import Caller, ServiceWorker, invoke, run_worker
 from agora.errors import RemoteError
 from agora.protocol import ErrorCode, PrincipalKind, SessionOp
@@ -39,8 +40,8 @@ def refused(call, *args) -> ErrorCode:
 
 
 def test_services_hides_what_is_above_the_callers_level(broker, workers):
-    workers("payroll", sample_workers.upper, level=4, principal_level=4)
-    workers("upper", sample_workers.upper, level=2)
+    workers("payroll", examples.upper, level=4, principal_level=4)
+    workers("upper", examples.upper, level=2)
     low = broker.agent("Lia Low", level=2)
     listed = {s["name"]: s for s in low.call("services")}
     assert "payroll" not in listed
@@ -94,14 +95,14 @@ def test_notes_survive_a_broker_restart(tmp_path, zctx):
 
 
 def test_worker_serves_calls_through_the_broker(broker, workers):
-    worker = workers("upper", sample_workers.upper)
+    worker = workers("upper", examples.upper)
     ana = broker.agent("Ana Lima")
     assert ana.call("upper", {"text": "hello"}) == "HELLO"
     assert worker.served == 1
 
 
 def test_bad_arguments_are_a_bad_request(broker, workers):
-    workers("upper", sample_workers.upper)
+    workers("upper", examples.upper)
     ana = broker.agent("Ana Lima")
     assert refused(ana.call, "upper", {"txt": "typo"}) is ErrorCode.BAD_REQUEST
     assert ana.call("upper", {"text": "still fine"}) == "STILL FINE"
@@ -130,7 +131,7 @@ def test_late_worker_times_out_and_broker_keeps_serving(broker, workers):
 
 
 def test_stopped_worker_leaves_service_unavailable_not_a_hang(broker, workers):
-    worker = workers("upper", sample_workers.upper)
+    worker = workers("upper", examples.upper)
     worker.stop.set()
     worker.thread.join(timeout=5)
     ana = broker.agent("Ana Lima")
@@ -144,7 +145,7 @@ def test_unknown_service_is_refused(broker):
 
 
 def test_revoked_callers_call_is_refused_at_once(broker, workers):
-    workers("upper", sample_workers.upper)
+    workers("upper", examples.upper)
     ana = broker.agent("Ana Lima")
     assert ana.call("upper", {"text": "a"}) == "A"
     broker.admin.revoke("ana.lima", time.time())
@@ -186,7 +187,7 @@ def test_concurrent_callers_each_get_their_own_answers(broker, workers):
 def test_worker_principal_of_kind_person_is_refused(broker):
     person = broker.agent("Pat Person", level=5)
     with pytest.raises(RemoteError) as err:
-        run_worker(person, "upper", sample_workers.upper, 1)
+        run_worker(person, "upper", examples.upper, 1)
     assert err.value.code is ErrorCode.FORBIDDEN
 
 

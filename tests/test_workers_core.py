@@ -307,6 +307,9 @@ def test_late_worker_times_out_then_its_reply_is_dropped(core):
                  T0 + 6)
     assert to(out, ana.identity) == []
     assert request_to(w, ana.call("upper", now=T0 + 6))  # the worker is free again
+    core.flush_audit(T0 + 6)
+    outcomes = [r["outcome"] for r in core.store.audit_rows()]
+    assert "timeout" in outcomes and "late-reply" in outcomes
 
 
 def test_worker_error_code_is_passed_on_but_unknown_codes_are_not(core):
