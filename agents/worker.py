@@ -37,6 +37,7 @@ from agora.errors import AgoraError, LocalError, ProtocolError, RemoteError
 from agora.protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
+    MAX_CALL_PAYLOAD,
     MAX_MESSAGE_SIZE,
     Direction,
     ErrorCode,
@@ -196,7 +197,10 @@ class ServiceWorker:
                 raise RemoteError(ErrorCode.BAD_REQUEST, "malformed request")
             result = invoke(self.handler, args, Caller(str(caller.get("username")),
                                                        int(caller.get("level") or 0)))
-            json.dumps(result)  # must travel as JSON: fail here, not in the loop
+            # It must travel as JSON and fit the broker's reply to the caller: fail here.
+            if len(json.dumps(result)) > MAX_CALL_PAYLOAD:
+                raise RemoteError(ErrorCode.SERVICE_FAILED, f"result of {self.service} is "
+                                  f"over {MAX_CALL_PAYLOAD // 1024} KiB")
             return {"ok": True, "result": result}
         except RemoteError as exc:
             return {"ok": False, "error": exc.to_dict()}

@@ -18,6 +18,9 @@ WORKER_PROTOCOL = b"AGORA01W"
 #: Largest message any agora socket accepts (ZMQ_MAXMSGSIZE). Larger ones are dropped by
 #: libzmq before they reach our code; senders check the size first and refuse locally.
 MAX_MESSAGE_SIZE = 256 * 1024
+#: Largest JSON args or result of a worker-served call: room is left for the envelope that
+#: carries it on the next hop, which must stay under MAX_MESSAGE_SIZE.
+MAX_CALL_PAYLOAD = MAX_MESSAGE_SIZE - 4096
 
 #: A request whose timestamp is further than this from the receiver's clock is stale.
 FRESHNESS_WINDOW = 120.0

@@ -5,7 +5,8 @@
 Starts, each in its own process, a raw ROUTER echo server and a real broker
 (``python -m cli broker start``), then from this process measures round trips per second:
 
-1. raw:     REQ -> ROUTER -> REQ, no crypto, no JSON (the floor our protocol sits on);
+1. raw:     REQ -> ROUTER -> REQ, no crypto, no JSON (the floor our protocol sits on),
+            once with one frame and once with an agora request's frames (count and sizes);
 2. echo:    ``Agent.call("echo")`` through the broker: sealed session request, counter
             check, level check, buffered audit, sealed reply;
 3. worker:  ``Agent.call`` of a service served by an ``agora worker run`` process: client
@@ -32,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agents import Agent  # noqa: E402
-from agora.protocol import Level, PrincipalKind  # noqa: E402
+from agora.protocol import Command, Level, PrincipalKind, SessionOp  # noqa: E402
+from agora.wire import request_frames, seal_session_request  # noqa: E402
 from broker.store import Store  # noqa: E402
 
 PASSWORD = "bench password"  # noqa: S105 - a throwaway principal in a temp directory
@@ -119,6 +121,10 @@ def main() -> None:
             raw.send(body)
             raw.recv()
 
+        def raw_framed_call() -> None:  # agora's frame count and sizes, no crypto or JSON
+            raw.send_multipart(framed)
+            raw.recv_multipart()
+
         client = enroll(tmp / "broker", "Bench Client", PrincipalKind.PERSON, env, endpoint,
                         tmp / "client", context)
         client.login()
@@ -132,14 +138,21 @@ def main() -> None:
         read_line(worker, "worker")
         assert client.call("echo", PAYLOAD) == PAYLOAD
         assert client.call("bench.echo", PAYLOAD) == PAYLOAD
+        session = client.session
+        assert session is not None
+        framed = request_frames(Command.SESSION, session.sid, seal_session_request(
+            session.box, 1, SessionOp.CALL, {"service": "echo", "args": PAYLOAD}))
 
         raw_rate = rate(raw_call, opts.seconds)
+        framed_rate = rate(raw_framed_call, opts.seconds)
         echo_rate = rate(lambda: client.call("echo", PAYLOAD), opts.seconds)
         worker_rate = rate(lambda: client.call("bench.echo", PAYLOAD), opts.seconds)
         # Raw again at the end: the ratio should not hinge on what else the machine did.
         raw_rate = max(raw_rate, rate(raw_call, opts.seconds))
 
         print(f"raw pyzmq REQ->ROUTER round trip : {raw_rate:9.0f} /s")
+        print(f"raw, agora's frames (no crypto)  : {framed_rate:9.0f} /s  "
+              f"ratio {framed_rate / raw_rate:.2f}")
         print(f"authenticated echo via broker    : {echo_rate:9.0f} /s  "
               f"ratio {echo_rate / raw_rate:.2f} (target >= 0.80)")
         print(f"call served by external worker   : {worker_rate:9.0f} /s  "

@@ -15,13 +15,14 @@ identity that last sent that request, so it reaches that caller and no one else.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agora.errors import ProtocolError, RemoteError
@@ -29,6 +30,7 @@ from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
+    MAX_CALL_PAYLOAD,
     MAX_QUEUED_REQUESTS,
     Direction,
     ErrorCode,
@@ -38,9 +40,8 @@ from agora.protocol import (
     WorkerCommand,
 )
 from agora.wire import (
-    field as body_field,
-)
-from agora.wire import (
+    encode_json,
+    field,
     open_worker_message,
     parse_worker_frames,
     seal_worker_message,
@@ -85,9 +86,9 @@ class WorkerService:
     name: str
     level: Level
     description: str
-    workers: dict[bytes, Worker] = field(default_factory=dict)
-    idle: deque[bytes] = field(default_factory=deque)  # least recently used first
-    queue: deque[str] = field(default_factory=deque)  # request ids waiting for a worker
+    workers: dict[bytes, Worker] = dataclasses.field(default_factory=dict)
+    idle: deque[bytes] = dataclasses.field(default_factory=deque)  # least recently used first
+    queue: deque[str] = dataclasses.field(default_factory=deque)  # request ids waiting for a worker
 
 
 @dataclass
@@ -143,6 +144,9 @@ class WorkerRegistry:
             self.audit(session.username, f"call:{name}", "unavailable", now)
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
                               f"service {name} has no worker attached")
+        if len(encode_json(args)) > MAX_CALL_PAYLOAD:  # it would not fit the REQUEST
+            raise RemoteError(ErrorCode.TOO_LARGE, f"arguments are over "
+                              f"{MAX_CALL_PAYLOAD // 1024} KiB")
         if len(service.queue) >= MAX_QUEUED_REQUESTS:
             self.audit(session.username, f"call:{name}", "busy", now)
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, f"service {name} is overloaded")
@@ -216,14 +220,14 @@ class WorkerRegistry:
         if session.kind is not PrincipalKind.SERVICE:
             raise RemoteError(ErrorCode.FORBIDDEN, "only principals of kind 'service' may "
                               "attach workers")
-        name = body_field(body, "service", str)
+        name = field(body, "service", str)
         if not SERVICE_NAME.match(name):
             raise ProtocolError("service name must be 1-64 of a-z 0-9 . _ -, "
                                 "starting with a letter")
         if name in self.builtins:
             raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is a built-in broker service")
         try:
-            level = Level(body_field(body, "level", int))
+            level = Level(field(body, "level", int))
         except ValueError:
             raise ProtocolError("level must be 1-5") from None
         description = str(body.get("description") or "")[:MAX_DESCRIPTION]
@@ -249,7 +253,7 @@ class WorkerRegistry:
         return [ack, *self._dispatch(service, now)]
 
     def _reply(self, worker: Worker, body: dict[str, Any], now: float) -> list[Outgoing]:
-        rid = body_field(body, "id", str)
+        rid = field(body, "id", str)
         if worker.request != rid:
             raise ProtocolError("reply to a request this worker was not given")
         worker.request = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agents.worker import ServiceWorker
@@ -100,7 +101,7 @@ def services(
         for r in rows:
             workers = "broker" if r["workers"] is None else str(r["workers"])
             table.add_row(r["name"], f"{r['level']} {Level(r['level']).label}", workers,
-                          r["description"], style="dim" if r["workers"] == 0 else "")
+                          escape(r["description"]), style="dim" if r["workers"] == 0 else "")
         console.print(table)
 
 

@@ -93,6 +93,11 @@ def test_bad_call_arguments_are_a_local_error(pairs, json_text, message):
         parse_call_args(pairs, json_text, None)
 
 
+def test_call_help_teaches_the_argument_forms():
+    out = ok(run_agora("call", "--help"))
+    assert "key=value" in out and "--data @args.json" in out
+
+
 def test_worker_run_rejects_a_bad_target(tmp_path):
     result = run_agora("worker", "run", "no_such_module:fn", "--service", "x", "--level", "1",
                        env=agora_env(AGORA_HOME=str(tmp_path), AGORA_PASSWORD=PASSWORD))

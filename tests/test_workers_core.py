@@ -14,6 +14,7 @@ from agora.keyfile import KeyPair
 from agora.protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
+    MAX_CALL_PAYLOAD,
     WORKER_PROTOCOL,
     Command,
     Direction,
@@ -165,6 +166,14 @@ def test_service_without_workers_answers_unavailable_at_once(core):
     with pytest.raises(RemoteError) as err:
         ana.answer(only(ana.call("upper"), ana.identity))
     assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE
+
+
+def test_arguments_too_large_for_a_worker_are_refused(core):
+    attached(core)
+    ana = client(core)
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(ana.call("upper", {"text": "x" * MAX_CALL_PAYLOAD}), ana.identity))
+    assert err.value.code is ErrorCode.TOO_LARGE
 
 
 def test_unknown_service_is_refused(core):
