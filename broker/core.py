@@ -69,6 +69,8 @@ __all__ = ["BrokerCore", "CallContext", "Outgoing", "Service", "WorkerCall"]
 
 #: How often tick() asks SQLite whether an operator changed something (revoke, level).
 STORE_POLL_INTERVAL = 0.25
+#: How often tick() sweeps expired sessions out of memory.
+SESSION_SWEEP_INTERVAL = 1.0
 #: Buffered audit rows are written at least this often.
 AUDIT_FLUSH_INTERVAL = 0.5
 MAX_USERNAME = 64
@@ -119,6 +121,7 @@ class BrokerCore:
         self._audit_buffer: list[dict[str, Any]] = []
         self._last_audit_flush = 0.0
         self._last_store_poll = 0.0
+        self._last_session_sweep = 0.0
         self._store_version = store.data_version()
         # The explicit dispatch tables: nothing outside them can be invoked.
         self._commands: dict[Command, Callable[[bytes, list[bytes], float, str], list[bytes]]] = {
@@ -163,8 +166,12 @@ class BrokerCore:
 
     def tick(self, now: float) -> list[Outgoing]:
         """Timers: session expiry, cache purge, operator changes, audit flush."""
-        for s in self.sessions.expire(now):
-            log.info("session %s of %s expired", s.short_id, s.username)
+        # tick() runs after every batch of messages: sweeping all sessions each time would
+        # cost O(sessions) per call. Expired sessions are refused per request anyway.
+        if now - self._last_session_sweep >= SESSION_SWEEP_INTERVAL:
+            self._last_session_sweep = now
+            for s in self.sessions.expire(now):
+                log.info("session %s of %s expired", s.short_id, s.username)
         self._seen_nonces.purge(now)
         self._recent_registrations.purge(now)
         if now - self._last_store_poll >= STORE_POLL_INTERVAL:
