@@ -7,11 +7,13 @@ import time
 
 import pytest
 
-from agents import examples
+from agents import Agent, examples
 from agents.worker import Caller, ServiceWorker, invoke, run_worker
 from agora.errors import RemoteError
 from agora.protocol import ErrorCode, PrincipalKind, SessionOp
+from broker.server import BrokerServer
 from tests import sample_workers
+from tests.conftest import PASSWORD
 
 
 @pytest.fixture
@@ -195,3 +197,36 @@ def test_invoke_refuses_a_caller_argument_from_the_request():
     with pytest.raises(RemoteError) as err:
         invoke(sample_workers.tagged, {"n": 1, "caller": "root"}, Caller("ana", 1))
     assert err.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_worker_attaches_again_after_a_broker_restart(broker):
+    agent = broker.agent("Upper Worker", kind=PrincipalKind.SERVICE)
+    worker = ServiceWorker(agent, "upper", examples.upper, heartbeat_interval=0.2,
+                           attach_timeout=1.0)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    assert worker.attached.wait(5)
+    broker.server.stop.set()
+    broker.thread.join(timeout=5)
+    broker.server.close()
+    restarted = BrokerServer(broker.data_dir, broker.endpoint, broker.context)
+    serving = threading.Thread(target=restarted.serve, daemon=True)
+    serving.start()
+    try:
+        deadline = time.monotonic() + 10
+        while restarted.core.workers.level_of("upper") is None:
+            assert time.monotonic() < deadline, "worker did not re-attach"
+            time.sleep(0.05)
+        caller = Agent(broker.data_dir.parent / "home-ana", broker=broker.endpoint,
+                       context=broker.context)
+        broker.agents.append(caller)
+        username, otid = broker.enroll("Ana Lima")
+        caller.register(username, otid, broker.fingerprint, PASSWORD)
+        caller.login()
+        assert caller.call("upper", {"text": "back"}) == "BACK"
+    finally:
+        worker.stop.set()
+        thread.join(timeout=5)
+        restarted.stop.set()
+        serving.join(timeout=5)
+        restarted.close()
