@@ -45,7 +45,6 @@ from agora.protocol import (
     WorkerCommand,
 )
 from agora.wire import (
-    field,
     open_worker_message,
     parse_to_worker_frames,
     seal_worker_message,
@@ -116,7 +115,10 @@ class ServiceWorker:
     # -- the loop ------------------------------------------------------------------------
 
     def serve(self) -> None:
-        """Attach and serve until ``stop`` is set; RemoteError if the broker refuses us."""
+        """Attach and serve until ``stop`` is set; RemoteError if the broker refuses us.
+
+        Call it once per ServiceWorker: it releases the helper thread when it returns.
+        """
         try:
             while not self.stop.is_set():
                 self._connect()
@@ -158,11 +160,12 @@ class ServiceWorker:
                     self.attached.set()
                     log.info("attached as %s (level %d)", self.service, self.level)
                 elif command is WorkerCommand.REQUEST:
-                    if busy is not None:
-                        log.info("broker sent a request while one is running; ignored")
+                    rid = body.get("id")
+                    if busy is not None or not isinstance(rid, str):
+                        log.info("ignored a request (busy, or without an id)")
                     else:
-                        busy = (field(body, "id", str), self._pool.submit(
-                            self._run, body.get("args"), body.get("caller")))
+                        busy = (rid, self._pool.submit(self._run, body.get("args"),
+                                                       body.get("caller")))
                         busy[1].add_done_callback(self._wake)
                 elif command is WorkerCommand.DISCONNECT:
                     self._refused(RemoteError(str(body.get("code", "internal")),
