@@ -101,6 +101,8 @@ def main() -> None:
     env["PYTHONPATH"] = str(REPO)
     context = zmq.Context()
     procs: list[subprocess.Popen] = []
+    # Killed by `timeout` or Ctrl-C: still run the finally below, which stops the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         raw_server = start([sys.executable, "-c", RAW_SERVER], env)
         procs.append(raw_server)
