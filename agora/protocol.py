@@ -21,6 +21,9 @@ PEER_PROTOCOL = b"AGORA01P"
 #: Largest message any agora socket accepts (ZMQ_MAXMSGSIZE). Larger ones are dropped by
 #: libzmq before they reach our code; senders check the size first and refuse locally.
 MAX_MESSAGE_SIZE = 256 * 1024
+#: Largest JSON args or result of a worker-served call: room is left for the envelope that
+#: carries it on the next hop, which must stay under MAX_MESSAGE_SIZE.
+MAX_CALL_PAYLOAD = MAX_MESSAGE_SIZE - 4096
 
 #: A request whose timestamp is further than this from the receiver's clock is stale.
 FRESHNESS_WINDOW = 120.0
@@ -35,6 +38,15 @@ RATE_WINDOW = 60.0
 #: Sessions end after this long without a request, and after SESSION_MAX_AGE in any case.
 SESSION_IDLE_TIMEOUT = 30 * 60.0
 SESSION_MAX_AGE = 12 * 3600.0
+
+#: Worker liveness (cf. 7/MDP): both sides send a HEARTBEAT every interval when otherwise
+#: silent, and a peer silent for LIVENESS intervals is dead.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_LIVENESS = 3
+#: A worker-served call not answered in this many seconds gets a ``timeout`` error.
+DEFAULT_CALL_TIMEOUT = 5.0
+#: Requests queued per service while all its workers are busy; more are refused at once.
+MAX_QUEUED_REQUESTS = 1000
 
 
 class Command(bytes, Enum):
@@ -78,6 +90,23 @@ class SessionOp(IntEnum):
     LOGOUT = 2  # end this session
 
 
+class WorkerCommand(IntEnum):
+    """Command inside a sealed worker message (cf. 7/MDP's worker commands)."""
+
+    READY = 1  # worker -> broker: attach, offering a service
+    REQUEST = 2  # broker -> worker: a call to serve
+    REPLY = 3  # worker -> broker: the answer to a REQUEST
+    HEARTBEAT = 4  # both ways: still alive
+    DISCONNECT = 5  # both ways: detach (from the broker: with the reason)
+
+
+class Direction(bytes, Enum):
+    """Who sealed a worker message: stops a message being reflected back at its sender."""
+
+    TO_BROKER = b"W"
+    TO_WORKER = b"B"
+
+
 class Status(bytes, Enum):
     """Third frame of a broker reply."""
 
@@ -106,6 +135,7 @@ class ErrorCode(str, Enum):
     SERVICE_UNAVAILABLE = "service-unavailable"
     SERVICE_FAILED = "service-failed"
     TIMEOUT = "timeout"
+    NOT_FOUND = "not-found"
     OFFLINE = "offline"
     MAILBOX_FULL = "mailbox-full"
     INTERNAL = "internal"

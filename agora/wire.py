@@ -16,6 +16,12 @@ Inside a SESSION the body is one frame, ``SecretBox(session_key)`` of::
 
 The counter binds each request to its session and its place in it: the broker refuses a
 counter it has seen, and the client refuses a reply whose counter is not its request's.
+
+Worker messages (docs/PROTOCOL.md, section 4) are ``[WORKER_PROTOCOL, session id, sealed]``
+from a worker and ``[WORKER_PROTOCOL, status, sealed-or-error]`` from the broker, where
+sealed is ``SecretBox(session_key)`` of::
+
+    counter (8 bytes, big endian) | direction (1 byte) | command (1 byte) | JSON body
 """
 
 from __future__ import annotations
@@ -26,9 +32,19 @@ from typing import Any
 
 from agora.crypto import open_sealed, seal
 from agora.errors import ProtocolError, RemoteError
-from agora.protocol import CLIENT_PROTOCOL, Command, ErrorCode, SessionOp, Status
+from agora.protocol import (
+    CLIENT_PROTOCOL,
+    WORKER_PROTOCOL,
+    Command,
+    Direction,
+    ErrorCode,
+    SessionOp,
+    Status,
+    WorkerCommand,
+)
 
 _HEADER = struct.Struct(">QB")
+_WORKER_HEADER = struct.Struct(">Qcc")
 
 
 def encode_json(obj: Any) -> bytes:
@@ -122,6 +138,12 @@ def seal_session_reply(box: Any, counter: int, status: Status, body: dict[str, A
     return seal(box, _HEADER.pack(counter, status.value[0]) + encode_json(body))
 
 
+def session_reply_frames(box: Any, counter: int, status: Status, body: dict[str, Any],
+                         ) -> list[bytes]:
+    """The whole broker reply to session request ``counter``: outer frames and sealed body."""
+    return ok_reply(Command.SESSION, seal_session_reply(box, counter, status, body))
+
+
 def open_session_reply(box: Any, data: bytes, counter: int) -> dict[str, Any]:
     """Decrypt a session reply, check it answers request ``counter``; raise on ERROR."""
     plain = open_sealed(box, data)
@@ -134,3 +156,61 @@ def open_session_reply(box: Any, data: bytes, counter: int) -> dict[str, Any]:
     if status == Status.ERROR.value[0]:
         raise remote_error(body)
     return decode_json(body)
+
+
+# -- worker messages ----------------------------------------------------------------------
+
+def seal_worker_message(box: Any, counter: int, direction: Direction, command: WorkerCommand,
+                        body: dict[str, Any]) -> bytes:
+    return seal(box, _WORKER_HEADER.pack(counter, direction.value, bytes([command]))
+                + encode_json(body))
+
+
+def open_worker_message(box: Any, data: bytes, direction: Direction,
+                        ) -> tuple[int, WorkerCommand, dict[str, Any]]:
+    """Decrypt a worker message sealed for ``direction``; anything else is a ProtocolError."""
+    plain = open_sealed(box, data)
+    if len(plain) < _WORKER_HEADER.size:
+        raise ProtocolError("worker message too short")
+    counter, got_direction, command = _WORKER_HEADER.unpack_from(plain)
+    if got_direction != direction.value:
+        raise ProtocolError("worker message sealed for the other direction")
+    try:
+        command = WorkerCommand(command[0])
+    except ValueError:
+        raise ProtocolError("unknown worker command") from None
+    return counter, command, decode_json(plain[_WORKER_HEADER.size :])
+
+
+def worker_frames(sid: bytes, sealed: bytes) -> list[bytes]:
+    """A worker -> broker message."""
+    return [WORKER_PROTOCOL, sid, sealed]
+
+
+def parse_worker_frames(frames: list[bytes]) -> tuple[bytes, bytes]:
+    """Session id and sealed body of a worker -> broker message."""
+    if len(frames) != 3 or frames[0] != WORKER_PROTOCOL:
+        raise ProtocolError("not an agora worker message")
+    return frames[1], frames[2]
+
+
+def to_worker_frames(sealed: bytes) -> list[bytes]:
+    """A broker -> worker message."""
+    return [WORKER_PROTOCOL, Status.OK.value, sealed]
+
+
+def parse_to_worker_frames(frames: list[bytes]) -> bytes:
+    """Sealed body of a broker -> worker message; RemoteError for a refusal in clear."""
+    if len(frames) != 3 or frames[0] != WORKER_PROTOCOL:
+        raise ProtocolError("not an agora worker message")
+    if frames[1] == Status.ERROR.value:
+        raise remote_error(frames[2])
+    if frames[1] != Status.OK.value:
+        raise ProtocolError("unknown status in a worker message")
+    return frames[2]
+
+
+def worker_error_frames(code: ErrorCode, message: str) -> list[bytes]:
+    """A refusal the broker could not seal (the worker's session is unknown): in clear."""
+    return [WORKER_PROTOCOL, Status.ERROR.value,
+            encode_json({"code": code.value, "message": message})]

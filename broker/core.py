@@ -5,6 +5,10 @@ already removed) and returns the messages to send, as ``(identity, frames)`` pai
 ``tick(now)`` runs the timers. The clock is always passed in, so expiry, rate limits and
 freshness are tested without sleeping. :mod:`broker.server` is the socket loop around it.
 
+Messages whose first frame is WORKER_PROTOCOL come from service workers and go to
+:class:`broker.workers.WorkerRegistry`; a CALL to a worker-served service is answered later,
+from ``handle`` (the worker's REPLY) or ``tick`` (timeout, dead worker).
+
 Only the commands in ``self._commands`` exist; of those, BROKER_KEY, REGISTER and LOGIN are
 accepted before authentication and can change nothing but the row of the principal whose
 secret (one-time ID, symmetric key) they prove. Everything else travels inside a SESSION
@@ -35,7 +39,9 @@ from agora.crypto import (
 from agora.errors import ProtocolError, RemoteError
 from agora.keyfile import KeyPair
 from agora.protocol import (
+    DEFAULT_CALL_TIMEOUT,
     FRESHNESS_WINDOW,
+    WORKER_PROTOCOL,
     Command,
     ErrorCode,
     Level,
@@ -51,17 +57,20 @@ from agora.wire import (
     ok_reply,
     open_session_request,
     parse_request,
-    seal_session_reply,
+    session_reply_frames,
 )
 from broker.sessions import ExpiringCache, FailureLimiter, Session, SessionTable
 from broker.store import Store
+from broker.workers import Outgoing, WorkerRegistry
 
 log = logging.getLogger("agora.broker")
 
-Outgoing = tuple[bytes, list[bytes]]
+__all__ = ["BrokerCore", "CallContext", "Outgoing", "Service", "WorkerCall"]
 
 #: How often tick() asks SQLite whether an operator changed something (revoke, level).
 STORE_POLL_INTERVAL = 0.25
+#: How often tick() sweeps expired sessions out of memory.
+SESSION_SWEEP_INTERVAL = 1.0
 #: Buffered audit rows are written at least this often.
 AUDIT_FLUSH_INTERVAL = 0.5
 MAX_USERNAME = 64
@@ -87,19 +96,32 @@ class Service:
     handler: Callable[[CallContext, dict[str, Any]], Any]
 
 
+@dataclass(frozen=True)
+class WorkerCall:
+    """What ``_call`` returns for a worker-served service: forward it, answer later."""
+
+    service: str
+    args: dict[str, Any]
+
+
 class BrokerCore:
     def __init__(self, store: Store, keys: KeyPair, services: dict[str, Service] | None = None,
-                 ) -> None:
+                 call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.store = store
         self.keys = keys
         self.sessions = SessionTable()
         self.services: dict[str, Service] = dict(services or {})
         self.failures = FailureLimiter()
+        self.workers = WorkerRegistry(self.sessions, self.services, self.audit_later,
+                                      call_timeout)
+        # Messages for other peers than the one being answered (a REQUEST to a worker).
+        self._outbox: list[Outgoing] = []
         self._seen_nonces = ExpiringCache(ttl=2 * FRESHNESS_WINDOW)
         self._recent_registrations = ExpiringCache(ttl=FRESHNESS_WINDOW, max_items=1000)
         self._audit_buffer: list[dict[str, Any]] = []
         self._last_audit_flush = 0.0
         self._last_store_poll = 0.0
+        self._last_session_sweep = 0.0
         self._store_version = store.data_version()
         # The explicit dispatch tables: nothing outside them can be invoked.
         self._commands: dict[Command, Callable[[bytes, list[bytes], float, str], list[bytes]]] = {
@@ -117,7 +139,13 @@ class BrokerCore:
 
     def handle(self, identity: bytes, frames: list[bytes], now: float,
                address: str = "127.0.0.1") -> list[Outgoing]:
-        """Process one client message; never raises for anything the client sent."""
+        """Process one client or worker message; never raises for anything a peer sent."""
+        if frames and frames[0] == WORKER_PROTOCOL:
+            try:
+                return self.workers.handle(identity, frames, now)
+            except Exception:
+                log.exception("internal error handling a worker message")
+                return []
         command: Command | None = None
         try:
             command, body = parse_request(frames)
@@ -130,12 +158,20 @@ class BrokerCore:
         except Exception:
             log.exception("internal error handling %s", command.name if command else "?")
             reply = error_reply(command, ErrorCode.INTERNAL, "internal broker error")
-        return [(identity, reply)] if reply else []
+        out = [(identity, reply)] if reply else []
+        if self._outbox:
+            out += self._outbox
+            self._outbox = []
+        return out
 
     def tick(self, now: float) -> list[Outgoing]:
         """Timers: session expiry, cache purge, operator changes, audit flush."""
-        for s in self.sessions.expire(now):
-            log.info("session %s of %s expired", s.short_id, s.username)
+        # tick() runs after every batch of messages: sweeping all sessions each time would
+        # cost O(sessions) per call. Expired sessions are refused per request anyway.
+        if now - self._last_session_sweep >= SESSION_SWEEP_INTERVAL:
+            self._last_session_sweep = now
+            for s in self.sessions.expire(now):
+                log.info("session %s of %s expired", s.short_id, s.username)
         self._seen_nonces.purge(now)
         self._recent_registrations.purge(now)
         if now - self._last_store_poll >= STORE_POLL_INTERVAL:
@@ -144,9 +180,10 @@ class BrokerCore:
             if version != self._store_version:
                 self._store_version = version
                 self.apply_store_changes()
+        out = self.workers.tick(now)
         if now - self._last_audit_flush >= AUDIT_FLUSH_INTERVAL:
             self.flush_audit(now)
-        return []
+        return out
 
     def flush_audit(self, now: float) -> None:
         self._last_audit_flush = now
@@ -363,26 +400,33 @@ class BrokerCore:
         if session.last_reply is not None and constant_time_equal(digest, session.last_digest):
             log.info("retransmission from %s answered again", session.username)
             return session.last_reply  # exact retransmission: same answer, no new effect
+        if self.workers.retransmitted(sid, digest, identity):
+            return []  # a retry of a call a worker is still serving: answered when it is
         counter, op, args = open_session_request(session.box, sealed)
         if counter <= session.counter:
             log.info("replayed request in session %s of %s refused", session.short_id,
                      session.username)
             self.audit_later(session.username, "session", "replayed", now)
-            return ok_reply(Command.SESSION, seal_session_reply(
-                session.box, counter, Status.ERROR,
-                {"code": ErrorCode.REPLAYED.value, "message": "request replayed"}))
+            return session_reply_frames(session.box, counter, Status.ERROR, {
+                "code": ErrorCode.REPLAYED.value, "message": "request replayed"})
         session.counter = counter
         session.last_seen = now
+        session.last_digest, session.last_reply = digest, None
         try:
             result = self._session_ops[op](session, args, now)
-            sealed_reply = seal_session_reply(session.box, counter, Status.OK, {"result": result})
+            if isinstance(result, WorkerCall):
+                # Deferred: the worker's REPLY (or tick's timeout) answers, on this session
+                # and counter, and fills last_reply for retransmissions then.
+                self._outbox += self.workers.submit(session, identity, counter, digest,
+                                                    result.service, result.args, now)
+                return []
+            reply = session_reply_frames(session.box, counter, Status.OK, {"result": result})
         except RemoteError as exc:
-            sealed_reply = seal_session_reply(session.box, counter, Status.ERROR, exc.to_dict())
+            reply = session_reply_frames(session.box, counter, Status.ERROR, exc.to_dict())
         except ProtocolError as exc:
-            sealed_reply = seal_session_reply(session.box, counter, Status.ERROR, {
+            reply = session_reply_frames(session.box, counter, Status.ERROR, {
                 "code": ErrorCode.BAD_REQUEST.value, "message": str(exc)})
-        reply = ok_reply(Command.SESSION, sealed_reply)
-        session.last_digest, session.last_reply = digest, reply
+        session.last_reply = reply
         return reply
 
     def _logout(self, session: Session, args: dict[str, Any], now: float) -> Any:
@@ -397,14 +441,18 @@ class BrokerCore:
         if not isinstance(call_args, dict):
             raise ProtocolError("args must be a JSON object")
         service = self.services.get(name)
-        if service is None:
+        level = service.level if service is not None else self.workers.level_of(name)
+        if level is None:
             self.audit_later(session.username, f"call:{name[:40]}", "unknown", now)
             raise RemoteError(ErrorCode.UNKNOWN_SERVICE, f"no service named {name[:40]!r}")
-        if session.level < service.level:
+        # The level is the one the broker stores for this session, never one the request says.
+        if session.level < level:
             self.audit_later(session.username, f"call:{name}", "forbidden", now)
             log.info("call %s by %s forbidden", name, session.username)
-            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} needs level {service.level} "
-                              f"({service.level.label}); you have {session.level}")
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} needs level {int(level)} "
+                              f"({level.label}); you have {int(session.level)}")
+        if service is None:
+            return WorkerCall(name, call_args)
         try:
             result = service.handler(CallContext(session, now, self), call_args)
         except (RemoteError, ProtocolError):
@@ -415,7 +463,8 @@ class BrokerCore:
             self.audit_later(session.username, f"call:{name}", "failed", now)
             raise RemoteError(ErrorCode.SERVICE_FAILED, f"service {name} failed") from None
         self.audit_later(session.username, f"call:{name}", "ok", now)
-        log.info("call %s by %s ok", name, session.username)
+        # Debug only: a log line per call costs more than the call itself (bench/bench_call).
+        log.debug("call %s by %s ok", name, session.username)
         return result
 
 

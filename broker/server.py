@@ -16,8 +16,9 @@ import zmq
 
 from agora.files import private_dir
 from agora.keyfile import KeyPair, load_or_create
-from agora.protocol import MAX_MESSAGE_SIZE
+from agora.protocol import DEFAULT_CALL_TIMEOUT, MAX_MESSAGE_SIZE
 from broker.core import BrokerCore, Outgoing
+from broker.notes import NotesStore
 from broker.services import builtin_services
 from broker.store import Store
 
@@ -41,9 +42,11 @@ class BrokerServer:
     """Owns the ROUTER socket and the core. ``serve()`` runs until ``stop`` is set."""
 
     def __init__(self, data_dir: Path, endpoint: str = DEFAULT_ENDPOINT,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None,
+                 call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.store, self.keys = open_store(data_dir)
-        self.core = BrokerCore(self.store, self.keys, builtin_services())
+        self.core = BrokerCore(self.store, self.keys,
+                               builtin_services(NotesStore(self.store.db)), call_timeout)
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -62,12 +65,13 @@ class BrokerServer:
             while not self.stop.is_set():
                 if poller.poll(POLL_MS):
                     # Drain what is queued before running timers, bounded so timers still run.
+                    # EVENTS, not a NOBLOCK recv ending in zmq.Again: an exception per
+                    # message was a measurable share of a call (bench/bench_call.py).
                     for _ in range(1000):
-                        try:
-                            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
+                        frames = self.socket.recv_multipart(copy=False)
                         self._send(self._dispatch(frames))
+                        if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                            break
                 self._send(self.core.tick(time.time()))
         finally:
             self.core.flush_audit(time.time())

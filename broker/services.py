@@ -7,6 +7,7 @@ anything in the request.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from agora.crypto import b64, unb64
@@ -15,6 +16,7 @@ from agora.protocol import ErrorCode, Level, PrincipalKind
 from agora.wire import field
 from broker.core import CallContext, Service
 from broker.mailbox import mailbox_services
+from broker.notes import NotesStore
 
 
 def whoami(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -71,14 +73,76 @@ def key_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             "level": row["level"], "revoked": bool(row["revoked_at"] or row["flagged"])}
 
 
-def builtin_services() -> dict[str, Service]:
-    services = [
+def time_service(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """The broker's clock (the one freshness checks use)."""
+    return {"time": ctx.now,
+            "utc": dt.datetime.fromtimestamp(ctx.now, dt.timezone.utc).isoformat()}
+
+
+def directory(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Who is online now, with their level: one entry per principal with a live session."""
+    online: dict[str, Any] = {}
+    for s in ctx.core.sessions.by_id.values():
+        if not s.expired(ctx.now) and (s.username not in online
+                                       or s.created < online[s.username].created):
+            online[s.username] = s
+    return [{"username": s.username, "level": int(s.level), "kind": s.kind.value,
+             "online_since": s.created} for s in sorted(online.values(),
+                                                        key=lambda s: s.username)]
+
+
+def services(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The services the caller may call: built-in ones and those offered by workers.
+
+    Services above the caller's level are left out. ``workers`` is null for built-ins.
+    """
+    level = ctx.session.level
+    offered = [{"name": s.name, "level": int(s.level), "description": s.description,
+                "workers": None} for s in ctx.core.services.values()]
+    offered += ctx.core.workers.listing()
+    return sorted((s for s in offered if s["level"] <= level), key=lambda s: s["name"])
+
+
+def notes_services(notes: NotesStore) -> list[Service]:
+    """notes.write / notes.read / notes.list over one store (see broker.notes)."""
+
+    def write(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        level = args.get("level")
+        try:
+            level = None if level is None else Level.parse(level)
+        except ValueError as exc:
+            raise RemoteError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        return notes.write(ctx.session.username, ctx.session.level,
+                           field(args, "title", str), field(args, "text", str), level, ctx.now)
+
+    def read(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return notes.read(ctx.session.level, field(args, "id", int))
+
+    def list_notes(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return notes.list(ctx.session.level)
+
+    return [
+        Service("notes.write", Level.PUBLIC, "store a classified note (title, text, level "
+                ">= yours: no write down)", write),
+        Service("notes.read", Level.PUBLIC, "read a note by id, if at or below your level "
+                "(no read up)", read),
+        Service("notes.list", Level.PUBLIC, "notes at or below your level", list_notes),
+    ]
+
+
+def builtin_services(notes: NotesStore | None = None) -> dict[str, Service]:
+    """The broker's own services; the notes store ones when ``notes`` is given."""
+    services_ = [
         Service("whoami", Level.PUBLIC, "who you are, your level and your session", whoami),
         Service("echo", Level.PUBLIC, "returns its arguments unchanged", echo),
         Service("lookup", Level.PUBLIC, "a principal's public key and where they listen",
                 lookup),
         Service("key_status", Level.PUBLIC, "who holds a public key (service principals "
                 "only)", key_status),
+        Service("time", Level.PUBLIC, "the broker's clock", time_service),
+        Service("directory", Level.PUBLIC, "who is online now, with their level", directory),
+        Service("services", Level.PUBLIC, "the services you may call", services),
+        *(notes_services(notes) if notes is not None else []),
         *mailbox_services(),
     ]
-    return {s.name: s for s in services}
+    return {s.name: s for s in services_}

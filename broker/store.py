@@ -203,8 +203,10 @@ class Store:
     def audit_many(self, rows: list[dict[str, Any]]) -> None:
         """Write buffered audit rows in one transaction (hot paths buffer theirs)."""
         if rows:
-            with self.db.conn:
-                self.db["audit"].insert_all(rows)
+            with self.db.conn:  # plain executemany: sqlite-utils' insert_all costs ~10x more
+                self.db.conn.executemany(
+                    "insert into audit (ts, username, action, outcome, detail) "
+                    "values (:ts, :username, :action, :outcome, :detail)", rows)
 
     def _audit(self, username: str | None, action: str, outcome: str, detail: str,
                now: float) -> None:

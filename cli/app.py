@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli import agent_cmd, peer_cmd
+from cli import agent_cmd, peer_cmd, service_cmd
 from cli.auction_cmd import auction_app, auctioneer_app
 from cli.broker_cmd import admin_app, broker_app
 
@@ -19,8 +19,9 @@ app = typer.Typer(
     name="agora",
     help="agora: a secure message bus for a closed group of collaborators.\n\n"
     "Operator: `agora broker start`, `agora admin enroll`. "
-    "Collaborator: `agora register`, then `agora login` / `whoami`; peer messages with "
-    "`agora listen`, `agora send USER TEXT`, `agora chat USER`.",
+    "Collaborator: `agora register`, then `agora login` / `whoami`, `agora services`, "
+    "`agora call`; peer messages with `agora listen`, `agora send`, `agora chat`; auctions "
+    "with `agora auction`. Service processes: `agora worker run`, `agora auctioneer start`.",
     no_args_is_help=True,
     # Locals in a traceback can hold keys and tokens: never show them.
     pretty_exceptions_show_locals=False,
@@ -31,6 +32,9 @@ app.add_typer(admin_app, name="admin")
 app.command("register")(agent_cmd.register)
 app.command("login")(agent_cmd.login)
 app.command("whoami")(agent_cmd.whoami)
+app.command("services")(service_cmd.services)
+app.command("call")(service_cmd.call)
+app.add_typer(service_cmd.worker_app, name="worker")
 app.command("listen")(peer_cmd.listen)
 app.command("send")(peer_cmd.send)
 app.command("chat")(peer_cmd.chat)

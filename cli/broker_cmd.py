@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
+from agora.protocol import DEFAULT_CALL_TIMEOUT, DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
 from broker.server import DEFAULT_ENDPOINT, BrokerServer, open_store
 from cli.common import (
     DataDirOption,
@@ -44,13 +44,18 @@ def start(
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     bind: Annotated[str, typer.Option("--bind", envvar="AGORA_BROKER_BIND",
                                       help="ZeroMQ endpoint to bind.")] = DEFAULT_ENDPOINT,
+    call_timeout: Annotated[float, typer.Option(
+        "--call-timeout", envvar="AGORA_CALL_TIMEOUT",
+        help="Seconds a worker has to answer a call before the caller gets 'timeout'.")
+    ] = DEFAULT_CALL_TIMEOUT,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the broker until Ctrl-C or SIGTERM. Creates the data directory on first run."""
     setup_logging(verbose)
     with user_errors():
         try:
-            server = BrokerServer(data_dir or default_data_dir(), bind)
+            server = BrokerServer(data_dir or default_data_dir(), bind,
+                                  call_timeout=call_timeout)
         except Exception as exc:  # zmq bind errors, unreadable key file...
             raise fail(f"cannot start broker: {exc}") from None
 

@@ -1,0 +1,391 @@
+"""External service workers: attach, load balancing, heartbeats and deferred replies.
+
+The broker side of the worker protocol (docs/PROTOCOL.md, section 4), after the ZeroMQ
+guide's Majordomo pattern (7/MDP) but sans-I/O and authenticated: every worker message is
+sealed under the worker principal's session key with a counter, so only a logged-in
+principal of kind "service" can attach, and a captured message cannot be replayed.
+
+:class:`WorkerRegistry` is owned by :class:`broker.core.BrokerCore`. ``submit`` turns a
+client's CALL into a REQUEST for the least recently used idle worker (or queues it);
+``handle`` takes worker messages; ``tick`` sends heartbeats, notices dead workers and
+times calls out. Each returns the ``(identity, frames)`` messages to send. A reply is sealed
+under the *caller's* session key with the caller's request counter and sent to the socket
+identity that last sent that request, so it reaches that caller and no one else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import re
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agora.errors import ProtocolError, RemoteError
+from agora.protocol import (
+    DEFAULT_CALL_TIMEOUT,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_LIVENESS,
+    MAX_CALL_PAYLOAD,
+    MAX_QUEUED_REQUESTS,
+    Direction,
+    ErrorCode,
+    Level,
+    PrincipalKind,
+    Status,
+    WorkerCommand,
+)
+from agora.wire import (
+    encode_json,
+    field,
+    open_worker_message,
+    parse_worker_frames,
+    seal_worker_message,
+    session_reply_frames,
+    to_worker_frames,
+    worker_error_frames,
+)
+from broker.sessions import Session, SessionTable
+
+log = logging.getLogger("agora.broker")
+
+#: A message to send: (ROUTER identity of the peer, frames after the routing envelope).
+Outgoing = tuple[bytes, list[bytes]]
+AuditFn = Callable[..., None]
+
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+MAX_DESCRIPTION = 200
+#: Error codes a worker may pass through to the caller; anything else becomes service-failed.
+WORKER_ERROR_CODES = {ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
+                      ErrorCode.SERVICE_FAILED}
+#: How often tick() looks at workers and deadlines (it is called after every message batch).
+CHECK_INTERVAL = 0.05
+
+
+@dataclass
+class Worker:
+    """One attached worker process (one DEALER socket, one worker session)."""
+
+    identity: bytes
+    sid: bytes
+    username: str
+    service: str
+    expiry: float  # dead if nothing arrives before this
+    next_heartbeat: float
+    request: str | None = None  # id of the request it is serving, if busy
+
+
+@dataclass
+class WorkerService:
+    """A service offered by workers. Its level is fixed by the first worker to attach."""
+
+    name: str
+    level: Level
+    description: str
+    workers: dict[bytes, Worker] = dataclasses.field(default_factory=dict)
+    idle: deque[bytes] = dataclasses.field(default_factory=deque)  # least recently used first
+    queue: deque[str] = dataclasses.field(default_factory=deque)  # request ids waiting for a worker
+
+
+@dataclass
+class PendingCall:
+    """A client's call forwarded (or queued) for a worker, answered later."""
+
+    rid: str
+    service: str
+    caller: bytes  # the socket identity that last sent this request (retries change it)
+    sid: bytes
+    counter: int
+    digest: bytes
+    username: str
+    level: int
+    args: dict[str, Any]
+    deadline: float
+    worker: bytes | None = None
+
+
+class WorkerRegistry:
+    def __init__(self, sessions: SessionTable, builtins: dict[str, Any], audit: AuditFn,
+                 call_timeout: float = DEFAULT_CALL_TIMEOUT,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL,
+                 liveness: int = HEARTBEAT_LIVENESS) -> None:
+        self.sessions = sessions
+        self.builtins = builtins  # the broker's own services: names workers may not take
+        self.audit = audit
+        self.call_timeout = call_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.services: dict[str, WorkerService] = {}
+        self.workers: dict[bytes, Worker] = {}
+        self.pending: dict[str, PendingCall] = {}
+        self._by_session: dict[bytes, str] = {}  # caller session -> its outstanding call
+        self._out_counter = itertools.count(1)  # broker -> worker counters, never reused
+        self._next_check = 0.0
+
+    # -- what callers see ----------------------------------------------------------------
+
+    def level_of(self, name: str) -> Level | None:
+        service = self.services.get(name)
+        return service.level if service is not None else None
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [{"name": s.name, "level": int(s.level), "description": s.description,
+                 "workers": len(s.workers)} for s in self.services.values()]
+
+    def submit(self, session: Session, caller: bytes, counter: int, digest: bytes,
+               name: str, args: dict[str, Any], now: float) -> list[Outgoing]:
+        """Forward a CALL to a worker of ``name``; RemoteError if none can take it."""
+        service = self.services[name]
+        if not service.workers:
+            self.audit(session.username, f"call:{name}", "unavailable", now)
+            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
+                              f"service {name} has no worker attached")
+        if len(encode_json(args)) > MAX_CALL_PAYLOAD:  # it would not fit the REQUEST
+            raise RemoteError(ErrorCode.TOO_LARGE, f"arguments are over "
+                              f"{MAX_CALL_PAYLOAD // 1024} KiB")
+        if len(service.queue) >= MAX_QUEUED_REQUESTS:
+            self.audit(session.username, f"call:{name}", "busy", now)
+            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, f"service {name} is overloaded")
+        self._abandon(session.sid)  # a REQ client has one call in flight; a new one wins
+        call = PendingCall(secrets.token_hex(8), name, caller, session.sid, counter, digest,
+                           session.username, int(session.level), args, now + self.call_timeout)
+        self.pending[call.rid] = call
+        self._by_session[session.sid] = call.rid
+        service.queue.append(call.rid)
+        return self._dispatch(service, now)
+
+    def retransmitted(self, sid: bytes, digest: bytes, caller: bytes) -> bool:
+        """An exact retry of a call still in flight: answer it on the retry's socket."""
+        rid = self._by_session.get(sid)
+        call = self.pending.get(rid) if rid is not None else None
+        if call is None or call.digest != digest:
+            return False
+        call.caller = caller
+        return True
+
+    # -- worker messages -----------------------------------------------------------------
+
+    def handle(self, identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
+        """One message from a worker socket; never raises for anything the worker sent."""
+        try:
+            sid, sealed = parse_worker_frames(frames)
+        except ProtocolError as exc:
+            return [(identity, worker_error_frames(ErrorCode.BAD_REQUEST, str(exc)))]
+        session = self.sessions.get(sid)
+        if session is None or session.expired(now):
+            out = self._detach(identity, now, "session ended")
+            return out + [(identity, worker_error_frames(
+                ErrorCode.UNKNOWN_SESSION, "no such session (log in again)"))]
+        try:
+            counter, command, body = open_worker_message(session.box, sealed,
+                                                         Direction.TO_BROKER)
+        except ProtocolError as exc:
+            log.info("bad worker message: %s", exc)
+            return [(identity, worker_error_frames(ErrorCode.BAD_REQUEST, str(exc)))]
+        if counter <= session.counter:
+            self.audit(session.username, "worker", "replayed", now)
+            return [(identity, worker_error_frames(ErrorCode.REPLAYED, "message replayed"))]
+        session.counter = counter
+        session.last_seen = now
+        worker = self.workers.get(identity)
+        if worker is not None and worker.sid != sid:
+            return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
+                                "this socket is attached under another session", now)
+        try:
+            if command is WorkerCommand.READY:
+                return self._ready(session, identity, body, now)
+            if worker is None:
+                return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
+                                    "not attached: send READY first", now)
+            worker.expiry = now + self.heartbeat_interval * self.liveness
+            if command is WorkerCommand.REPLY:
+                return self._reply(worker, body, now)
+            if command is WorkerCommand.DISCONNECT:
+                log.info("worker %s of %s detached", worker.username, worker.service)
+                return self._detach(identity, now, "worker detached")
+            return []  # HEARTBEAT: liveness already refreshed
+        except ProtocolError as exc:
+            return self._refuse(session, identity, ErrorCode.BAD_REQUEST, str(exc), now)
+        except RemoteError as exc:
+            return self._refuse(session, identity, exc.code, exc.message, now)
+
+    def _ready(self, session: Session, identity: bytes, body: dict[str, Any], now: float,
+               ) -> list[Outgoing]:
+        if identity in self.workers:
+            raise ProtocolError("already attached")
+        if session.kind is not PrincipalKind.SERVICE:
+            raise RemoteError(ErrorCode.FORBIDDEN, "only principals of kind 'service' may "
+                              "attach workers")
+        name = field(body, "service", str)
+        if not SERVICE_NAME.match(name):
+            raise ProtocolError("service name must be 1-64 of a-z 0-9 . _ -, "
+                                "starting with a letter")
+        if name in self.builtins:
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is a built-in broker service")
+        try:
+            level = Level(field(body, "level", int))
+        except ValueError:
+            raise ProtocolError("level must be 1-5") from None
+        description = str(body.get("description") or "")[:MAX_DESCRIPTION]
+        if session.level < level:
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{session.username} has level "
+                              f"{int(session.level)}; cannot offer a level {int(level)} service")
+        service = self.services.get(name)
+        if service is None:
+            service = self.services[name] = WorkerService(name, level, description)
+        elif service.level != level:
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is offered at level "
+                              f"{int(service.level)}")
+        worker = Worker(identity, session.sid, session.username, name,
+                        now + self.heartbeat_interval * self.liveness,
+                        now + self.heartbeat_interval)
+        self.workers[identity] = worker
+        service.workers[identity] = worker
+        service.idle.append(identity)
+        self.audit(session.username, f"worker:{name}", "attached", now, f"level={int(level)}")
+        log.info("worker %s attached for %s (level %d)", session.username, name, level)
+        ack = self._to_worker(session, identity, WorkerCommand.READY,
+                              {"service": name, "level": int(level)})
+        return [ack, *self._dispatch(service, now)]
+
+    def _reply(self, worker: Worker, body: dict[str, Any], now: float) -> list[Outgoing]:
+        rid = field(body, "id", str)
+        if worker.request != rid:
+            raise ProtocolError("reply to a request this worker was not given")
+        worker.request = None
+        service = self.services[worker.service]
+        service.idle.append(worker.identity)
+        call = self.pending.get(rid)
+        out: list[Outgoing] = []
+        if call is None:
+            log.info("late reply from %s for %s dropped", worker.username, worker.service)
+            self.audit(worker.username, f"worker:{worker.service}", "late-reply", now)
+        elif body.get("ok") is True:
+            out += self._answer(call, Status.OK, {"result": body.get("result")}, "ok", now)
+        else:
+            error = body.get("error") if isinstance(body.get("error"), dict) else {}
+            try:
+                code = ErrorCode(error.get("code"))
+            except ValueError:
+                code = ErrorCode.SERVICE_FAILED
+            if code not in WORKER_ERROR_CODES:
+                code = ErrorCode.SERVICE_FAILED
+            message = str(error.get("message") or f"service {call.service} failed")[:300]
+            out += self._answer(call, Status.ERROR, {"code": code.value, "message": message},
+                                "failed" if code is ErrorCode.SERVICE_FAILED else "refused",
+                                now)
+        return out + self._dispatch(service, now)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Dead workers, ended sessions, call deadlines and heartbeats."""
+        if now < self._next_check:
+            return []
+        self._next_check = now + CHECK_INTERVAL
+        out: list[Outgoing] = []
+        for worker in list(self.workers.values()):
+            session = self.sessions.get(worker.sid)
+            if session is None:
+                out += self._detach(worker.identity, now, "session ended")
+                out.append((worker.identity, worker_error_frames(
+                    ErrorCode.UNKNOWN_SESSION, "your session ended")))
+            elif session.level < self.services[worker.service].level:
+                out += self._refuse(session, worker.identity, ErrorCode.FORBIDDEN,
+                                    "your level is now below the service's", now)
+            elif worker.expiry < now:
+                log.info("worker %s of %s is silent: presumed dead", worker.username,
+                         worker.service)
+                out += self._detach(worker.identity, now, "worker died")
+            elif worker.next_heartbeat <= now:
+                worker.next_heartbeat = now + self.heartbeat_interval
+                out.append(self._to_worker(session, worker.identity, WorkerCommand.HEARTBEAT,
+                                           {}))
+        for call in [c for c in self.pending.values() if c.deadline <= now]:
+            log.info("call %s by %s timed out", call.service, call.username)
+            out += self._answer(call, Status.ERROR, {
+                "code": ErrorCode.TIMEOUT.value,
+                "message": f"service {call.service} did not answer within "
+                           f"{self.call_timeout:g}s"}, "timeout", now)
+        return out
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _dispatch(self, service: WorkerService, now: float) -> list[Outgoing]:
+        """Hand queued requests to idle workers, least recently used first."""
+        out: list[Outgoing] = []
+        while service.queue and service.idle:
+            call = self.pending.get(service.queue.popleft())
+            if call is None:
+                continue  # timed out or abandoned while queued
+            worker = self.workers[service.idle.popleft()]
+            session = self.sessions.get(worker.sid)
+            if session is None:  # ended since the last tick: put the call back
+                service.queue.appendleft(call.rid)
+                out += self._detach(worker.identity, now, "session ended")
+                continue
+            worker.request, call.worker = call.rid, worker.identity
+            out.append(self._to_worker(session, worker.identity, WorkerCommand.REQUEST, {
+                "id": call.rid, "service": call.service, "args": call.args,
+                "caller": {"username": call.username, "level": call.level},
+                "timeout": max(0.0, call.deadline - now)}))
+        return out
+
+    def _answer(self, call: PendingCall, status: Status, body: dict[str, Any], outcome: str,
+                now: float) -> list[Outgoing]:
+        """Answer a pending call, bound to its caller's session and request counter."""
+        del self.pending[call.rid]
+        if self._by_session.get(call.sid) == call.rid:
+            del self._by_session[call.sid]
+        self.audit(call.username, f"call:{call.service}", outcome, now)
+        session = self.sessions.get(call.sid)
+        if session is None:  # the caller logged out or was revoked meanwhile
+            return []
+        reply = session_reply_frames(session.box, call.counter, status, body)
+        if session.last_digest == call.digest:  # still its latest request: cache for retries
+            session.last_reply = reply
+        return [(call.caller, reply)]
+
+    def _abandon(self, sid: bytes) -> None:
+        rid = self._by_session.pop(sid, None)
+        if rid is not None:
+            self.pending.pop(rid, None)  # its worker stays busy until it answers
+
+    def _detach(self, identity: bytes, now: float, reason: str) -> list[Outgoing]:
+        """Forget a worker; its in-flight call fails at once instead of timing out."""
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return []
+        service = self.services[worker.service]
+        service.workers.pop(identity, None)
+        if identity in service.idle:
+            service.idle.remove(identity)
+        self.audit(worker.username, f"worker:{worker.service}", "detached", now, reason)
+        call = self.pending.get(worker.request) if worker.request else None
+        if call is None:
+            return []
+        log.info("call %s by %s failed: %s", call.service, call.username, reason)
+        return self._answer(call, Status.ERROR, {
+            "code": ErrorCode.SERVICE_FAILED.value,
+            "message": f"the worker serving {call.service} went away mid-request "
+                       f"({reason})"}, "worker-died", now)
+
+    def _refuse(self, session: Session, identity: bytes, code: ErrorCode, message: str,
+                now: float) -> list[Outgoing]:
+        """Detach (if attached) and tell the worker why, sealed under its session."""
+        log.info("worker %s refused: %s", session.username, message)
+        out = self._detach(identity, now, code.value)
+        self.audit(session.username, "worker", "refused", now, code.value)
+        out.append(self._to_worker(session, identity, WorkerCommand.DISCONNECT,
+                                   {"code": code.value, "message": message}))
+        return out
+
+    def _to_worker(self, session: Session, identity: bytes, command: WorkerCommand,
+                   body: dict[str, Any]) -> Outgoing:
+        sealed = seal_worker_message(session.box, next(self._out_counter),
+                                     Direction.TO_WORKER, command, body)
+        return identity, to_worker_frames(sealed)

@@ -1,0 +1,232 @@
+"""Services over real sockets: built-ins, the notes store, and workers attached by ServiceWorker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agents import Agent, examples
+from agents.worker import Caller, ServiceWorker, invoke, run_worker
+from agora.errors import RemoteError
+from agora.protocol import ErrorCode, PrincipalKind, SessionOp
+from broker.server import BrokerServer
+from tests import sample_workers
+from tests.conftest import PASSWORD
+
+
+@pytest.fixture
+def workers(broker):
+    """start(service, handler, level) -> a ServiceWorker attached, in its own thread."""
+    started: list[ServiceWorker] = []
+
+    def start(service, handler, level=1, principal_level=3, name=None):
+        agent = broker.agent(name or f"{service} worker {len(started)}", principal_level,
+                             kind=PrincipalKind.SERVICE)
+        worker = run_worker(agent, service, handler, level)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop.set()
+    for worker in started:
+        worker.thread.join(timeout=5)
+
+
+def refused(call, *args) -> ErrorCode:
+    with pytest.raises(RemoteError) as err:
+        call(*args)
+    return err.value.code
+
+
+def test_services_hides_what_is_above_the_callers_level(broker, workers):
+    workers("payroll", examples.upper, level=4, principal_level=4)
+    workers("upper", examples.upper, level=2)
+    low = broker.agent("Lia Low", level=2)
+    listed = {s["name"]: s for s in low.call("services")}
+    assert "payroll" not in listed
+    assert listed["upper"]["workers"] == 1
+    assert {"echo", "time", "whoami", "directory", "services", "notes.read"} <= set(listed)
+    assert refused(low.call, "payroll", {"text": "x"}) is ErrorCode.FORBIDDEN
+
+
+def test_time_is_the_brokers_clock(broker):
+    agent = broker.agent("Ana Lima")
+    assert abs(agent.call("time")["time"] - time.time()) < 5
+
+
+def test_directory_shows_who_is_online_with_level(broker):
+    ana = broker.agent("Ana Lima", level=2)
+    broker.agent("Bob Reis", level=4)
+    broker.agent("Cid Off", level=1, login=False)
+    entries = {e["username"]: e for e in ana.call("directory")}
+    assert set(entries) == {"ana.lima", "bob.reis"}
+    assert (entries["bob.reis"]["level"], entries["bob.reis"]["kind"]) == (4, "person")
+
+
+def test_notes_no_read_up(broker):
+    high, low = broker.agent("Hal High", level=4), broker.agent("Lia Low", level=2)
+    note = high.call("notes.write", {"title": "plan", "text": "the plan", "level": 4})
+    assert refused(low.call, "notes.read", {"id": note["id"]}) is ErrorCode.NOT_FOUND
+    assert low.call("notes.list") == []
+    assert high.call("notes.read", {"id": note["id"]})["text"] == "the plan"
+
+
+def test_notes_no_write_down(broker):
+    high, low = broker.agent("Hal High", level=4), broker.agent("Lia Low", level=2)
+    assert refused(high.call, "notes.write",
+                   {"title": "leak", "text": "x", "level": 2}) is ErrorCode.FORBIDDEN
+    note = low.call("notes.write", {"title": "memo", "text": "hello"})  # at the writer's level
+    assert note["level"] == 2
+    assert [n["title"] for n in high.call("notes.list")] == ["memo"]
+
+
+def test_notes_survive_a_broker_restart(tmp_path, zctx):
+    from tests.conftest import BrokerHarness
+
+    first = BrokerHarness(tmp_path / "broker", zctx)
+    first.agent("Ana Lima").call("notes.write", {"title": "kept", "text": "yes"})
+    first.stop()
+    second = BrokerHarness(tmp_path / "broker", zctx)
+    try:
+        assert [n["title"] for n in second.admin.db.query("select title from notes")] == ["kept"]
+    finally:
+        second.stop()
+
+
+def test_worker_serves_calls_through_the_broker(broker, workers):
+    worker = workers("upper", examples.upper)
+    ana = broker.agent("Ana Lima")
+    assert ana.call("upper", {"text": "hello"}) == "HELLO"
+    assert worker.served == 1
+
+
+def test_bad_arguments_are_a_bad_request(broker, workers):
+    workers("upper", examples.upper)
+    ana = broker.agent("Ana Lima")
+    assert refused(ana.call, "upper", {"txt": "typo"}) is ErrorCode.BAD_REQUEST
+    assert ana.call("upper", {"text": "still fine"}) == "STILL FINE"
+
+
+def test_raising_worker_gives_service_failed_without_its_message(broker, workers):
+    workers("crash", sample_workers.crash)
+    ana = broker.agent("Ana Lima")
+    with pytest.raises(RemoteError) as err:
+        ana.call("crash")
+    assert err.value.code is ErrorCode.SERVICE_FAILED
+    assert "hunter2" not in err.value.message
+    assert ana.call("echo", {"ok": 1}) == {"ok": 1}
+
+
+def test_late_worker_times_out_and_broker_keeps_serving(broker, workers):
+    broker.server.core.workers.call_timeout = 0.5
+    workers("slow", sample_workers.slow)
+    ana, bob = broker.agent("Ana Lima"), broker.agent("Bob Reis")
+    started = time.monotonic()
+    assert refused(ana.call, "slow", {"seconds": 1.2}) is ErrorCode.TIMEOUT
+    assert time.monotonic() - started < 1.5
+    assert bob.call("echo", {"x": 1}) == {"x": 1}
+    time.sleep(0.9)  # the worker finishes, its late reply is dropped, it is free again
+    assert ana.call("slow", {"seconds": 0}) == "done"
+
+
+def test_stopped_worker_leaves_service_unavailable_not_a_hang(broker, workers):
+    worker = workers("upper", examples.upper)
+    worker.stop.set()
+    worker.thread.join(timeout=5)
+    ana = broker.agent("Ana Lima")
+    started = time.monotonic()
+    assert refused(ana.call, "upper", {"text": "x"}) is ErrorCode.SERVICE_UNAVAILABLE
+    assert time.monotonic() - started < 1
+
+
+def test_unknown_service_is_refused(broker):
+    assert refused(broker.agent("Ana Lima").call, "no.such") is ErrorCode.UNKNOWN_SERVICE
+
+
+def test_revoked_callers_call_is_refused_at_once(broker, workers):
+    workers("upper", examples.upper)
+    ana = broker.agent("Ana Lima")
+    assert ana.call("upper", {"text": "a"}) == "A"
+    broker.admin.revoke("ana.lima", time.time())
+    broker.wait_for_store_sync()
+    assert refused(ana.call, "upper", {"text": "b"}) in (ErrorCode.REVOKED,
+                                                         ErrorCode.UNKNOWN_SESSION)
+
+
+def test_call_in_an_ended_session_is_refused(broker):
+    ana = broker.agent("Ana Lima")
+    session = ana.session
+    ana.logout()
+    ana.session = session  # keep using the old session's key and id
+    with pytest.raises(RemoteError) as err:
+        ana.request(SessionOp.CALL, {"service": "echo", "args": {}}, relogin=False)
+    assert err.value.code is ErrorCode.UNKNOWN_SESSION
+
+
+def test_concurrent_callers_each_get_their_own_answers(broker, workers):
+    pool = [workers("tagged", sample_workers.tagged) for _ in range(3)]
+    callers = [broker.agent(f"Caller {i}", level=2) for i in range(6)]
+    results: dict[str, list] = {}
+
+    def run(agent):
+        results[agent.username] = [agent.call("tagged", {"n": n}) for n in range(25)]
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in callers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for agent in callers:
+        assert results[agent.username] == [{"n": n, "caller": agent.username}
+                                           for n in range(25)]
+    assert sum(w.served for w in pool) == 150
+    assert all(w.served > 0 for w in pool)  # the broker spread the calls
+
+
+def test_worker_principal_of_kind_person_is_refused(broker):
+    person = broker.agent("Pat Person", level=5)
+    with pytest.raises(RemoteError) as err:
+        run_worker(person, "upper", examples.upper, 1)
+    assert err.value.code is ErrorCode.FORBIDDEN
+
+
+def test_invoke_refuses_a_caller_argument_from_the_request():
+    with pytest.raises(RemoteError) as err:
+        invoke(sample_workers.tagged, {"n": 1, "caller": "root"}, Caller("ana", 1))
+    assert err.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_worker_attaches_again_after_a_broker_restart(broker):
+    agent = broker.agent("Upper Worker", kind=PrincipalKind.SERVICE)
+    worker = ServiceWorker(agent, "upper", examples.upper, heartbeat_interval=0.2,
+                           attach_timeout=1.0)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    assert worker.attached.wait(5)
+    broker.server.stop.set()
+    broker.thread.join(timeout=5)
+    broker.server.close()
+    restarted = BrokerServer(broker.data_dir, broker.endpoint, broker.context)
+    serving = threading.Thread(target=restarted.serve, daemon=True)
+    serving.start()
+    try:
+        deadline = time.monotonic() + 10
+        while restarted.core.workers.level_of("upper") is None:
+            assert time.monotonic() < deadline, "worker did not re-attach"
+            time.sleep(0.05)
+        caller = Agent(broker.data_dir.parent / "home-ana", broker=broker.endpoint,
+                       context=broker.context)
+        broker.agents.append(caller)
+        username, otid = broker.enroll("Ana Lima")
+        caller.register(username, otid, broker.fingerprint, PASSWORD)
+        caller.login()
+        assert caller.call("upper", {"text": "back"}) == "BACK"
+    finally:
+        worker.stop.set()
+        thread.join(timeout=5)
+        restarted.stop.set()
+        serving.join(timeout=5)
+        restarted.close()

@@ -1,0 +1,409 @@
+"""The worker protocol in the broker core, without sockets: the clock is passed in.
+
+Each test builds a BrokerCore over an in-memory store, opens sessions directly in its
+session table (login is tested elsewhere), and exchanges frames with ``core.handle``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agora.crypto import SecretBox, new_symmetric_key
+from agora.errors import RemoteError
+from agora.keyfile import KeyPair
+from agora.protocol import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_LIVENESS,
+    MAX_CALL_PAYLOAD,
+    WORKER_PROTOCOL,
+    Command,
+    Direction,
+    ErrorCode,
+    Level,
+    PrincipalKind,
+    SessionOp,
+    Status,
+    WorkerCommand,
+)
+from agora.wire import (
+    decode_json,
+    open_session_reply,
+    open_worker_message,
+    parse_reply,
+    parse_to_worker_frames,
+    request_frames,
+    seal_session_request,
+    seal_worker_message,
+    worker_frames,
+)
+from broker.core import BrokerCore
+from broker.services import builtin_services
+from broker.store import Store
+
+T0 = 1_000_000.0
+TIMEOUT = 5.0
+DEAD_AFTER = HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
+
+
+class Peer:
+    """A client or worker as the core sees it: a session and its socket identity."""
+
+    def __init__(self, core: BrokerCore, identity: bytes, username: str, level: int,
+                 kind: PrincipalKind = PrincipalKind.PERSON) -> None:
+        key = new_symmetric_key()
+        self.core, self.identity, self.box = core, identity, SecretBox(key)
+        self.session = core.sessions.open(username, kind, Level(level), key, 0, "127.0.0.1",
+                                          T0)
+        self.counter = 0
+
+    # client side
+    def call_frames(self, service: str, args: dict | None = None) -> list[bytes]:
+        self.counter += 1
+        return request_frames(Command.SESSION, self.session.sid, seal_session_request(
+            self.box, self.counter, SessionOp.CALL, {"service": service, "args": args or {}}))
+
+    def call(self, service: str, args: dict | None = None, now: float = T0) -> list:
+        return self.core.handle(self.identity, self.call_frames(service, args), now)
+
+    def answer(self, frames: list[bytes], counter: int | None = None):
+        """The result of a session reply to this peer; RemoteError for an error."""
+        body = parse_reply(frames, Command.SESSION)
+        return open_session_reply(self.box, body[0], counter or self.counter)["result"]
+
+    # worker side
+    def worker_frames(self, command: WorkerCommand, body: dict) -> list[bytes]:
+        self.counter += 1
+        return worker_frames(self.session.sid, seal_worker_message(
+            self.box, self.counter, Direction.TO_BROKER, command, body))
+
+    def send(self, command: WorkerCommand, body: dict, now: float = T0) -> list:
+        return self.core.handle(self.identity, self.worker_frames(command, body), now)
+
+    def attach(self, service: str, level: int, now: float = T0) -> list:
+        return self.send(WorkerCommand.READY, {"service": service, "level": level}, now)
+
+    def opened(self, frames: list[bytes]) -> tuple[WorkerCommand, dict]:
+        _, command, body = open_worker_message(self.box, parse_to_worker_frames(frames),
+                                               Direction.TO_WORKER)
+        return command, body
+
+
+def to(out: list, identity: bytes) -> list[list[bytes]]:
+    return [frames for ident, frames in out if ident == identity]
+
+
+def only(out: list, identity: bytes) -> list[bytes]:
+    messages = to(out, identity)
+    assert len(messages) == 1, out
+    return messages[0]
+
+
+@pytest.fixture
+def core():
+    store = Store(None)
+    core = BrokerCore(store, KeyPair.generate(), builtin_services(), call_timeout=TIMEOUT)
+    yield core
+    store.db.close()
+
+
+def worker(core, name="w1", level=3) -> Peer:
+    return Peer(core, name.encode(), name, level, PrincipalKind.SERVICE)
+
+
+def client(core, name="ana", level=3) -> Peer:
+    return Peer(core, name.encode(), name, level)
+
+
+def attached(core, name="w1", service="upper", level=3, worker_level=3) -> Peer:
+    w = worker(core, name, worker_level)
+    command, body = w.opened(only(w.attach(service, level), w.identity))
+    assert (command, body["service"]) == (WorkerCommand.READY, service)
+    return w
+
+
+def request_to(w: Peer, out: list) -> dict:
+    command, body = w.opened(only(out, w.identity))
+    assert command is WorkerCommand.REQUEST
+    return body
+
+
+def test_worker_call_is_forwarded_then_answered_to_its_caller_only(core):
+    w, ana, bob = attached(core), client(core, "ana"), client(core, "bob")
+    out = ana.call("upper", {"text": "hi"})
+    assert to(out, ana.identity) == []  # deferred: nothing for the caller yet
+    request = request_to(w, out)
+    assert request["args"] == {"text": "hi"}
+    assert request["caller"] == {"username": "ana", "level": 3}
+    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "HI"})
+    assert to(out, bob.identity) == []
+    assert ana.answer(only(out, ana.identity)) == "HI"
+
+
+def test_calls_are_balanced_across_idle_workers(core):
+    w1, w2 = attached(core, "w1"), attached(core, "w2")
+    ana, bob = client(core, "ana"), client(core, "bob")
+    first = request_to(w1, ana.call("upper", {"n": 1}))
+    second = request_to(w2, bob.call("upper", {"n": 2}))
+    out = w2.send(WorkerCommand.REPLY, {"id": second["id"], "ok": True, "result": 2})
+    assert bob.answer(only(out, bob.identity)) == 2
+    out = w1.send(WorkerCommand.REPLY, {"id": first["id"], "ok": True, "result": 1})
+    assert ana.answer(only(out, ana.identity)) == 1
+
+
+def test_call_waits_in_queue_until_a_worker_is_free(core):
+    w = attached(core)
+    ana, bob = client(core, "ana"), client(core, "bob")
+    first = request_to(w, ana.call("upper"))
+    assert to(bob.call("upper"), w.identity) == []  # w is busy: bob's call queues
+    out = w.send(WorkerCommand.REPLY, {"id": first["id"], "ok": True, "result": "a"})
+    assert ana.answer(only(out, ana.identity)) == "a"
+    assert request_to(w, out)["caller"]["username"] == "bob"
+
+
+def test_service_without_workers_answers_unavailable_at_once(core):
+    w, ana = attached(core), client(core)
+    w.send(WorkerCommand.DISCONNECT, {})
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(ana.call("upper"), ana.identity))
+    assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE
+
+
+def test_arguments_too_large_for_a_worker_are_refused(core):
+    attached(core)
+    ana = client(core)
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(ana.call("upper", {"text": "x" * MAX_CALL_PAYLOAD}), ana.identity))
+    assert err.value.code is ErrorCode.TOO_LARGE
+
+
+def test_unknown_service_is_refused(core):
+    ana = client(core)
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(ana.call("no.such"), ana.identity))
+    assert err.value.code is ErrorCode.UNKNOWN_SERVICE
+
+
+def test_level_comes_from_the_session_not_the_request(core):
+    attached(core, service="payroll", level=4, worker_level=4)
+    low = client(core, "low", level=2)
+    with pytest.raises(RemoteError) as err:
+        low.answer(only(low.call("payroll", {"level": 5, "caller": {"level": 5}}),
+                        low.identity))
+    assert err.value.code is ErrorCode.FORBIDDEN
+
+
+def test_level_lowered_by_operator_applies_to_the_next_call(core):
+    w, ana = attached(core, service="payroll", level=3), client(core, level=3)
+    request_to(w, ana.call("payroll"))
+    ana.session.level = Level(2)  # what apply_store_changes does after `admin set-level`
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(ana.call("payroll"), ana.identity))
+    assert err.value.code is ErrorCode.FORBIDDEN
+
+
+def test_worker_cannot_offer_a_service_above_its_own_level(core):
+    w = worker(core, level=2)
+    command, body = w.opened(only(w.attach("secrets", 4), w.identity))
+    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert core.workers.level_of("secrets") is None
+
+
+def test_worker_cannot_take_a_builtin_service_name(core):
+    w = worker(core, level=5)
+    command, body = w.opened(only(w.attach("whoami", 1), w.identity))
+    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+
+
+def test_second_worker_cannot_change_a_service_level(core):
+    attached(core, "w1", service="upper", level=3)
+    w2 = worker(core, "w2", level=5)
+    command, body = w2.opened(only(w2.attach("upper", 1), w2.identity))
+    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert core.workers.level_of("upper") == 3
+
+
+def test_person_principal_cannot_attach_a_worker(core):
+    person = Peer(core, b"p", "mallory", 5, PrincipalKind.PERSON)
+    command, body = person.opened(only(person.attach("upper", 1), person.identity))
+    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+
+
+def test_worker_message_without_session_is_refused_in_clear(core):
+    out = core.handle(b"x", [WORKER_PROTOCOL, b"\x00" * 16, b"junk"], T0)
+    with pytest.raises(RemoteError) as err:
+        parse_to_worker_frames(only(out, b"x"))
+    assert err.value.code is ErrorCode.UNKNOWN_SESSION
+
+
+@pytest.mark.parametrize("frames", [[WORKER_PROTOCOL], [WORKER_PROTOCOL, b"a", b"b", b"c"]])
+def test_malformed_worker_message_gets_bad_request(core, frames):
+    with pytest.raises(RemoteError) as err:
+        parse_to_worker_frames(only(core.handle(b"x", frames, T0), b"x"))
+    assert err.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_worker_message_under_the_wrong_key_is_refused(core):
+    w = worker(core)
+    forged = worker_frames(w.session.sid, seal_worker_message(
+        SecretBox(new_symmetric_key()), 1, Direction.TO_BROKER, WorkerCommand.READY,
+        {"service": "upper", "level": 1}))
+    with pytest.raises(RemoteError) as err:
+        parse_to_worker_frames(only(core.handle(b"evil", forged, T0), b"evil"))
+    assert err.value.code is ErrorCode.BAD_REQUEST
+    assert core.workers.level_of("upper") is None
+
+
+def test_replayed_worker_message_is_refused(core):
+    w = worker(core)
+    ready = w.worker_frames(WorkerCommand.READY, {"service": "upper", "level": 1})
+    core.handle(w.identity, ready, T0)
+    with pytest.raises(RemoteError) as err:
+        parse_to_worker_frames(only(core.handle(b"replayer", ready, T0), b"replayer"))
+    assert err.value.code is ErrorCode.REPLAYED
+    assert b"replayer" not in core.workers.workers
+
+
+def test_broker_message_reflected_back_is_refused(core):
+    w = attached(core)
+    out = client(core).call("upper")
+    sealed = parse_to_worker_frames(only(out, w.identity))  # a REQUEST, sealed to the worker
+    with pytest.raises(RemoteError) as err:
+        parse_to_worker_frames(only(core.handle(
+            b"evil", worker_frames(w.session.sid, sealed), T0), b"evil"))
+    assert err.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_worker_cannot_answer_a_request_it_was_not_given(core):
+    w1, w2, ana = attached(core, "w1"), attached(core, "w2"), client(core)
+    request = request_to(w1, ana.call("upper"))
+    out = w2.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "forged"})
+    assert to(out, ana.identity) == []
+    out = w1.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "real"})
+    assert ana.answer(only(out, ana.identity)) == "real"
+
+
+def test_silent_worker_is_declared_dead_and_its_caller_told(core):
+    w, ana = attached(core), client(core)
+    request_to(w, ana.call("upper"))
+    assert to(core.tick(T0 + DEAD_AFTER - 0.1), ana.identity) == []
+    out = core.tick(T0 + DEAD_AFTER + 0.1)
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(out, ana.identity))
+    assert err.value.code is ErrorCode.SERVICE_FAILED
+    assert core.workers.listing() == [{"name": "upper", "level": 3, "description": "",
+                                       "workers": 0}]
+
+
+def test_heartbeats_keep_a_worker_attached_and_broker_heartbeats_it(core):
+    w = attached(core)
+    for i in range(1, 10):
+        now = T0 + i * HEARTBEAT_INTERVAL
+        w.send(WorkerCommand.HEARTBEAT, {}, now)
+        out = core.tick(now + 0.01)
+        assert [w.opened(f)[0] for f in to(out, w.identity)] == [WorkerCommand.HEARTBEAT]
+    assert core.workers.listing()[0]["workers"] == 1
+
+
+def test_late_worker_times_out_then_its_reply_is_dropped(core):
+    w, ana = attached(core), client(core)
+    request = request_to(w, ana.call("upper"))
+    w.send(WorkerCommand.HEARTBEAT, {}, T0 + 2.5)  # alive, just slow
+    w.send(WorkerCommand.HEARTBEAT, {}, T0 + 4.5)
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(core.tick(T0 + TIMEOUT + 0.01), ana.identity))
+    assert err.value.code is ErrorCode.TIMEOUT
+    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "late"},
+                 T0 + 6)
+    assert to(out, ana.identity) == []
+    assert request_to(w, ana.call("upper", now=T0 + 6))  # the worker is free again
+    core.flush_audit(T0 + 6)
+    outcomes = [r["outcome"] for r in core.store.audit_rows()]
+    assert "timeout" in outcomes and "late-reply" in outcomes
+
+
+def test_worker_error_code_is_passed_on_but_unknown_codes_are_not(core):
+    w, ana = attached(core), client(core)
+    request = request_to(w, ana.call("upper"))
+    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": False, "error": {
+        "code": "bad-request", "message": "text missing"}})
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(out, ana.identity))
+    assert (err.value.code, err.value.message) == (ErrorCode.BAD_REQUEST, "text missing")
+    request = request_to(w, ana.call("upper"))
+    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": False, "error": {
+        "code": "token-reused", "message": "scary"}})
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(out, ana.identity))
+    assert err.value.code is ErrorCode.SERVICE_FAILED
+
+
+def test_retried_call_is_answered_once_on_the_retrying_socket(core):
+    w, ana = attached(core), client(core)
+    frames = ana.call_frames("upper")
+    request = request_to(w, core.handle(b"req-socket-1", frames, T0))
+    assert core.handle(b"req-socket-2", frames, T0 + 2.5) == []  # Lazy Pirate retry
+    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "x"})
+    assert to(out, b"req-socket-1") == []
+    assert ana.answer(only(out, b"req-socket-2")) == "x"
+    again = only(core.handle(b"req-socket-3", frames, T0 + 3), b"req-socket-3")
+    assert ana.answer(again) == "x"  # answered from the session's cache, not re-run
+
+
+def test_reply_for_a_caller_who_logged_out_is_dropped(core):
+    w, ana = attached(core), client(core)
+    request = request_to(w, ana.call("upper"))
+    core.sessions.end(ana.session.sid)
+    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "x"})
+    assert to(out, ana.identity) == []
+
+
+def test_worker_whose_session_ends_is_detached_and_its_call_fails(core):
+    w, ana = attached(core), client(core)
+    request_to(w, ana.call("upper"))
+    core.sessions.end(w.session.sid)  # revoked, logged out or expired
+    out = core.tick(T0 + 0.1)
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(out, ana.identity))
+    assert err.value.code is ErrorCode.SERVICE_FAILED
+    assert core.workers.listing()[0]["workers"] == 0
+
+
+def test_worker_calls_are_audited_without_arguments(core):
+    w, ana = attached(core), client(core)
+    request = request_to(w, ana.call("upper", {"text": "secret text"}))
+    w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "SECRET TEXT"})
+    core.flush_audit(T0)
+    rows = core.store.audit_rows("ana")
+    assert [(r["action"], r["outcome"]) for r in rows] == [("call:upper", "ok")]
+    assert "secret" not in repr(core.store.audit_rows()).lower()
+
+
+def test_services_lists_only_what_the_caller_may_call(core):
+    attached(core, "w1", service="payroll", level=4, worker_level=4)
+    attached(core, "w2", service="upper", level=2)
+    low = client(core, "low", level=2)
+    names = {s["name"]: s for s in low.answer(only(low.call("services"), low.identity))}
+    assert "payroll" not in names
+    assert names["upper"]["workers"] == 1 and names["echo"]["workers"] is None
+
+
+def test_directory_lists_each_online_principal_once(core):
+    client(core, "ana", 2)
+    client(core, "ana", 2)
+    bob = client(core, "bob", 4)
+    listing = bob.answer(only(bob.call("directory"), bob.identity))
+    assert [(e["username"], e["level"], e["kind"]) for e in listing] == [
+        ("ana", 2, "person"), ("bob", 4, "person")]
+    assert set(listing[0]) == {"username", "level", "kind", "online_since"}
+
+
+def test_bad_worker_frames_do_not_stop_client_calls(core):
+    core.handle(b"x", [WORKER_PROTOCOL, b"garbage"], T0)
+    ana = client(core)
+    assert ana.answer(only(ana.call("echo", {"a": 1}), ana.identity)) == {"a": 1}
+
+
+def test_error_reply_body_is_json(core):
+    out = core.handle(b"x", [WORKER_PROTOCOL], T0)
+    frames = only(out, b"x")
+    assert frames[1] == Status.ERROR.value and decode_json(frames[2])["code"] == "bad-request"
