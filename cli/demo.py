@@ -159,6 +159,7 @@ class Demo:
 
     def run(self) -> None:
         self.identity()
+        self.services()
         self.peers()
         self.auction()
         self.token_replay()  # last: it locks Bruno out
@@ -202,6 +203,54 @@ class Demo:
             self.check(username, "whoami: the broker's view", me["level"] == info.level,
                        f"level {me['level']} ({me['level_name']}), session {me['session']}")
 
+    def services(self) -> None:
+        self.out.heading("Services, gated by security level")
+        ana, bruno, carla = (self.agents[u] for u in ("ana.lima", "bruno.costa", "carla.dias"))
+        self.step("carla.dias", "call echo (level 1: allowed)",
+                  lambda: carla.call("echo", {"text": "hello"}), lambda r: f"result {r}")
+        worker = self._service_principal("Text Worker", Level.CONFIDENTIAL)
+        self.step(worker[0], "agora worker run agents.examples:word_count (own process)",
+                  lambda: self.start_process(
+                      "worker", "run", "agents.examples:word_count", "--service", "wordcount",
+                      "--level", "3", "--home", str(worker[1]), "--broker",
+                      self.broker_endpoint, ready=r"agora worker ready", password=worker[2]),
+                  lambda r: "attached to the broker as service 'wordcount', level 3")
+        self.step("ana.lima", "call wordcount (level 3, served by the worker process)",
+                  lambda: ana.call("wordcount", {"text": "to be or not to be"}),
+                  lambda r: f"{r['words']} words, {r['distinct']} distinct")
+        self.refused("carla.dias", "call wordcount with level 1",
+                     lambda: carla.call("wordcount", {"text": "let me in"}),
+                     ErrorCode.FORBIDDEN)
+        note = self.step("ana.lima", "notes.write a top-secret note",
+                         lambda: ana.call("notes.write", {"title": "Plan B", "level": 5,
+                                                          "text": "Meet at the old mill."}),
+                         lambda r: f"note {r['id']} at level {r['level']}")
+        self.refused("bruno.costa", "notes.read it with level 3 (no read up)",
+                     lambda: bruno.call("notes.read", {"id": note["id"]}),
+                     ErrorCode.NOT_FOUND)
+        self.refused("ana.lima", "notes.write at level 1 (no write down)",
+                     lambda: ana.call("notes.write", {"title": "Leak", "level": 1,
+                                                      "text": "Plan B is at the old mill."}),
+                     ErrorCode.FORBIDDEN)
+
+    def _service_principal(self, name: str, level: Level) -> tuple[str, Path, str]:
+        """Enroll and register a service principal; (username, home, password)."""
+        store, _ = open_store(self.workdir / "broker")
+        username, otid = self.step(
+            "operator", f"enroll {name} as a service principal",
+            lambda: store.enroll(name, level, time.time(), PrincipalKind.SERVICE),
+            lambda r: f"username {r[0]}, level {int(level)}")
+        store.db.close()
+        home, password = self.workdir / username, f"{username}'s long passphrase"
+        agent = Agent(home, broker=self.broker_endpoint, context=self.context)
+        try:
+            self.step(username, "register (its own key pair and credentials)",
+                      lambda: agent.register(username, otid, self.fingerprint, password),
+                      lambda c: f"level {c.level}, kind {c.kind}")
+        finally:
+            agent.close()
+        return username, home, password
+
     def peers(self) -> None:
         self.out.heading("Peer-to-peer messages (end-to-end encrypted, over PAIR sockets)")
         listener, match = self.step(
@@ -236,18 +285,7 @@ class Demo:
 
     def auction(self) -> None:
         self.out.heading("Auction (UDP multicast + PUB mirror, encrypted and signed)")
-        store, _ = open_store(self.workdir / "broker")
-        username, otid = self.step(
-            "operator", "enroll the auctioneer as a service principal",
-            lambda: store.enroll("Auctioneer", Level.PUBLIC, time.time(),
-                                 PrincipalKind.SERVICE), lambda r: f"username {r[0]}")
-        store.db.close()
-        home, password = self.workdir / "auctioneer", "auctioneer's long passphrase"
-        service = Agent(home, broker=self.broker_endpoint, context=self.context)
-        self.step(username, "register (its own key pair and credentials)",
-                  lambda: service.register(username, otid, self.fingerprint, password),
-                  lambda c: f"level {c.level}, kind {c.kind}")
-        service.close()
+        username, home, password = self._service_principal("Auctioneer", Level.PUBLIC)
         items = self.workdir / "items"
         shutil.copytree(SAMPLE_ITEMS, items)
         group, port = random_group(), free_udp_port()

@@ -31,6 +31,10 @@ def test_demo_runs_every_step_and_exits_zero(demo_run):
                for e in steps if e["outcome"] == "refused"}
     assert ("thief", "token-reused") in refused
     assert ("bruno.costa", "flagged") in refused
+    assert ("carla.dias", "forbidden") in refused  # wordcount needs level 3
+    assert ("bruno.costa", "not-found") in refused  # no read up
+    worker_call = [e for e in steps if e["action"].startswith("call wordcount (level 3")]
+    assert worker_call[0]["outcome"] == "ok" and "6 words" in worker_call[0]["detail"]
     assert ("carla.dias", "bid-too-low") in refused
     assert ("stranger", "unknown-user") in refused
     logins = [e for e in steps if e["action"].startswith("log in (password")]
