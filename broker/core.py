@@ -464,7 +464,7 @@ class BrokerCore:
             raise RemoteError(ErrorCode.SERVICE_FAILED, f"service {name} failed") from None
         self.audit_later(session.username, f"call:{name}", "ok", now)
         # Debug only: a log line per call costs more than the call itself (bench/bench_call).
-        log.debug("call %s by %s ok", name, session.username)
+        log.info("call %s by %s ok", name, session.username)
         return result
 
 

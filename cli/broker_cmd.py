@@ -34,9 +34,9 @@ admin_app = typer.Typer(
     no_args_is_help=True)
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(message)s", force=True)
+def setup_logging(verbose: bool, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", force=True)
 
 
 @broker_app.command("start")
@@ -49,9 +49,15 @@ def start(
         help="Seconds a worker has to answer a call before the caller gets 'timeout'.")
     ] = DEFAULT_CALL_TIMEOUT,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", envvar="AGORA_QUIET", help="Log only warnings and errors, not a "
+        "line per request (the audit trail still records every decision).")] = False,
 ) -> None:
-    """Run the broker until Ctrl-C or SIGTERM. Creates the data directory on first run."""
-    setup_logging(verbose)
+    """Run the broker until Ctrl-C or SIGTERM. Creates the data directory on first run.
+
+    Logs one line per request on stderr (never a secret) unless --quiet.
+    """
+    setup_logging(verbose, quiet)
     with user_errors():
         try:
             server = BrokerServer(data_dir or default_data_dir(), bind,
