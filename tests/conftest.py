@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -28,6 +29,30 @@ __all__ = ["AgoraProcess", "agora_command", "agora_env", "run_agora", "PASSWORD"
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
+
+
+#: No test may run longer than this (seconds); a hung socket or process fails the test
+#: instead of hanging CI. Override per test with @pytest.mark.time_limit(N).
+DEFAULT_TIME_LIMIT = 120
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "time_limit(seconds): this test's own time bound")
+
+
+@pytest.fixture(autouse=True)
+def time_limit(request):
+    marker = request.node.get_closest_marker("time_limit")
+    seconds = marker.args[0] if marker else DEFAULT_TIME_LIMIT
+
+    def expired(signum, frame):
+        raise TimeoutError(f"test exceeded its time limit of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
