@@ -285,11 +285,14 @@ class AuctioneerCore:
                 return
             if not status.registered or status.revoked:
                 removed.append(member.username)
-                del self.members[key]
-                self.store.remove_member(key)
+                self._forget_member(key)
         if removed:
             log.info("removed revoked member(s): %s", ", ".join(removed))
             self.rotate("member revoked")
+
+    def _forget_member(self, key: bytes) -> None:
+        del self.members[key]
+        self.store.remove_member(key)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -368,6 +371,20 @@ class AuctioneerCore:
                 "verify_key": b64(bytes(self.signing_key.verify_key)),
                 **self._snapshot(public_key, body, now)}
 
+    def _check_bidder(self, public_key: bytes, member: Member) -> None:
+        """Ask the broker about this bidder now, not at the next periodic check: a bid from a
+        key revoked a second ago must not win. Fails closed, like a join."""
+        try:
+            status = self.registry(public_key)
+        except AgoraError as exc:
+            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
+                              f"cannot check your key with the broker now: {exc}") from None
+        if not status.registered or status.revoked:
+            self._forget_member(public_key)
+            log.info("bid from revoked member %s refused; re-keying", member.username)
+            self.rotate("member revoked")
+            raise RemoteError(ErrorCode.REVOKED, f"{member.username} is revoked")
+
     def _snapshot(self, public_key: bytes, body: dict[str, Any], now: float) -> dict[str, Any]:
         self._member(public_key)
         return {"epoch": self.epoch, "seq": self.seq, "group_key": b64(self.group_key),
@@ -379,6 +396,7 @@ class AuctioneerCore:
 
     def _bid(self, public_key: bytes, body: dict[str, Any], now: float) -> dict[str, Any]:
         member = self._member(public_key)
+        self._check_bidder(public_key, member)
         item_id = wire_field(body, "item", str)
         amount = wire_field(body, "amount", int)
         if not 0 < amount <= MAX_CENTS:

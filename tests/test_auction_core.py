@@ -239,6 +239,21 @@ def test_revoked_member_gets_no_new_key_and_cannot_read_what_follows():
     assert refused(h.ask, bob, AuctionCommand.SNAPSHOT, {}).code is ErrorCode.NOT_JOINED
 
 
+def test_bid_from_a_key_revoked_since_the_last_check_is_refused_and_rekeys_at_once():
+    h = Harness()
+    h.core.open_item(item(duration=60), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    h.join(ana)
+    h.join(bob)
+    epoch = h.core.epoch
+    h.registry.keys[bob.public_key] = ("bob", True)  # revoked; no periodic check has run
+    assert refused(h.bid, bob, 5000, now=T0 + 1).code is ErrorCode.REVOKED
+    assert h.core.epoch > epoch  # a new group key, without bob
+    assert bob.public_key not in h.core.members
+    assert h.core.state(T0 + 1)["best"] is None
+    assert h.bid(ana, 1000, now=T0 + 2)["accepted"]
+
+
 def test_view_drops_duplicates_from_the_second_path():
     h = Harness()
     ana = h.bidder("ana")
