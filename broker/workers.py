@@ -77,6 +77,7 @@ class Worker:
     expiry: float  # dead if nothing arrives before this
     next_heartbeat: float
     request: str | None = None  # id of the request it is serving, if busy
+    busy_until: float = 0.0  # past this, a worker still on one request is wedged
 
 
 @dataclass
@@ -301,6 +302,10 @@ class WorkerRegistry:
                 log.info("worker %s of %s is silent: presumed dead", worker.username,
                          worker.service)
                 out += self._detach(worker.identity, now, "worker died")
+            elif worker.request is not None and worker.busy_until < now:
+                out += self._refuse(session, worker.identity, ErrorCode.TIMEOUT,
+                                    "no answer to a request long after its timeout: "
+                                    "detached as wedged", now)
             elif worker.next_heartbeat <= now:
                 worker.next_heartbeat = now + self.heartbeat_interval
                 out.append(self._to_worker(session, worker.identity, WorkerCommand.HEARTBEAT,
@@ -329,6 +334,9 @@ class WorkerRegistry:
                 out += self._detach(worker.identity, now, "session ended")
                 continue
             worker.request, call.worker = call.rid, worker.identity
+            # Its caller gets `timeout` at the deadline; a worker still silent one more call
+            # timeout later is wedged (heartbeats alone prove only that its loop runs).
+            worker.busy_until = call.deadline + self.call_timeout
             out.append(self._to_worker(session, worker.identity, WorkerCommand.REQUEST, {
                 "id": call.rid, "service": call.service, "args": call.args,
                 "caller": {"username": call.username, "level": call.level},

@@ -321,6 +321,23 @@ def test_late_worker_times_out_then_its_reply_is_dropped(core):
     assert "timeout" in outcomes and "late-reply" in outcomes
 
 
+def test_worker_that_heartbeats_but_never_answers_is_detached_as_wedged(core):
+    w, ana = attached(core), client(core)
+    request_to(w, ana.call("upper"))
+    now, to_worker = T0, []
+    while now < T0 + 2 * TIMEOUT + 1:  # heartbeats keep it "alive" the whole time
+        now += 0.5
+        w.send(WorkerCommand.HEARTBEAT, {}, now)
+        to_worker += [m for m in to(core.tick(now), w.identity)
+                      if w.opened(m)[0] is not WorkerCommand.HEARTBEAT]
+    assert len(to_worker) == 1
+    command, body = w.opened(to_worker[0])
+    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "timeout")
+    with pytest.raises(RemoteError) as err:  # no worker left: fails fast, no hang
+        ana.answer(only(ana.call("upper", now=now), ana.identity))
+    assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE
+
+
 def test_worker_error_code_is_passed_on_but_unknown_codes_are_not(core):
     w, ana = attached(core), client(core)
     request = request_to(w, ana.call("upper"))
