@@ -42,6 +42,7 @@ from agora.crypto import (
 )
 from agora.errors import LocalError, ProtocolError, RemoteError
 from agora.protocol import FRESHNESS_WINDOW, MAX_MESSAGE_SIZE, Command, ErrorCode, SessionOp
+from agora.sockets import bind_router
 from agora.wire import (
     decode_json,
     encode_json,
@@ -239,11 +240,8 @@ class Agent:
 
     def _bind_inbox(self) -> int:
         if self.inbox is None:
-            self.inbox = self.context.socket(zmq.ROUTER)
-            self.inbox.setsockopt(zmq.LINGER, 0)
-            self.inbox.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
-            self.inbox.bind("tcp://127.0.0.1:*")
-        return int(self.inbox.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+            self.inbox, self._inbox_endpoint = bind_router(self.context, "tcp://127.0.0.1:*")
+        return int(self._inbox_endpoint.rsplit(":", 1)[1])
 
     # -- session requests -----------------------------------------------------------------
 

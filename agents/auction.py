@@ -42,6 +42,7 @@ from agora.protocol import (
     AuctionCommand,
     PrincipalKind,
 )
+from agora.sockets import make_socket
 from agora.wire import encode_json, field
 
 log = logging.getLogger("agora.auction")
@@ -148,9 +149,7 @@ class AuctionWatcher:
         self._udp = open_receiver(join.group, join.port, interface) if multicast else None
         self._sub: zmq.Socket | None = None
         if mirror:
-            self._sub = client.context.socket(zmq.SUB)
-            self._sub.setsockopt(zmq.LINGER, 0)
-            self._sub.setsockopt(zmq.MAXMSGSIZE, MAX_DATAGRAM)
+            self._sub = make_socket(client.context, zmq.SUB, max_size=MAX_DATAGRAM)
             self._sub.setsockopt(zmq.SUBSCRIBE, b"")
             self._sub.connect(join.pub_endpoint)
         self._last_snapshot = 0.0

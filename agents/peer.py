@@ -56,7 +56,8 @@ from agora.errors import (
     RemoteError,
 )
 from agora.files import atomic_write
-from agora.protocol import MAX_MESSAGE_SIZE, ErrorCode
+from agora.protocol import ErrorCode
+from agora.sockets import make_socket
 
 if TYPE_CHECKING:
     from agents.agent import Agent
@@ -146,11 +147,7 @@ class PeerNode:
     # -- sockets ----------------------------------------------------------------------------
 
     def _pair(self) -> zmq.Socket:
-        sock = self.agent.context.socket(zmq.PAIR)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
-        sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
-        return sock
+        return make_socket(self.agent.context, zmq.PAIR, send_timeout=self.timeout)
 
     def _add(self, sock: zmq.Socket, conversation: Conversation, now: float) -> None:
         if len(self.conversations) >= self.max_conversations:
@@ -387,10 +384,7 @@ class PeerNode:
         if address not in LOOPBACK:
             raise PeerError(f"{peer} listens on {address}, not on loopback; not connecting")
         pending = self.core.hello(peer, unb64(entry["public_key"], 32), time.time())
-        dealer = self.agent.context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
-        dealer.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        dealer = make_socket(self.agent.context, zmq.DEALER, send_timeout=timeout)
         try:
             dealer.connect(tcp_endpoint(address, entry["port"]))
             try:

@@ -12,6 +12,7 @@ import zmq
 
 from agora.errors import BrokerUnreachable, MessageTooLarge
 from agora.protocol import MAX_MESSAGE_SIZE
+from agora.sockets import make_socket
 
 DEFAULT_TIMEOUT = 2.5
 DEFAULT_RETRIES = 3
@@ -27,10 +28,7 @@ class BrokerConnection:
         self._socket: zmq.Socket | None = None
 
     def _connect(self) -> zmq.Socket:
-        sock = self.context.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
-        sock.setsockopt(zmq.RCVTIMEO, self.timeout_ms)
+        sock = make_socket(self.context, zmq.REQ, receive_timeout=self.timeout_ms / 1000)
         sock.connect(self.endpoint)
         return sock
 

@@ -38,12 +38,12 @@ from agora.protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
-    MAX_MESSAGE_SIZE,
     Direction,
     ErrorCode,
     Level,
     WorkerCommand,
 )
+from agora.sockets import make_socket
 from agora.wire import (
     open_worker_message,
     parse_to_worker_frames,
@@ -228,10 +228,7 @@ class ServiceWorker:
 
     def _connect(self) -> None:
         self._close()
-        sock = self.agent.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
-        sock.setsockopt(zmq.SNDTIMEO, 1000)
+        sock = make_socket(self.agent.context, zmq.DEALER, send_timeout=1.0)
         sock.connect(self.agent.broker)
         self._socket = sock
         self._send(WorkerCommand.READY, {"service": self.service, "level": int(self.level),

@@ -2,8 +2,9 @@
 
 Wire constants (:mod:`agora.protocol`), error types (:mod:`agora.errors`), crypto
 envelopes and key handling (:mod:`agora.crypto`), frame codecs (:mod:`agora.wire`) and
-safe file writing (:mod:`agora.files`). Nothing here opens a socket, except the
-multicast helpers of :mod:`agora.multicast` that auctioneer and agents must share.
+safe file writing (:mod:`agora.files`). Nothing here uses a socket; :mod:`agora.sockets`
+makes ZeroMQ sockets with agora's safety settings and :mod:`agora.multicast` the UDP ones,
+so that every part builds them the same way.
 """
 
 __version__ = "0.1.0"

@@ -38,9 +38,9 @@ from agora.protocol import (
     DEFAULT_MULTICAST_PORT,
     DEFAULT_MULTICAST_TTL,
     DEFAULT_SOFT_CLOSE,
-    MAX_MESSAGE_SIZE,
     ErrorCode,
 )
+from agora.sockets import bind_router, make_socket
 from auctioneer.core import AuctionConfig, AuctioneerCore, KeyStatus
 from auctioneer.items import ItemFolder
 from auctioneer.store import AuctionStore
@@ -77,8 +77,7 @@ class Publisher:
                  ttl: int = DEFAULT_MULTICAST_TTL) -> None:
         self.group, self.port = check_group(group), port
         self.udp = open_sender(interface, ttl)
-        self.pub = context.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub = make_socket(context, zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
         self.pub.bind(pub_bind)
         self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -130,12 +129,7 @@ class AuctioneerServer:
         # the Box-authenticated join answer.
         self.signing_key = load_or_create(data_dir / "auctioneer.key").signing_key
         self.publisher = Publisher(self.context, pub, group, port, interface, ttl)
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
-        self.socket.setsockopt(zmq.SNDTIMEO, 1000)
-        self.socket.bind(endpoint)
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket, self.endpoint = bind_router(self.context, endpoint)
         config = AuctionConfig(group, port, self.publisher.endpoint, soft_close)
         self.core = AuctioneerCore(PrivateKey(agent.credentials.private_key),
                                    self.signing_key, self.store, BrokerRegistry(agent),

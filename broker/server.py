@@ -16,7 +16,8 @@ import zmq
 
 from agora.files import private_dir
 from agora.keyfile import KeyPair, load_or_create
-from agora.protocol import DEFAULT_CALL_TIMEOUT, MAX_MESSAGE_SIZE
+from agora.protocol import DEFAULT_CALL_TIMEOUT
+from agora.sockets import bind_router
 from broker.core import BrokerCore, Outgoing
 from broker.notes import NotesStore
 from broker.services import builtin_services
@@ -50,13 +51,7 @@ class BrokerServer:
         self.core = BrokerCore(self.store, self.keys,
                                builtin_services(NotesStore(self.store.db)), call_timeout)
         self.context = context or zmq.Context.instance()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        # libzmq drops (and disconnects) anything larger before it reaches Python.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
-        self.socket.setsockopt(zmq.SNDTIMEO, 1000)
-        self.socket.bind(endpoint)
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket, self.endpoint = bind_router(self.context, endpoint)
         self.stop = threading.Event()
 
     def serve(self) -> None:

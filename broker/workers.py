@@ -53,6 +53,9 @@ from broker.sessions import Session, SessionTable
 
 log = logging.getLogger("agora.broker")
 
+#: A worker still serving one request this long after its caller's deadline is detached.
+WEDGED_GRACE = 30.0
+
 #: A message to send: (ROUTER identity of the peer, frames after the routing envelope).
 Outgoing = tuple[bytes, list[bytes]]
 AuditFn = Callable[..., None]
@@ -334,9 +337,9 @@ class WorkerRegistry:
                 out += self._detach(worker.identity, now, "session ended")
                 continue
             worker.request, call.worker = call.rid, worker.identity
-            # Its caller gets `timeout` at the deadline; a worker still silent one more call
-            # timeout later is wedged (heartbeats alone prove only that its loop runs).
-            worker.busy_until = call.deadline + self.call_timeout
+            # Its caller gets `timeout` at the deadline; a worker still on it well after that
+            # is wedged (heartbeats alone prove only that its loop runs, not its handler).
+            worker.busy_until = call.deadline + max(self.call_timeout, WEDGED_GRACE)
             out.append(self._to_worker(session, worker.identity, WorkerCommand.REQUEST, {
                 "id": call.rid, "service": call.service, "args": call.args,
                 "caller": {"username": call.username, "level": call.level},

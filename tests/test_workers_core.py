@@ -39,6 +39,7 @@ from agora.wire import (
 from broker.core import BrokerCore
 from broker.services import builtin_services
 from broker.store import Store
+from broker.workers import WEDGED_GRACE
 
 T0 = 1_000_000.0
 TIMEOUT = 5.0
@@ -325,7 +326,7 @@ def test_worker_that_heartbeats_but_never_answers_is_detached_as_wedged(core):
     w, ana = attached(core), client(core)
     request_to(w, ana.call("upper"))
     now, to_worker = T0, []
-    while now < T0 + 2 * TIMEOUT + 1:  # heartbeats keep it "alive" the whole time
+    while now < T0 + TIMEOUT + WEDGED_GRACE + 1:  # heartbeats keep it "alive" throughout
         now += 0.5
         w.send(WorkerCommand.HEARTBEAT, {}, now)
         to_worker += [m for m in to(core.tick(now), w.identity)
