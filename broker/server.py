@@ -51,7 +51,11 @@ class BrokerServer:
         self.core = BrokerCore(self.store, self.keys,
                                builtin_services(NotesStore(self.store.db)), call_timeout)
         self.context = context or zmq.Context.instance()
-        self.socket, self.endpoint = bind_router(self.context, endpoint)
+        try:
+            self.socket, self.endpoint = bind_router(self.context, endpoint)
+        except zmq.ZMQError:
+            self.store.db.close()  # a broker that cannot bind holds nothing open
+            raise
         self.stop = threading.Event()
 
     def serve(self) -> None:
