@@ -161,11 +161,9 @@ class Level(IntEnum):
     def parse(cls, value: int | str) -> Level:
         """Accept 3, "3", "confidential" or "CONFIDENTIAL"; raise ValueError otherwise."""
         text = str(value).strip()
-        if text.isdigit():
-            return cls(int(text))
         try:
-            return cls[text.upper().replace("-", "_")]
-        except KeyError:
+            return cls(int(text)) if text.isdigit() else cls[text.upper().replace("-", "_")]
+        except (KeyError, ValueError):
             raise ValueError(f"unknown level {value!r}: use 1-5 or a name") from None
 
 

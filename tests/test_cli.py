@@ -39,6 +39,13 @@ def test_enroll_with_unknown_level_fails_with_one_line(tmp_path):
     assert result.stderr.strip() == "error: unknown level 'ultra': use 1-5 or a name"
 
 
+def test_set_level_out_of_range_fails_with_one_line(tmp_path):
+    invoke("admin", "enroll", "--name", "Ana Lima", "--level", "2", "--data-dir", str(tmp_path))
+    result = invoke("admin", "set-level", "ana.lima", "9", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: unknown level '9': use 1-5 or a name"
+
+
 def test_revoke_unknown_user_fails_with_one_line(tmp_path):
     result = invoke("admin", "revoke", "nobody", "--data-dir", str(tmp_path))
     assert result.exit_code == 1
