@@ -53,3 +53,20 @@ def test_demo_leaves_no_process_running(demo_run):
     assert result.returncode == 0
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(keep) not in ps.stdout
+
+
+def test_a_step_that_does_not_do_what_it_should_is_named(tmp_path, capsys):
+    from agora.protocol import ErrorCode
+    from cli.demo import Demo, DemoFailed, Transcript
+
+    demo = Demo(tmp_path, Transcript(json_out=True))
+    try:
+        with pytest.raises(DemoFailed, match="step 1 'call something forbidden' failed: "
+                                             "expected a forbidden refusal"):
+            demo.refused("carla", "call something forbidden", lambda: "allowed!",
+                         ErrorCode.FORBIDDEN)
+    finally:
+        demo.close()
+    event = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (event["step"], event["outcome"]) == (1, "failed")
+
