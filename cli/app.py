@@ -27,22 +27,23 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-app.add_typer(broker_app, name="broker")
-app.add_typer(admin_app, name="admin")
-app.command("register")(agent_cmd.register)
-app.command("login")(agent_cmd.login)
-app.command("whoami")(agent_cmd.whoami)
-app.command("services")(service_cmd.services)
-app.command("call")(service_cmd.call)
-app.add_typer(service_cmd.worker_app, name="worker")
-app.command("listen")(peer_cmd.listen)
-app.command("send")(peer_cmd.send)
-app.command("chat")(peer_cmd.chat)
-app.add_typer(auctioneer_app, name="auctioneer")
-app.add_typer(auction_app, name="auction")
+OPERATOR, COLLABORATOR, SERVICE = "Operator (broker host)", "Collaborator", "Service processes"
+app.add_typer(broker_app, name="broker", rich_help_panel=OPERATOR)
+app.add_typer(admin_app, name="admin", rich_help_panel=OPERATOR)
+app.command("register", rich_help_panel=COLLABORATOR)(agent_cmd.register)
+app.command("login", rich_help_panel=COLLABORATOR)(agent_cmd.login)
+app.command("whoami", rich_help_panel=COLLABORATOR)(agent_cmd.whoami)
+app.command("services", rich_help_panel=COLLABORATOR)(service_cmd.services)
+app.command("call", rich_help_panel=COLLABORATOR)(service_cmd.call)
+app.command("listen", rich_help_panel=COLLABORATOR)(peer_cmd.listen)
+app.command("send", rich_help_panel=COLLABORATOR)(peer_cmd.send)
+app.command("chat", rich_help_panel=COLLABORATOR)(peer_cmd.chat)
+app.add_typer(auction_app, name="auction", rich_help_panel=COLLABORATOR)
+app.add_typer(service_cmd.worker_app, name="worker", rich_help_panel=SERVICE)
+app.add_typer(auctioneer_app, name="auctioneer", rich_help_panel=SERVICE)
 
 
-@app.command("demo")
+@app.command("demo", rich_help_panel="Try it")
 def demo(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Path | None, typer.Option(
