@@ -72,10 +72,15 @@ def print_json(data: Any) -> None:
 
 
 def password(confirm: bool = False, prompt: str = "Password") -> str:
-    """The password from AGORA_PASSWORD (for scripts) or asked without echo."""
+    """The password: AGORA_PASSWORD (for scripts), else asked without echo in a terminal,
+    else the first line of standard input (``echo "$PW" | agora login``)."""
     env = os.environ.get("AGORA_PASSWORD")
     if env:
         return env
-    if not sys.stdin.isatty() and not sys.stdin.readable():
-        raise fail("no password: set AGORA_PASSWORD or run in a terminal")
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline().rstrip("\n")
+        if not line:
+            raise fail("no password: set AGORA_PASSWORD, pipe it on standard input, or run "
+                       "in a terminal")
+        return line
     return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)

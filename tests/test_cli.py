@@ -112,6 +112,25 @@ def test_login_without_registration_says_what_to_do(tmp_path):
     assert "run 'agora register' first" in result.stderr
 
 
+def test_no_password_and_no_terminal_is_one_line(broker, tmp_path):
+    agent = broker.agent("Ana Lima", login=False)
+    result = runner.invoke(app, ["login"], input="", env={"AGORA_HOME": str(agent.home),
+                                                         "AGORA_PASSWORD": "",
+                                                         "AGORA_BROKER": broker.endpoint})
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: no password: set AGORA_PASSWORD, pipe it on "
+                                     "standard input, or run in a terminal")
+
+
+def test_password_can_be_piped_on_standard_input(broker, tmp_path):
+    agent = broker.agent("Ana Lima", login=False)
+    result = runner.invoke(app, ["whoami", "--json"], input=PASSWORD + "\n",
+                           env={"AGORA_HOME": str(agent.home), "AGORA_PASSWORD": "",
+                                "AGORA_BROKER": broker.endpoint})
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["username"] == "ana.lima"
+
+
 def test_unreachable_broker_is_one_line(tmp_path):
     result = invoke("register", "--username", "a", "--one-time-id", "b", "--fingerprint", "c",
                     "--timeout", "0.2",
