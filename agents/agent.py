@@ -93,6 +93,7 @@ class Agent:
         self._listen = True
         #: The socket this session listens on for peers; its port is reported at login.
         self.inbox: zmq.Socket | None = None
+        self._inbox_endpoint = ""
         self._peer: PeerNode | None = None
 
     # -- plumbing -------------------------------------------------------------------------

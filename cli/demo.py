@@ -111,8 +111,7 @@ class Demo:
         try:
             result = fn()
         except (AgoraError, TimeoutError, OSError) as exc:
-            self.out.record(actor, action, "failed", str(exc))
-            raise DemoFailed(f"step {len(self.out.events)} '{action}' failed: {exc}") from None
+            raise self._failed(actor, action, str(exc)) from None
         self.out.record(actor, action, "ok", describe(result))
         return result
 
@@ -130,14 +129,17 @@ class Demo:
             detail = f"expected {code.value}, got: {exc}"
         else:
             detail = f"expected a {code.value} refusal, but it was allowed"
-        self.out.record(actor, action, "failed", detail)
-        raise DemoFailed(f"step {len(self.out.events)} '{action}' failed: {detail}")
+        raise self._failed(actor, action, detail)
 
     def check(self, actor: str, action: str, condition: bool, detail: str) -> None:
         if not condition:
-            self.out.record(actor, action, "failed", detail)
-            raise DemoFailed(f"step {len(self.out.events)} '{action}' failed: {detail}")
+            raise self._failed(actor, action, detail)
         self.out.record(actor, action, "ok", detail)
+
+    def _failed(self, actor: str, action: str, detail: str) -> DemoFailed:
+        """Record a failed step; the error names it."""
+        self.out.record(actor, action, "failed", detail)
+        return DemoFailed(f"step {len(self.out.events)} '{action}' failed: {detail}")
 
     def start_process(self, *args: str, ready: str, timeout: float = 20,
                       password: str | None = None) -> tuple[AgoraProcess, Any]:
