@@ -191,12 +191,16 @@ class Agent:
         self.credentials = self.file.open(password)
         return self.credentials
 
-    def login(self, password: str | None = None, listen: bool = True) -> SessionInfo:
+    def login(self, password: str | None = None, listen: bool | None = None) -> SessionInfo:
         """Open the credentials (if a password is given), then log in to the broker.
 
         ``listen=False`` says this session will not take peer conversations (a one-shot
-        command), so the broker's directory keeps sending peers to a session that does.
+        command, a service process), so the broker's directory keeps sending peers to a
+        session that does. Left out, it stays what it was (True at first): a re-login after
+        a broker restart keeps the choice.
         """
+        if listen is None:
+            listen = self._listen
         self._listen = listen
         if password is not None:
             self.unlock(password)
@@ -258,7 +262,7 @@ class Agent:
                 request_frames(Command.SESSION, session.sid, sealed)), Command.SESSION)
         except RemoteError as exc:
             if exc.code is ErrorCode.UNKNOWN_SESSION and relogin and op is not SessionOp.LOGOUT:
-                self.login(listen=self._listen)  # broker restarted or session expired
+                self.login()  # broker restarted or session expired
                 return self.request(op, body, relogin=False)
             raise
         return open_session_reply(session.box, _one(reply), session.counter)["result"]

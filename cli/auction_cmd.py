@@ -112,7 +112,7 @@ def start(
     with user_errors():
         agent = Agent(home or default_home(), broker=broker)
         agent.unlock(password())
-        agent.login()
+        agent.login(listen=False)  # a service process: peers never talk to it
         if agent.info and agent.info.kind != "service":
             raise fail(f"{agent.info.username} is a {agent.info.kind} principal; enroll the "
                        "auctioneer with --kind service")

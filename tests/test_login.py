@@ -73,3 +73,14 @@ def test_only_non_listening_sessions_mean_offline_for_peers(broker):
     ana.login(PASSWORD, listen=False)
     bob = broker.agent("Bob Stone")
     assert bob.call("lookup", {"username": "ana.lima"})["online"] is False
+
+
+def test_login_again_keeps_the_session_not_listening(broker):
+    agent = broker.agent("Ana Lima", login=False)
+    agent.login(PASSWORD, listen=False)
+    agent.login()  # as a worker does after a broker restart
+    assert broker.server.core.sessions.get(agent.session.sid).listening is False
+    broker.server.core.sessions.end(agent.session.sid)
+    agent.whoami()  # unknown session: the agent logs in again by itself
+    assert broker.server.core.sessions.get(agent.session.sid).listening is False
+
