@@ -61,7 +61,7 @@ from agora.protocol import (
     PeerCommand,
     PeerKind,
 )
-from agora.wire import decode_json, encode_json
+from agora.wire import decode_json, encode_json, open_with_header
 from agora.wire import field as body_field
 
 HEADER = struct.Struct(">BB16sQd")
@@ -197,11 +197,8 @@ class Conversation:
         """
         if len(frames) != 2 or frames[0] != PEER_PROTOCOL:
             raise ProtocolError("not an agora peer message")
-        plain = open_sealed(self.box, frames[1])
-        if len(plain) < HEADER.size:
-            raise ProtocolError("peer message too short")
-        kind, direction, conversation_id, seq, sent_at = HEADER.unpack_from(plain)
-        body = plain[HEADER.size:]
+        (kind, direction, conversation_id, seq, sent_at), body = open_with_header(
+            self.box, frames[1], HEADER, "peer message")
         if direction != 1 - self.role:  # only the other end's direction is valid here
             raise ProtocolError("message reflected back to its sender")
         if not constant_time_equal(conversation_id, self.conversation_id):

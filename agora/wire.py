@@ -116,6 +116,21 @@ def remote_error(body: bytes) -> RemoteError:
         return RemoteError(ErrorCode.INTERNAL, "malformed error reply")
 
 
+# -- sealed envelopes ---------------------------------------------------------------------
+
+def open_with_header(box: Any, data: bytes, header: struct.Struct,
+                     what: str) -> tuple[tuple[Any, ...], bytes]:
+    """Decrypt ``data`` and split the plaintext into ``header``'s fields and the rest.
+
+    Every sealed agora envelope is a fixed binary header then a body; this is the one place
+    that checks the header fits. ProtocolError for anything that does not open or fit.
+    """
+    plain = open_sealed(box, data)
+    if len(plain) < header.size:
+        raise ProtocolError(f"{what} too short")
+    return header.unpack_from(plain), plain[header.size :]
+
+
 # -- session envelope ---------------------------------------------------------------------
 
 def seal_session_request(box: Any, counter: int, op: SessionOp, body: dict[str, Any]) -> bytes:
@@ -123,15 +138,12 @@ def seal_session_request(box: Any, counter: int, op: SessionOp, body: dict[str, 
 
 
 def open_session_request(box: Any, data: bytes) -> tuple[int, SessionOp, dict[str, Any]]:
-    plain = open_sealed(box, data)
-    if len(plain) < _HEADER.size:
-        raise ProtocolError("session request too short")
-    counter, op = _HEADER.unpack_from(plain)
+    (counter, op), body = open_with_header(box, data, _HEADER, "session request")
     try:
         op = SessionOp(op)
     except ValueError:
         raise ProtocolError("unknown session operation") from None
-    return counter, op, decode_json(plain[_HEADER.size :])
+    return counter, op, decode_json(body)
 
 
 def seal_session_reply(box: Any, counter: int, status: Status, body: dict[str, Any]) -> bytes:
@@ -146,13 +158,9 @@ def session_reply_frames(box: Any, counter: int, status: Status, body: dict[str,
 
 def open_session_reply(box: Any, data: bytes, counter: int) -> dict[str, Any]:
     """Decrypt a session reply, check it answers request ``counter``; raise on ERROR."""
-    plain = open_sealed(box, data)
-    if len(plain) < _HEADER.size:
-        raise ProtocolError("session reply too short")
-    got, status = _HEADER.unpack_from(plain)
+    (got, status), body = open_with_header(box, data, _HEADER, "session reply")
     if got != counter:
         raise ProtocolError("session reply does not answer this request")
-    body = plain[_HEADER.size :]
     if status == Status.ERROR.value[0]:
         raise remote_error(body)
     return decode_json(body)
@@ -169,17 +177,15 @@ def seal_worker_message(box: Any, counter: int, direction: Direction, command: W
 def open_worker_message(box: Any, data: bytes, direction: Direction,
                         ) -> tuple[int, WorkerCommand, dict[str, Any]]:
     """Decrypt a worker message sealed for ``direction``; anything else is a ProtocolError."""
-    plain = open_sealed(box, data)
-    if len(plain) < _WORKER_HEADER.size:
-        raise ProtocolError("worker message too short")
-    counter, got_direction, command = _WORKER_HEADER.unpack_from(plain)
+    (counter, got_direction, command), body = open_with_header(box, data, _WORKER_HEADER,
+                                                                "worker message")
     if got_direction != direction.value:
         raise ProtocolError("worker message sealed for the other direction")
     try:
         command = WorkerCommand(command[0])
     except ValueError:
         raise ProtocolError("unknown worker command") from None
-    return counter, command, decode_json(plain[_WORKER_HEADER.size :])
+    return counter, command, decode_json(body)
 
 
 def worker_frames(sid: bytes, sealed: bytes) -> list[bytes]:
