@@ -239,18 +239,15 @@ class PeerNode:
         try:
             entry = self.agent.call("lookup", {"username": hello.sender})
             conversation = self.core.accept(hello, unb64(entry["public_key"], 32), now)
-        except RemoteError as exc:
+        except AgoraError as exc:
             self._drop(f"a conversation request from {hello.sender[:64]!r}", exc)
-            self._reply(identity, self.core.refuse(exc.code, exc.message))
-            return
-        except ProtocolError as exc:
-            self._drop(f"a conversation request from {hello.sender[:64]!r}", exc)
-            self._reply(identity, self.core.refuse(ErrorCode.BAD_REQUEST, str(exc)))
-            return
-        except AgoraError as exc:  # the broker is unreachable: cannot check the key
-            self._drop(f"a conversation request from {hello.sender[:64]!r}", exc)
-            self._reply(identity, self.core.refuse(ErrorCode.SERVICE_UNAVAILABLE,
-                                                   "directory unavailable; try again"))
+            if isinstance(exc, RemoteError):  # the directory refused (unknown, revoked...)
+                code, message = exc.code, exc.message
+            elif isinstance(exc, ProtocolError):  # the HELLO does not fit the sender's key
+                code, message = ErrorCode.BAD_REQUEST, str(exc)
+            else:  # the broker is unreachable: the key cannot be checked
+                code, message = ErrorCode.SERVICE_UNAVAILABLE, "directory unavailable; try again"
+            self._reply(identity, self.core.refuse(code, message))
             return
         sock = self._pair()
         sock.bind("tcp://127.0.0.1:*")
