@@ -352,11 +352,7 @@ class AuctioneerCore:
         return member
 
     def _join(self, public_key: bytes, body: dict[str, Any], now: float) -> dict[str, Any]:
-        try:
-            status = self.registry(public_key)
-        except AgoraError as exc:
-            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
-                              f"cannot check your key with the broker now: {exc}") from None
+        status = self._key_status(public_key)
         if not status.registered or not status.username:
             raise RemoteError(ErrorCode.UNKNOWN_USER,
                               "this key does not belong to a registered collaborator")
@@ -371,14 +367,18 @@ class AuctioneerCore:
                 "verify_key": b64(bytes(self.signing_key.verify_key)),
                 **self._snapshot(public_key, body, now)}
 
-    def _check_bidder(self, public_key: bytes, member: Member) -> None:
-        """Ask the broker about this bidder now, not at the next periodic check: a bid from a
-        key revoked a second ago must not win. Fails closed, like a join."""
+    def _key_status(self, public_key: bytes) -> KeyStatus:
+        """The broker's word on a key, now; fails closed when the broker cannot answer."""
         try:
-            status = self.registry(public_key)
+            return self.registry(public_key)
         except AgoraError as exc:
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
                               f"cannot check your key with the broker now: {exc}") from None
+
+    def _check_bidder(self, public_key: bytes, member: Member) -> None:
+        """Ask the broker about this bidder now, not at the next periodic check: a bid from a
+        key revoked a second ago must not win. Fails closed, like a join."""
+        status = self._key_status(public_key)
         if not status.registered or status.revoked:
             self._forget_member(public_key)
             log.info("bid from revoked member %s refused; re-keying", member.username)
