@@ -39,6 +39,10 @@ class ProtocolError(AgoraError):
     """A peer sent something that is not a valid agora message."""
 
 
+class BadKey(ProtocolError):
+    """A public key that is malformed, all zeros or of low order (refused as bad-request)."""
+
+
 class BrokerUnreachable(AgoraError):
     """No answer from the broker within the timeout, after retries."""
 

@@ -18,6 +18,64 @@ WORKER_PROTOCOL = b"AGORA01W"
 #: First frame of every agent <-> agent message (docs/PROTOCOL.md section 5).
 PEER_PROTOCOL = b"AGORA01P"
 
+# -- AGORA/2 envelope (docs/PROTOCOL.md section 2, agora/envelope.py) ----------------------
+
+class Channel(IntEnum):
+    """Which conversation between which parties an envelope belongs to (header byte 3)."""
+
+    CLIENT = 1  # agent <-> broker: BROKER_KEY, REGISTER, LOGIN, session requests
+    WORKER = 2  # service worker <-> broker
+    PEER = 3  # agent <-> agent: conversation set-up and messages
+    LETTER = 4  # agent -> agent through the broker's offline mailbox
+    AUCTION = 5  # bidder <-> auctioneer requests and replies
+    ANNOUNCE = 6  # auctioneer -> members: multicast and PUB announcements
+    NOTICE = 7  # broker -> agent: pushed notices (session ended, new login, membership)
+
+
+class Sender(IntEnum):
+    """The role that sealed an envelope (header byte 5): the message's direction."""
+
+    CLIENT = 1
+    BROKER = 2
+    WORKER = 3
+    INITIATOR = 4  # the peer that opened a conversation
+    ACCEPTOR = 5  # the peer that accepted it
+    BIDDER = 6
+    AUCTIONEER = 7
+
+
+class Kind(IntEnum):
+    """What an envelope carries (header byte 4). Values are unique across channels."""
+
+    ERROR = 0  # a refusal in clear, JSON {"code", "message"}: unauthenticated by nature
+    BROKER_KEY = 1  # in clear both ways: the broker's public key
+    REGISTER = 2
+    LOGIN = 3
+    CALL = 4
+    LOGOUT = 5
+    SUBSCRIBE = 6
+    RESULT = 7  # a sealed answer to a request
+    REFUSED = 8  # a sealed refusal of a request, JSON {"code", "message"}
+    READY = 10
+    REQUEST = 11
+    REPLY = 12
+    HEARTBEAT = 13
+    DISCONNECT = 14
+    HELLO = 20
+    WELCOME = 21
+    MESSAGE = 22
+    ACK = 23
+    BYE = 24
+    LETTER = 25
+    JOIN = 30
+    BID = 31
+    SNAPSHOT = 32
+    RESULTS = 33
+    EVENT = 40
+    REKEY = 41
+    NOTICE = 50
+
+
 #: Largest message any agora socket accepts (ZMQ_MAXMSGSIZE). Larger ones are dropped by
 #: libzmq before they reach our code; senders check the size first and refuse locally.
 MAX_MESSAGE_SIZE = 256 * 1024
