@@ -20,9 +20,10 @@ No sockets. Three things live here:
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import nacl.exceptions
@@ -58,10 +59,15 @@ from agora.wire import decode_json, encode_json, remote_error
 MAX_CENTS = 10**12
 
 
+_AMOUNT = re.compile(r"[0-9]{1,20}(\.[0-9]{1,2})?")
+_TOO_PRECISE = re.compile(r"[0-9]+\.[0-9]{3,}")
+
+
 def parse_money(value: Any, name: str = "amount") -> int:
     """Cents from ``"12.50"`` / ``"12"`` (currency units) or an int (already cents).
 
-    Floats are refused: 0.1 + 0.2 is not money. Raises LocalError with a one-line reason.
+    A string is digits with at most two decimals: no sign, exponent (``1e3``), NaN or
+    infinity. Floats are refused: 0.1 + 0.2 is not money. Raises LocalError with a one-line reason.
     """
     if isinstance(value, bool) or isinstance(value, float):
         raise LocalError(f"{name} must be a decimal string like \"12.50\", not a number "
@@ -69,15 +75,14 @@ def parse_money(value: Any, name: str = "amount") -> int:
     if isinstance(value, int):
         cents = value
     elif isinstance(value, str):
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise LocalError(f"{name} {value[:20]!r} is not an amount like \"12.50\"") from None
-        if not amount.is_finite() or not 0 <= amount <= MAX_CENTS // 100:
-            raise LocalError(f"{name} must be between 0 and {MAX_CENTS // 100}")
-        if amount != amount.quantize(Decimal("0.01")):
+        text = value.strip()
+        if _TOO_PRECISE.fullmatch(text):
             raise LocalError(f"{name} {value[:20]!r} must have at most two decimals")
-        cents = int(amount * 100)
+        if not _AMOUNT.fullmatch(text):
+            # No sign, exponent, NaN or infinity: digits, then at most two decimals.
+            raise LocalError(f"{name} {value[:20]!r} is not an amount like \"12.50\" "
+                             "(digits, at most two decimals)")
+        cents = int(Decimal(text) * 100)
     else:
         raise LocalError(f"{name} must be a decimal string like \"12.50\" or integer cents")
     if not 0 <= cents <= MAX_CENTS:

@@ -11,12 +11,14 @@ from typing import Annotated
 
 import typer
 
-from cli import agent_cmd, peer_cmd, service_cmd
+from cli import agent_cmd, options, peer_cmd, service_cmd
 from cli.auction_cmd import auction_app, auctioneer_app
 from cli.broker_cmd import admin_app, broker_app
+from cli.options import AgoraGroup
 
 app = typer.Typer(
     name="agora",
+    cls=AgoraGroup,  # one line on stderr for every usage error
     help="agora: a secure message bus for a closed group of collaborators.\n\n"
     "Operator: `agora broker start`, `agora admin enroll`. "
     "Collaborator: `agora register`, then `agora login` / `whoami`, `agora services`, "
@@ -48,7 +50,8 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Path | None, typer.Option(
         "--keep", help="Keep the demo's data (databases, credentials, logs) in this "
-        "directory instead of a temporary one.")] = None,
+        "directory instead of a temporary one.", metavar="DIR",
+        parser=options.directory)] = None,
 ) -> None:
     """Run the whole system on this machine, step by step, and clean up after.
 

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from agents.auction import DEFAULT_AUCTIONEER, AuctionClient, AuctionWatcher
 from agents.auction_view import AuctionView, JoinInfo
-from agora.auction_wire import format_money, parse_money
+from agora.auction_wire import format_money
 from agora.errors import LocalError, RemoteError
 from agora.protocol import (
     DEFAULT_AUCTION_ENDPOINT,
@@ -38,6 +38,7 @@ from agora.protocol import (
     DEFAULT_MULTICAST_TTL,
     DEFAULT_SOFT_CLOSE,
 )
+from cli import options
 from cli.agent_cmd import session
 from cli.broker_cmd import setup_logging
 from cli.common import (
@@ -60,7 +61,7 @@ auction_app = typer.Typer(
 
 EndpointOption = Annotated[str, typer.Option(
     "--endpoint", envvar="AGORA_AUCTION", help="The auctioneer's request endpoint. "
-    "[env: AGORA_AUCTION]")]
+    "[env: AGORA_AUCTION]", metavar="ENDPOINT", parser=options.endpoint)]
 AuctioneerOption = Annotated[str, typer.Option(
     "--auctioneer", envvar="AGORA_AUCTIONEER", help="The auctioneer's username at the "
     "broker; its key is looked up there. [env: AGORA_AUCTIONEER]")]
@@ -72,31 +73,37 @@ InterfaceOption = Annotated[str, typer.Option(
 @auctioneer_app.command("start")
 def start(
     items: Annotated[Path, typer.Option("--items", envvar="AGORA_ITEMS", help="Folder of "
-                                        "item files (*.json), auctioned in name order.")],
+                                        "item files (*.json), auctioned in name order.",
+                                        metavar="DIR", parser=options.existing_directory)],
     home: HomeOption = None,  # type: ignore[assignment]
     broker: BrokerOption = None,
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", envvar="AGORA_AUCTION_DIR", help="Auction database and signing key. "
-        "[env: AGORA_AUCTION_DIR]", show_default=False)] = None,
+        "[env: AGORA_AUCTION_DIR]", show_default=False, metavar="DIR",
+        parser=options.directory)] = None,
     bind: Annotated[str, typer.Option("--bind", envvar="AGORA_AUCTION", help="Endpoint to "
-                                      "bind for joins and bids. [env: AGORA_AUCTION]")
+                                      "bind for joins and bids. [env: AGORA_AUCTION]",
+                                      metavar="ENDPOINT", parser=options.endpoint)
                     ] = DEFAULT_AUCTION_ENDPOINT,
     pub: Annotated[str, typer.Option("--pub", envvar="AGORA_AUCTION_PUB",
-                                     help="PUB mirror endpoint to bind.")] = DEFAULT_AUCTION_PUB,
+                                     help="PUB mirror endpoint to bind.", metavar="ENDPOINT",
+                                     parser=options.endpoint)] = DEFAULT_AUCTION_PUB,
     group: Annotated[str, typer.Option("--group", envvar="AGORA_MULTICAST_GROUP",
                                        help="Multicast group (239.255.0.0/16).")
                      ] = DEFAULT_MULTICAST_GROUP,
     port: Annotated[int, typer.Option("--port", envvar="AGORA_MULTICAST_PORT",
-                                      help="Multicast UDP port.")] = DEFAULT_MULTICAST_PORT,
+                                      help="Multicast UDP port.", min=1, max=65535)
+                  ] = DEFAULT_MULTICAST_PORT,
     interface: InterfaceOption = DEFAULT_MULTICAST_INTERFACE,
     ttl: Annotated[int, typer.Option("--ttl", envvar="AGORA_MULTICAST_TTL",
-                                     help="Multicast TTL; 0 keeps it on this host.")
-                   ] = DEFAULT_MULTICAST_TTL,
+                                     help="Multicast TTL; 0 keeps it on this host.",
+                                     min=0, max=255)] = DEFAULT_MULTICAST_TTL,
     soft_close: Annotated[float, typer.Option(
-        "--soft-close", help="Seconds: a bid this close to the end extends it by as much.")
+        "--soft-close", help="Seconds: a bid this close to the end extends it by as much.",
+        metavar="SECONDS", parser=options.duration)
     ] = DEFAULT_SOFT_CLOSE,
-    pause: Annotated[float, typer.Option("--pause", help="Seconds between two items.")
-                     ] = 1.0,
+    pause: Annotated[float, typer.Option("--pause", help="Seconds between two items.",
+                                         metavar="SECONDS", parser=options.duration)] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the auctioneer until Ctrl-C or SIGTERM.
@@ -190,7 +197,9 @@ def join(
 
 @auction_app.command("bid")
 def bid(
-    amount: Annotated[str, typer.Argument(help="Your bid, e.g. 12.50")],
+    amount: Annotated[int, typer.Argument(
+        help="Your bid: digits with at most two decimals, e.g. 12.50.", metavar="AMOUNT",
+        parser=options.money, show_default=False)],
     item: Annotated[str | None, typer.Option("--item", help="Item id (default: the "
                                              "current one).")] = None,
     home: HomeOption = None,  # type: ignore[assignment]
@@ -202,7 +211,7 @@ def bid(
 ) -> None:
     """Bid on the current item. Prints accepted (stored), or rejected and why."""
     with user_errors():
-        cents = parse_money(amount, "amount")
+        cents = amount
         with joined(home, broker, timeout, auctioneer, endpoint) as (client, info):
             current = (info.snapshot.get("state") or {}).get("item")
             item_id = item or (current or {}).get("id")
@@ -277,9 +286,10 @@ def watch(
     endpoint: EndpointOption = DEFAULT_AUCTION_ENDPOINT,
     interface: InterfaceOption = DEFAULT_MULTICAST_INTERFACE,
     items: Annotated[int, typer.Option("--items", help="Stop after this many items have "
-                                       "closed (0: run until Ctrl-C).")] = 0,
+                                       "closed (0: run until Ctrl-C).", min=0)] = 0,
     max_time: Annotated[float, typer.Option("--max-time", help="Stop after this many "
-                                            "seconds (0: no limit).")] = 0,
+                                            "seconds (0: no limit).", metavar="SECONDS",
+                                            parser=options.duration)] = 0,
     timeout: TimeoutOption = 2.5,
     json_out: JsonOption = False,
 ) -> None:

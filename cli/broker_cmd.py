@@ -18,6 +18,7 @@ from rich.table import Table
 
 from agora.protocol import DEFAULT_CALL_TIMEOUT, DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
 from broker.server import DEFAULT_ENDPOINT, BrokerServer, open_store
+from cli import options
 from cli.common import (
     DataDirOption,
     JsonOption,
@@ -27,6 +28,10 @@ from cli.common import (
     print_json,
     user_errors,
 )
+
+TtlOption = Annotated[float, typer.Option(
+    "--ttl-hours", help="Hours until the one-time ID expires.", metavar="HOURS",
+    parser=options.positive_duration)]
 
 broker_app = typer.Typer(help="Run the broker.", no_args_is_help=True)
 admin_app = typer.Typer(
@@ -43,10 +48,12 @@ def setup_logging(verbose: bool, quiet: bool = False) -> None:
 def start(
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     bind: Annotated[str, typer.Option("--bind", envvar="AGORA_BROKER_BIND",
-                                      help="ZeroMQ endpoint to bind.")] = DEFAULT_ENDPOINT,
+                                      help="ZeroMQ endpoint to bind.", metavar="ENDPOINT",
+                                      parser=options.endpoint)] = DEFAULT_ENDPOINT,
     call_timeout: Annotated[float, typer.Option(
         "--call-timeout", envvar="AGORA_CALL_TIMEOUT",
-        help="Seconds a worker has to answer a call before the caller gets 'timeout'.")
+        help="Seconds a worker has to answer a call before the caller gets 'timeout'.",
+        metavar="SECONDS", parser=options.positive_duration)
     ] = DEFAULT_CALL_TIMEOUT,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     quiet: Annotated[bool, typer.Option(
@@ -87,8 +94,7 @@ def enroll(
     kind: Annotated[PrincipalKind, typer.Option("--kind", help="person, or service for a "
                                                 "worker or auctioneer process.")
                     ] = PrincipalKind.PERSON,
-    ttl_hours: Annotated[float, typer.Option("--ttl-hours", help="Hours until the one-time "
-                                             "ID expires.")] = DEFAULT_ONE_TIME_ID_TTL / 3600,
+    ttl_hours: TtlOption = DEFAULT_ONE_TIME_ID_TTL / 3600,
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     json_out: JsonOption = False,
 ) -> None:
@@ -121,7 +127,7 @@ def enroll(
 @admin_app.command("reenroll")
 def reenroll(
     username: str,
-    ttl_hours: Annotated[float, typer.Option("--ttl-hours")] = DEFAULT_ONE_TIME_ID_TTL / 3600,
+    ttl_hours: TtlOption = DEFAULT_ONE_TIME_ID_TTL / 3600,
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     json_out: JsonOption = False,
 ) -> None:
@@ -200,7 +206,8 @@ def set_level(username: str, level: str,
 @admin_app.command("audit")
 def audit(
     username: Annotated[str | None, typer.Argument(help="Only this user's rows.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many "
+                                       "rows, newest last.")] = 50,
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     json_out: JsonOption = False,
 ) -> None:

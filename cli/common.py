@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agora.errors import AgoraError, RemoteError
+from cli import options
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,16 +28,21 @@ DEFAULT_HOME = Path.home() / ".agora"
 
 HomeOption = Annotated[Path, typer.Option(
     "--home", envvar="AGORA_HOME", help="This collaborator's agent directory "
-    "(credentials file). [env: AGORA_HOME]", show_default=False)]
+    "(credentials file). [env: AGORA_HOME]", show_default=False, parser=options.directory,
+    metavar="DIR")]
 BrokerOption = Annotated[str | None, typer.Option(
     "--broker", envvar="AGORA_BROKER", help="Broker endpoint; defaults to the one you "
-    "registered with, else tcp://127.0.0.1:5555. [env: AGORA_BROKER]")]
+    "registered with, else tcp://127.0.0.1:5555. [env: AGORA_BROKER]",
+    parser=options.endpoint,
+    metavar="ENDPOINT")]
 DataDirOption = Annotated[Path, typer.Option(
     "--data-dir", envvar="AGORA_BROKER_DIR", help="Broker data directory (database and key "
-    "file). [env: AGORA_BROKER_DIR]", show_default=False)]
+    "file). [env: AGORA_BROKER_DIR]", show_default=False, parser=options.directory,
+    metavar="DIR")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TimeoutOption = Annotated[float, typer.Option(
-    "--timeout", envvar="AGORA_TIMEOUT", help="Seconds to wait for each answer.")]
+    "--timeout", envvar="AGORA_TIMEOUT", help="Seconds to wait for each answer.",
+    parser=options.positive_duration, metavar="SECONDS")]
 
 
 def default_home() -> Path:

@@ -1,0 +1,152 @@
+"""How every agora command reads its options: one parser per kind of value, one error line.
+
+Each kind of value a person types has one parser here, used by every command's options:
+endpoints, durations, directories, money. A parser raises ``typer.BadParameter`` with what
+a valid value looks like; Typer turns that into a usage error, and :class:`AgoraGroup` (the root
+of the ``agora`` app) prints every usage error as one line on stderr, exit code 2. Nothing
+a person types ends in a traceback: an unexpected exception is one line too (set
+AGORA_DEBUG=1 to see the traceback).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+import typer.core
+from rich.console import Console
+from rich.markup import escape
+
+from agora.auction_wire import parse_money
+from agora.errors import LocalError
+
+#: ``tcp://HOST:PORT`` (PORT may be ``*`` or 0 when binding), ``ipc://PATH``, ``inproc://NAME``.
+_ENDPOINT = re.compile(r"^(tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\*|\d{1,5})"
+                       r"|ipc://.+|inproc://.+)$")
+ENDPOINT_EXAMPLE = "tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+
+
+Invalid = typer.BadParameter
+
+
+def _shown(value: str) -> str:
+    return repr(value[:60])
+
+
+def endpoint(value: str) -> str:
+    """A ZeroMQ endpoint: ``tcp://HOST:PORT`` (or ipc:// / inproc://)."""
+    value = value.strip()
+    match = _ENDPOINT.match(value)
+    if not match or (match.group(3) not in (None, "*") and int(match.group(3)) > 65535):
+        raise Invalid(f"{_shown(value)} is not an endpoint; use {ENDPOINT_EXAMPLE}")
+    return value
+
+
+def _seconds(value: str | float, positive: bool) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
+        bound = "more than 0" if positive else "0 or more"
+        raise Invalid(f"{_shown(str(value))} is not a duration (a number, {bound}); "
+                      "use e.g. 2.5")
+    return seconds
+
+
+def duration(value: str | float) -> float:
+    """A length of time: a finite number, 0 or more (0 often means "no limit")."""
+    return _seconds(value, positive=False)
+
+
+def positive_duration(value: str | float) -> float:
+    """A length of time that must be more than zero (a timeout)."""
+    return _seconds(value, positive=True)
+
+
+def directory(value: str | Path) -> Path:
+    """A directory that exists, or does not exist yet (it is created): never a file."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise Invalid(f"{_shown(str(value))} is a file, not a directory; give a directory "
+                         "(it is created if missing)")
+    return path
+
+
+def existing_directory(value: str | Path) -> Path:
+    """A directory that must exist already (e.g. the auction's item folder)."""
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        what = "a file" if path.exists() else "missing"
+        raise Invalid(f"{_shown(str(value))} is {what}; give an existing directory")
+    return path
+
+
+def money(value: str) -> int:
+    """An amount such as ``12.50`` -> cents (the rules live in agora.auction_wire)."""
+    try:
+        return parse_money(value, "amount")
+    except LocalError as exc:
+        raise Invalid(str(exc)) from None
+
+
+# -- the root command: one line for every usage error -----------------------------------------
+
+_err = Console(stderr=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _usage_line(exc: typer.TyperException) -> str:
+    """``Invalid value for '--broker' ...: ... (see 'agora whoami --help')``."""
+    message = _one_line(exc.format_message())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
+def _show_flags_as_flags(command: Any, parent: typer.Context | None) -> None:
+    """Typer labels flags ``<bool>`` in --help; a flag takes no value, so show none."""
+    ctx = typer.Context(command, parent=parent, info_name=command.name)
+    for param in command.get_params(ctx):  # includes (and caches) the --help option
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _show_flags_as_flags(sub, ctx)
+
+
+class AgoraGroup(typer.core.TyperGroup):
+    """The root ``agora`` group: usage errors and unexpected failures are one line."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        _show_flags_as_flags(self, None)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        except typer.TyperException as exc:  # usage errors: bad value, missing option...
+            _err.print(f"[bold red]error:[/] {escape(_usage_line(exc))}", highlight=False,
+                       soft_wrap=True)
+            code = getattr(exc, "exit_code", 2)
+        except typer.Abort:  # Ctrl-C or end of input at a prompt
+            code = 130
+        except Exception as exc:
+            if os.environ.get("AGORA_DEBUG"):
+                raise
+            _err.print(f"[bold red]error:[/] {escape(_one_line(f'{type(exc).__name__}: {exc}'))}"
+                       " (unexpected; AGORA_DEBUG=1 shows the traceback)", highlight=False,
+                       soft_wrap=True)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code)
