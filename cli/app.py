@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli import agent_cmd, options, peer_cmd, service_cmd
+from cli import agent_cmd, options, peer_cmd, service_cmd, ui_cmd
 from cli.auction_cmd import auction_app, auctioneer_app
 from cli.broker_cmd import admin_app, broker_app
 from cli.options import AgoraGroup
@@ -41,6 +41,8 @@ app.command("listen", rich_help_panel=COLLABORATOR)(peer_cmd.listen)
 app.command("send", rich_help_panel=COLLABORATOR)(peer_cmd.send)
 app.command("chat", rich_help_panel=COLLABORATOR)(peer_cmd.chat)
 app.add_typer(auction_app, name="auction", rich_help_panel=COLLABORATOR)
+# Web consoles (cli.ui_cmd): `agora ui` for a collaborator, `agora admin ui` for the operator.
+admin_app.command("ui")(ui_cmd.admin_ui)
 app.add_typer(service_cmd.worker_app, name="worker", rich_help_panel=SERVICE)
 app.add_typer(auctioneer_app, name="auctioneer", rich_help_panel=SERVICE)
 

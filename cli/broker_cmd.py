@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
-import time
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from agora.protocol import DEFAULT_CALL_TIMEOUT, DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
+from broker import admin
 from broker.server import DEFAULT_ENDPOINT, BrokerServer, open_store
 from cli import options
 from cli.common import (
@@ -103,15 +103,12 @@ def enroll(
     Hand all three to the collaborator in person; they run `agora register` with them.
     """
     with user_errors():
-        try:
-            lvl = Level.parse(level)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
         store, keys = open_store(data_dir or default_data_dir())
-        username, one_time_id = store.enroll(name, lvl, time.time(), kind, ttl_hours * 3600)
-        result = {"username": username, "one_time_id": one_time_id,
-                  "fingerprint": keys.fingerprint, "level": int(lvl),
-                  "expires_in_hours": ttl_hours}
+        result = admin.enroll(store, keys, name, level, kind, ttl_hours)
+        username, one_time_id, lvl = result["username"], result["one_time_id"], \
+            Level(result["level"])
+        result = {k: result[k] for k in ("username", "one_time_id", "fingerprint", "level",
+                                         "expires_in_hours")}
         if json_out:
             print_json(result)  # the one place a one-time ID is printed: it is the hand-over
             return
@@ -134,24 +131,14 @@ def reenroll(
     """Issue a new one-time ID (lost device, or flagged after token reuse); old keys die."""
     with user_errors():
         store, keys = open_store(data_dir or default_data_dir())
-        one_time_id = store.reenroll(username, time.time(), ttl_hours * 3600)
-        result = {"username": username, "one_time_id": one_time_id,
-                  "fingerprint": keys.fingerprint}
+        result = admin.reenroll(store, keys, username, ttl_hours)
+        one_time_id = result["one_time_id"]
+        result = {k: result[k] for k in ("username", "one_time_id", "fingerprint")}
         if json_out:
             print_json(result)
         else:
             console.print(f"{username}: new one-time ID [bold]{one_time_id}[/], broker "
                           f"fingerprint [bold]{keys.fingerprint}[/]")
-
-
-def _state(row: dict) -> str:
-    if row["revoked_at"]:
-        return "revoked"
-    if row["flagged"]:
-        return f"FLAGGED: {row['flagged']}"
-    if row["registered_at"] is None:
-        return "enrolled"
-    return "registered"
 
 
 def _when(ts: float | None) -> str:
@@ -164,10 +151,9 @@ def list_users(data_dir: DataDirOption = None,  # type: ignore[assignment]
     """List enrolled principals with level, state (flagged ones stand out) and last login."""
     with user_errors():
         store, _ = open_store(data_dir or default_data_dir())
-        rows = [{"username": r["username"], "name": r["name"], "kind": r["kind"],
-                 "level": r["level"], "state": _state(r), "flagged": r["flagged"],
-                 "port": r["port"], "last_login_at": r["last_login_at"]}
-                for r in store.principals()]
+        rows = [{k: r[k] for k in ("username", "name", "kind", "level", "state", "flagged",
+                                   "port", "last_login_at")}
+                for r in admin.principal_rows(store)]
         if json_out:
             print_json(rows)
             return
@@ -185,7 +171,7 @@ def revoke(username: str, data_dir: DataDirOption = None) -> None:  # type: igno
     """Revoke a collaborator: their sessions end and they can no longer log in."""
     with user_errors():
         store, _ = open_store(data_dir or default_data_dir())
-        store.revoke(username, time.time())
+        admin.revoke(store, username)
         console.print(f"{username} revoked")
 
 
@@ -194,12 +180,8 @@ def set_level(username: str, level: str,
               data_dir: DataDirOption = None) -> None:  # type: ignore[assignment]
     """Change a collaborator's security level (takes effect on their live sessions too)."""
     with user_errors():
-        try:
-            lvl = Level.parse(level)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
         store, _ = open_store(data_dir or default_data_dir())
-        store.set_level(username, lvl, time.time())
+        lvl = admin.set_level(store, username, level)
         console.print(f"{username} is now level {int(lvl)} ({lvl.label})")
 
 
@@ -214,7 +196,7 @@ def audit(
     """Show the audit trail: who did what, and whether it was allowed (never arguments)."""
     with user_errors():
         store, _ = open_store(data_dir or default_data_dir())
-        rows = store.audit_rows(username, limit)
+        rows = admin.audit_rows(store, username, limit=limit)
         if json_out:
             print_json(rows)
             return
