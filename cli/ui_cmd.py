@@ -12,7 +12,9 @@ from typing import Annotated
 
 import typer
 
+from agents.auction import DEFAULT_AUCTIONEER
 from agora.protocol import DEFAULT_AUCTION_ENDPOINT, DEFAULT_MULTICAST_INTERFACE
+from cli.auction_cmd import AuctioneerOption, EndpointOption, InterfaceOption
 from cli.common import (
     BrokerOption,
     DataDirOption,
@@ -75,15 +77,9 @@ def admin_ui(
 def ui(
     home: HomeOption = None,  # type: ignore[assignment]
     broker: BrokerOption = None,
-    auctioneer: Annotated[str, typer.Option(
-        "--auctioneer", envvar="AGORA_AUCTIONEER", help="The auctioneer's username at the "
-        "broker. [env: AGORA_AUCTIONEER]")] = "auctioneer",
-    endpoint: Annotated[str, typer.Option(
-        "--endpoint", envvar="AGORA_AUCTION", help="The auctioneer's request endpoint. "
-        "[env: AGORA_AUCTION]")] = DEFAULT_AUCTION_ENDPOINT,
-    interface: Annotated[str, typer.Option(
-        "--interface", envvar="AGORA_MULTICAST_IF", help="Local address for multicast. "
-        "[env: AGORA_MULTICAST_IF]")] = DEFAULT_MULTICAST_INTERFACE,
+    auctioneer: AuctioneerOption = DEFAULT_AUCTIONEER,
+    endpoint: EndpointOption = DEFAULT_AUCTION_ENDPOINT,
+    interface: InterfaceOption = DEFAULT_MULTICAST_INTERFACE,
     port: PortOption = 0,
     timeout: TimeoutOption = 2.5,
     no_browser: NoBrowserOption = False,
