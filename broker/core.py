@@ -464,7 +464,7 @@ class BrokerCore:
             raise RemoteError(ErrorCode.SERVICE_FAILED, f"service {name} failed") from None
         self.audit_later(session.username, f"call:{name}", "ok", now)
         # One line per request, as the operator expects; `broker start --quiet` drops it for
-        # throughput (it costs a measurable share of a call, see bench/bench_call.py).
+        # throughput (it costs a measurable share of a call, see `agora bench`).
         log.info("call %s by %s ok", name, session.username)
         return result
 

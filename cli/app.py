@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli import agent_cmd, options, peer_cmd, service_cmd, ui_cmd
+from cli import agent_cmd, bench_cmd, options, peer_cmd, service_cmd, ui_cmd
 from cli.auction_cmd import auction_app, auctioneer_app
 from cli.broker_cmd import admin_app, broker_app
 from cli.options import AgoraGroup
@@ -45,6 +45,7 @@ app.add_typer(auction_app, name="auction", rich_help_panel=COLLABORATOR)
 admin_app.command("ui")(ui_cmd.admin_ui)
 app.add_typer(service_cmd.worker_app, name="worker", rich_help_panel=SERVICE)
 app.add_typer(auctioneer_app, name="auctioneer", rich_help_panel=SERVICE)
+app.command("bench", rich_help_panel="Try it")(bench_cmd.bench)
 
 
 @app.command("demo", rich_help_panel="Try it")
