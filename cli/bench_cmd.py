@@ -9,7 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cli import options
 from cli.common import JsonOption, console, err_console, fail, print_json
+
+#: The longest round a side may be given (keeps every run bounded).
+MAX_SECONDS = 10.0
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -26,9 +30,11 @@ def bench(
     rounds: Annotated[int | None, typer.Option(
         "--rounds", min=1, max=50, help="Interleaved rounds per scenario.")] = None,
     seconds: Annotated[float | None, typer.Option(
-        "--seconds", min=0.05, max=10.0, help="Seconds per side per round.")] = None,
+        "--seconds", help=f"Seconds per side per round (at most {MAX_SECONDS:g}).",
+        parser=options.positive_duration)] = None,
     keep: Annotated[Path | None, typer.Option(
-        "--keep", help="Keep the bench's data (databases, logs) in this directory.")] = None,
+        "--keep", help="Keep the bench's data (databases, logs) in this directory.",
+        metavar="DIR", parser=options.directory)] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Measure agora against its raw baselines, on loopback, and print the ratios.
@@ -44,6 +50,8 @@ def bench(
     from cli.benchmarks.scenarios import SCENARIOS
     from cli.benchmarks.setup import Plan
 
+    if seconds is not None and seconds > MAX_SECONDS:
+        raise fail(f"--seconds is at most {MAX_SECONDS:g} (a round per side)")
     for name in only or []:
         if name not in SCENARIOS:
             raise fail(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
