@@ -182,6 +182,7 @@ class ErrorCode(str, Enum):
     EXPIRED_ONE_TIME_ID = "expired-one-time-id"
     REVOKED = "revoked"
     FLAGGED = "flagged"
+    REENROLLED = "re-enrolled"  # a new one-time ID waits: register again (--force)
     BAD_CREDENTIALS = "bad-credentials"
     TOKEN_REUSED = "token-reused"  # noqa: S105 - an error code, not a secret
     TOO_MANY_ATTEMPTS = "too-many-attempts"

@@ -15,6 +15,7 @@ from agora.errors import LocalError
 from agora.keyfile import KeyPair
 from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
 from broker.store import Store
+from broker.store import principal_state as store_state
 
 #: Audit rows shown at most; a decision filter looks through at most AUDIT_SCAN rows.
 AUDIT_LIMIT = 200
@@ -38,15 +39,17 @@ def parse_kind(value: PrincipalKind | str) -> PrincipalKind:
         raise LocalError(f"kind must be one of: {kinds}") from None
 
 
+_STATE_TEXT = {"re-enrolled": "re-enrolled, awaiting registration",
+               "enrolled": "enrolled, awaiting registration"}
+
+
 def principal_state(row: dict[str, Any]) -> str:
-    """What the operator reads for a principal: revoked, FLAGGED: why, enrolled, registered."""
-    if row["revoked_at"]:
-        return "revoked"
-    if row["flagged"]:
+    """What the operator reads for a principal: revoked, FLAGGED: why, enrolled / re-enrolled
+    (awaiting registration), registered (the word itself from :func:`store.principal_state`)."""
+    state = store_state(row)
+    if state == "flagged":
         return f"FLAGGED: {row['flagged']}"
-    if row["registered_at"] is None:
-        return "enrolled"
-    return "registered"
+    return _STATE_TEXT.get(state, state)
 
 
 def principal_rows(store: Store) -> list[dict[str, Any]]:
@@ -62,27 +65,48 @@ def principal_rows(store: Store) -> list[dict[str, Any]]:
 def enroll(store: Store, keys: KeyPair, name: str, level: int | str,
            kind: PrincipalKind | str = PrincipalKind.PERSON,
            ttl_hours: float = DEFAULT_ONE_TIME_ID_TTL / 3600,
-           now: float | None = None) -> dict[str, Any]:
-    """Enroll; the answer holds the one-time ID: it is the hand-over, show it once."""
+           now: float | None = None, allow_similar: bool = False) -> dict[str, Any]:
+    """Enroll; the answer holds the one-time ID: it is the hand-over, show it once.
+
+    A name whose username is taken is refused (SimilarName) unless ``allow_similar``; then
+    ``similar_to`` names the taken one.
+    """
     lvl = parse_level(level)
     kind = parse_kind(kind)
     if not ttl_hours > 0:
         raise LocalError("the one-time ID's lifetime must be more than 0 hours")
-    username, one_time_id = store.enroll(name, lvl, _now(now), kind, ttl_hours * 3600)
+    username, one_time_id = store.enroll(name, lvl, _now(now), kind, ttl_hours * 3600,
+                                         allow_similar=allow_similar)
+    base = store.username_for(name)
     return {"username": username, "name": " ".join(name.split()),
             "one_time_id": one_time_id, "fingerprint": keys.fingerprint, "level": int(lvl),
-            "level_name": lvl.label, "kind": kind.value, "expires_in_hours": ttl_hours}
+            "level_name": lvl.label, "kind": kind.value, "expires_in_hours": ttl_hours,
+            "similar_to": base if base != username else None}
 
 
 def reenroll(store: Store, keys: KeyPair, username: str,
              ttl_hours: float = DEFAULT_ONE_TIME_ID_TTL / 3600,
              now: float | None = None) -> dict[str, Any]:
-    """A new one-time ID (lost device, or flagged after token reuse); the old keys die."""
+    """A new one-time ID (lost device, or flagged after token reuse); the old keys die.
+    Refused for a revoked principal: :func:`restore` lifts a revocation, on purpose."""
     if not ttl_hours > 0:
         raise LocalError("the one-time ID's lifetime must be more than 0 hours")
     one_time_id = store.reenroll(username, _now(now), ttl_hours * 3600)
     return {"username": username, "one_time_id": one_time_id,
-            "fingerprint": keys.fingerprint, "expires_in_hours": ttl_hours}
+            "fingerprint": keys.fingerprint, "expires_in_hours": ttl_hours,
+            "state": store_state(store.require(username))}
+
+
+def restore(store: Store, keys: KeyPair, username: str,
+            ttl_hours: float = DEFAULT_ONE_TIME_ID_TTL / 3600,
+            now: float | None = None) -> dict[str, Any]:
+    """Lift a revocation: a new one-time ID; the old keys stay dead."""
+    if not ttl_hours > 0:
+        raise LocalError("the one-time ID's lifetime must be more than 0 hours")
+    one_time_id = store.restore(username, _now(now), ttl_hours * 3600)
+    return {"username": username, "one_time_id": one_time_id,
+            "fingerprint": keys.fingerprint, "expires_in_hours": ttl_hours,
+            "state": store_state(store.require(username))}
 
 
 def revoke(store: Store, username: str, now: float | None = None) -> None:
@@ -97,9 +121,12 @@ def set_level(store: Store, username: str, level: int | str,
 
 
 def audit_rows(store: Store, principal: str | None = None, decision: str | None = None,
-               limit: int = AUDIT_LIMIT) -> list[dict[str, Any]]:
-    """Newest first; ``decision`` is "ok", "refused" (anything but ok) or an exact outcome."""
-    rows = store.audit_rows(principal or None, AUDIT_SCAN if decision else limit)
+               limit: int = AUDIT_LIMIT, since: float | None = None,
+               after_id: int = 0) -> list[dict[str, Any]]:
+    """Newest first; ``decision`` is "ok", "refused" (anything but ok) or an exact outcome;
+    ``since`` a Unix time; ``after_id`` the last row already shown (following the trail)."""
+    rows = store.audit_rows(principal or None, AUDIT_SCAN if decision else limit,
+                            since=since, after_id=after_id)
     if decision == "refused":
         rows = [r for r in rows if r["outcome"] != "ok"]
     elif decision:

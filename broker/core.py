@@ -60,7 +60,7 @@ from agora.wire import (
     session_reply_frames,
 )
 from broker.sessions import ExpiringCache, FailureLimiter, Session, SessionTable
-from broker.store import Store
+from broker.store import Store, principal_state
 from broker.workers import Outgoing, WorkerRegistry
 
 log = logging.getLogger("agora.broker")
@@ -304,6 +304,10 @@ class BrokerCore:
             raise self._refuse(username, "login", ErrorCode.FLAGGED,
                                f"{username} is locked after token reuse; "
                                "ask the operator to re-enroll", now)
+        if principal_state(row) == "re-enrolled":
+            raise self._refuse(username, "login", ErrorCode.REENROLLED,
+                               "you were re-enrolled: run `agora register --force` with the "
+                               "new one-time ID", now)
         if row["symmetric_key"] is None or row["token_hash"] is None:
             raise self._refuse(username, "login", ErrorCode.BAD_CREDENTIALS,
                                f"{username} is not registered", now)

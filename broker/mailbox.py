@@ -24,6 +24,7 @@ from agora.errors import ProtocolError, RemoteError
 from agora.protocol import MAILBOX_TTL, MAX_LETTER_SIZE, ErrorCode, Level
 from agora.wire import field
 from broker.core import CallContext, Service
+from broker.store import refuse_unavailable
 
 MAILBOX_MAX_LETTERS = 100
 MAILBOX_MAX_BYTES = 2 * 1024 * 1024
@@ -53,8 +54,7 @@ def deposit(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     row = ctx.core.store.get(recipient)
     if row is None or row["public_key"] is None:
         raise RemoteError(ErrorCode.UNKNOWN_USER, f"unknown user {recipient[:64]!r}")
-    if row["revoked_at"] or row["flagged"]:
-        raise RemoteError(ErrorCode.REVOKED, f"{recipient} is revoked")
+    refuse_unavailable(row)
     db = ctx.core.store.db
     table = _table(db)
     with db.conn:

@@ -17,6 +17,7 @@ from agora.wire import field
 from broker.core import CallContext, Service
 from broker.mailbox import mailbox_services
 from broker.notes import NotesStore
+from broker.store import refuse_unavailable
 
 
 def whoami(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +45,7 @@ def lookup(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     row = ctx.core.store.get(username)
     if row is None or row["public_key"] is None:
         raise RemoteError(ErrorCode.UNKNOWN_USER, f"unknown user {username[:64]!r}")
-    if row["revoked_at"] or row["flagged"]:
-        raise RemoteError(ErrorCode.REVOKED, f"{username} is revoked")
+    refuse_unavailable(row)
     # Peers go to the newest session that listens; one-shot commands (whoami, send...) log
     # in with listen=false so they never hide a running `agora listen`.
     live = sorted((s for s in ctx.core.sessions.of_user(username) if s.listening),

@@ -24,12 +24,43 @@ from typing import Any
 import sqlite_utils
 
 from agora.crypto import hash_secret, new_one_time_id, normalize_one_time_id
-from agora.errors import LocalError
-from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
+from agora.errors import LocalError, RemoteError
+from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, ErrorCode, Level, PrincipalKind
 
 
 class NotFoundError(LocalError):
     """No principal with that username."""
+
+
+class SimilarName(LocalError):
+    """The name's username is taken: enrolling would silently create ``name2``."""
+
+
+class StillRevoked(LocalError):
+    """Re-enrolling a revoked principal would lift the revocation: ``restore`` does that."""
+
+
+def principal_state(row: dict[str, Any]) -> str:
+    """One word for a principal's standing, said the same way by ``admin list``, errors and
+    the audit trail: revoked (by the operator), flagged (locked after token reuse),
+    enrolled / re-enrolled (a one-time ID waits to be used), or registered."""
+    if row["revoked_at"]:
+        return "revoked"
+    if row["flagged"]:
+        return "flagged"
+    if row["one_time_id_hash"] is not None:
+        return "re-enrolled" if row["registered_at"] is not None else "enrolled"
+    return "registered"
+
+
+def refuse_unavailable(row: dict[str, Any]) -> None:
+    """Raise the refusal a peer or service gets about a revoked or flagged principal."""
+    state = principal_state(row)
+    if state == "revoked":
+        raise RemoteError(ErrorCode.REVOKED, f"{row['username']} is revoked")
+    if state == "flagged":
+        raise RemoteError(ErrorCode.FLAGGED, f"{row['username']} is flagged (locked after "
+                          "token reuse until the operator re-enrolls them)")
 
 
 class Store:
@@ -100,11 +131,20 @@ class Store:
             [token_hash, username]))
         return bool(rows)
 
-    def audit_rows(self, username: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        where, args = ("where username = ?", [username]) if username else ("", [])
+    def audit_rows(self, username: str | None = None, limit: int = 100,
+                   outcome: str | None = None, since: float | None = None,
+                   after_id: int = 0) -> list[dict[str, Any]]:
+        """Newest first; only ``username``'s, only ``outcome``, only from ``since`` on,
+        only rows after ``after_id`` (for following the trail)."""
+        clauses, args = ["id > ?"], [after_id]
+        for clause, value in (("username = ?", username), ("outcome = ?", outcome),
+                              ("ts >= ?", since)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
         return list(self.db.query(
-            f"select * from audit {where} order by id desc limit ?",  # noqa: S608 - fixed text
-            [*args, limit]))
+            f"select * from audit where {' and '.join(clauses)} "  # noqa: S608 - fixed text
+            "order by id desc limit ?", [*args, limit]))
 
     def data_version(self) -> int:
         """Changes whenever *another* connection commits (e.g. ``agora admin``)."""
@@ -114,27 +154,52 @@ class Store:
 
     def enroll(self, name: str, level: Level, now: float,
                kind: PrincipalKind = PrincipalKind.PERSON,
-               ttl: float = DEFAULT_ONE_TIME_ID_TTL) -> tuple[str, str]:
-        """Create a principal; return (username, one-time ID). The ID is stored hashed."""
+               ttl: float = DEFAULT_ONE_TIME_ID_TTL,
+               allow_similar: bool = True) -> tuple[str, str]:
+        """Create a principal; return (username, one-time ID). The ID is stored hashed.
+
+        When the name's username is taken the new one gets a number (``ana.lima2``);
+        with ``allow_similar=False`` that raises :class:`SimilarName` instead.
+        """
         name = " ".join(name.split())
         if not name or len(name) > 100:
             raise LocalError("name must be 1-100 characters")
         one_time_id = new_one_time_id()
         with self.db.conn:
             username = self._free_username(name)
+            base = self.username_for(name)
+            if username != base and not allow_similar:
+                raise SimilarName(f"{base} is already enrolled ({self.require(base)['name']}); "
+                                  f"add --allow-similar to enroll another as {username}")
             self.db["principals"].insert({
                 "username": username, "name": name, "kind": PrincipalKind(kind).value,
                 "level": int(level), "created_at": now,
                 "one_time_id_hash": hash_secret(normalize_one_time_id(one_time_id)),
                 "one_time_id_expires": now + ttl,
             })
-            self._audit(username, "enroll", "ok", f"level={int(level)} kind={kind}", now)
+            self._audit(username, "enroll", "ok",
+                        f"level={int(level)} kind={PrincipalKind(kind).value}", now)
         return username, one_time_id
 
     def reenroll(self, username: str, now: float,
                  ttl: float = DEFAULT_ONE_TIME_ID_TTL) -> str:
-        """New one-time ID for a principal whose keys must be replaced (lost or stolen)."""
-        self.require(username)
+        """New one-time ID for a principal whose keys must be replaced (lost or stolen,
+        or flagged after token reuse). Never lifts a revocation: see :meth:`restore`."""
+        if self.require(username)["revoked_at"]:
+            raise StillRevoked(f"{username} is revoked; re-enrolling does not lift that: run "
+                               f"'agora admin restore {username}' to lift the revocation "
+                               "and issue a new one-time ID")
+        return self._new_one_time_id(username, "reenroll", now, ttl)
+
+    def restore(self, username: str, now: float,
+                ttl: float = DEFAULT_ONE_TIME_ID_TTL) -> str:
+        """Lift a revocation, on purpose: a new one-time ID, the old keys stay dead."""
+        if not self.require(username)["revoked_at"]:
+            raise LocalError(f"{username} is not revoked; to replace lost keys run "
+                             f"'agora admin reenroll {username}'")
+        return self._new_one_time_id(username, "restore", now, ttl)
+
+    def _new_one_time_id(self, username: str, action: str, now: float, ttl: float) -> str:
         one_time_id = new_one_time_id()
         with self.db.conn:
             self.db["principals"].update(username, {
@@ -142,7 +207,7 @@ class Store:
                 "one_time_id_expires": now + ttl, "token_hash": None, "flagged": None,
                 "revoked_at": None, "last_login_digest": None, "last_login_reply": None,
             })
-            self._audit(username, "reenroll", "ok", "", now)
+            self._audit(username, action, "ok", "", now)
         return one_time_id
 
     def revoke(self, username: str, now: float) -> None:
@@ -213,9 +278,15 @@ class Store:
         self.db["audit"].insert({"ts": now, "username": username, "action": action,
                                  "outcome": outcome, "detail": detail})
 
-    def _free_username(self, name: str) -> str:
+    @staticmethod
+    def username_for(name: str) -> str:
+        """The username a name gets when nobody has it yet: ``Ana Lima`` -> ``ana.lima``."""
+        name = " ".join(name.split())
         ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-        base = re.sub(r"[^a-z0-9]+", ".", ascii_name.lower()).strip(".")[:32] or "user"
+        return re.sub(r"[^a-z0-9]+", ".", ascii_name.lower()).strip(".")[:32] or "user"
+
+    def _free_username(self, name: str) -> str:
+        base = self.username_for(name)
         username, n = base, 1
         while self.get(username) is not None:
             n += 1

@@ -8,16 +8,22 @@ within a fraction of a second.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import signal
+import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agora.protocol import DEFAULT_CALL_TIMEOUT, DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
 from broker import admin
 from broker.server import DEFAULT_ENDPOINT, BrokerServer, open_store
+from broker.store import Store
 from cli import options
 from cli.common import (
     DataDirOption,
@@ -95,6 +101,9 @@ def enroll(
                                                 "worker or auctioneer process.")
                     ] = PrincipalKind.PERSON,
     ttl_hours: TtlOption = DEFAULT_ONE_TIME_ID_TTL / 3600,
+    allow_similar: Annotated[bool, typer.Option(
+        "--allow-similar", help="Enroll even if the name's username is taken (the new one "
+        "gets a number, e.g. ana.lima2). Without it that is refused.")] = False,
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     json_out: JsonOption = False,
 ) -> None:
@@ -104,21 +113,45 @@ def enroll(
     """
     with user_errors():
         store, keys = open_store(data_dir or default_data_dir())
-        result = admin.enroll(store, keys, name, level, kind, ttl_hours)
+        result = admin.enroll(store, keys, name, level, kind, ttl_hours,
+                              allow_similar=allow_similar)
         username, one_time_id, lvl = result["username"], result["one_time_id"], \
             Level(result["level"])
+        similar_to = result["similar_to"]
         result = {k: result[k] for k in ("username", "one_time_id", "fingerprint", "level",
-                                         "expires_in_hours")}
+                                         "expires_in_hours", "similar_to")}
         if json_out:
             print_json(result)  # the one place a one-time ID is printed: it is the hand-over
             return
-        console.print(f"Enrolled [bold]{name}[/] as [bold cyan]{username}[/] "
-                      f"(level {int(lvl)}, {lvl.label})")
-        console.print(f"  one-time ID:        [bold]{one_time_id}[/] "
-                      f"(expires in {ttl_hours:g} h)")
-        console.print(f"  broker fingerprint: [bold]{keys.fingerprint}[/]")
-        console.print("Give these to the collaborator in person; they run [bold]agora "
-                      "register[/].")
+        console.print(f"Enrolled [bold]{escape(name)}[/] as [bold cyan]{username}[/] "
+                      f"(level {int(lvl)}, {lvl.label})", highlight=False)
+        if similar_to:
+            console.print(f"  note: {similar_to} was taken, so this one is {username}",
+                          highlight=False)
+        _hand_over(one_time_id, ttl_hours, keys.fingerprint)
+
+
+def _hand_over(one_time_id: str, ttl_hours: float, fingerprint: str) -> None:
+    console.print(f"  one-time ID:        [bold]{one_time_id}[/] "
+                  f"(expires in {ttl_hours:g} h)")
+    console.print(f"  broker fingerprint: [bold]{fingerprint}[/]")
+    console.print("Give these to the collaborator in person; they run [bold]agora "
+                  "register[/] (with [bold]--force[/] if they registered before).")
+
+
+def _new_one_time_id(action: str, username: str, ttl_hours: float, data_dir: Path | None,
+                     json_out: bool) -> None:
+    store, keys = open_store(data_dir or default_data_dir())
+    issue = admin.restore if action == "restore" else admin.reenroll
+    result = issue(store, keys, username, ttl_hours)
+    one_time_id = result["one_time_id"]
+    if json_out:
+        print_json(result)
+        return
+    done = "revocation lifted" if action == "restore" else "re-enrolled"
+    console.print(f"{username}: {done}; awaiting registration with a new one-time ID "
+                  "(old keys and sessions are dead)", highlight=False)
+    _hand_over(one_time_id, ttl_hours, keys.fingerprint)
 
 
 @admin_app.command("reenroll")
@@ -128,27 +161,54 @@ def reenroll(
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     json_out: JsonOption = False,
 ) -> None:
-    """Issue a new one-time ID (lost device, or flagged after token reuse); old keys die."""
+    """Issue a new one-time ID (lost device, or flagged after token reuse); old keys die.
+
+    Never lifts a revocation: a revoked collaborator needs `agora admin restore`.
+    """
     with user_errors():
-        store, keys = open_store(data_dir or default_data_dir())
-        result = admin.reenroll(store, keys, username, ttl_hours)
-        one_time_id = result["one_time_id"]
-        result = {k: result[k] for k in ("username", "one_time_id", "fingerprint")}
-        if json_out:
-            print_json(result)
-        else:
-            console.print(f"{username}: new one-time ID [bold]{one_time_id}[/], broker "
-                          f"fingerprint [bold]{keys.fingerprint}[/]")
+        _new_one_time_id("reenroll", username, ttl_hours, data_dir, json_out)
+
+
+@admin_app.command("restore")
+def restore(
+    username: str,
+    ttl_hours: TtlOption = DEFAULT_ONE_TIME_ID_TTL / 3600,
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+    json_out: JsonOption = False,
+) -> None:
+    """Lift a revocation on purpose: issues a new one-time ID (old keys stay dead)."""
+    with user_errors():
+        _new_one_time_id("restore", username, ttl_hours, data_dir, json_out)
 
 
 def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
+def principals_table(rows: list[dict]) -> Table:
+    """Usernames are what the operator types next: never truncated; other columns wrap."""
+    table = Table("username", "name", "kind", "level", "state", "last login", "port")
+    for column in table.columns[1:]:
+        column.overflow = "fold"
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(r["username"]) for r in rows), default=8)
+    for r in rows:
+        style = "bold red" if r["flagged"] else ("dim" if r["state"] == "revoked" else "")
+        table.add_row(r["username"], escape(r["name"]), r["kind"],
+                      f"{r['level']} {Level(r['level']).label}", escape(r["state"]),
+                      _when(r["last_login_at"]), str(r["port"] or "-"), style=style)
+    return table
+
+
 @admin_app.command("list")
 def list_users(data_dir: DataDirOption = None,  # type: ignore[assignment]
                json_out: JsonOption = False) -> None:
-    """List enrolled principals with level, state (flagged ones stand out) and last login."""
+    """List enrolled principals with level, state (flagged ones stand out) and last login.
+
+    States: enrolled / re-enrolled (awaiting registration), registered, revoked (by an
+    operator; `agora admin restore` lifts it), FLAGGED (locked after token reuse;
+    `agora admin reenroll` replaces the keys).
+    """
     with user_errors():
         store, _ = open_store(data_dir or default_data_dir())
         rows = [{k: r[k] for k in ("username", "name", "kind", "level", "state", "flagged",
@@ -157,13 +217,7 @@ def list_users(data_dir: DataDirOption = None,  # type: ignore[assignment]
         if json_out:
             print_json(rows)
             return
-        table = Table("username", "name", "kind", "level", "state", "last login", "port")
-        for r in rows:
-            style = "bold red" if r["flagged"] else ("dim" if r["state"] == "revoked" else "")
-            table.add_row(r["username"], r["name"], r["kind"],
-                          f"{r['level']} {Level(r['level']).label}", r["state"],
-                          _when(r["last_login_at"]), str(r["port"] or "-"), style=style)
-        console.print(table)
+        console.print(principals_table(rows))
 
 
 @admin_app.command("revoke")
@@ -187,22 +241,78 @@ def set_level(username: str, level: str,
 
 @admin_app.command("audit")
 def audit(
-    username: Annotated[str | None, typer.Argument(help="Only this user's rows.")] = None,
+    username: Annotated[str | None, typer.Argument(help="Only this user's rows (same as "
+                                                   "--principal).")] = None,
+    principal: Annotated[str | None, typer.Option("--principal", "-p",
+                                                  help="Only this user's rows.")] = None,
+    decision: Annotated[str | None, typer.Option(
+        "--decision", "-d", help="Only rows with this outcome: ok, refused, flagged...")
+    ] = None,
+    since: Annotated[float | None, typer.Option(
+        "--since", help="Only rows from this moment on: an age (90s, 10m, 2h, 3d) or a "
+        "local time (2026-11-24 12:30).", metavar="WHEN", parser=options.since)] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new rows "
+                                         "as they are written, until Ctrl-C.")] = False,
+    max_time: Annotated[float, typer.Option(
+        "--max-time", help="With --follow: stop after this many seconds (0: no limit).",
+        metavar="SECONDS", parser=options.duration)] = 0,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many "
                                        "rows, newest last.")] = 50,
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     json_out: JsonOption = False,
 ) -> None:
-    """Show the audit trail: who did what, and whether it was allowed (never arguments)."""
+    """Show the audit trail: who did what, and whether it was allowed (never arguments).
+
+    With --json, one array (newest first); with --json --follow, one JSON object per row
+    and line as rows are written.
+    """
+    who = principal or username
     with user_errors():
         store, _ = open_store(data_dir or default_data_dir())
-        rows = admin.audit_rows(store, username, limit=limit)
-        if json_out:
-            print_json(rows)
-            return
-        table = Table("time", "user", "action", "outcome", "detail")
-        for r in reversed(rows):
-            style = "red" if r["outcome"] not in ("ok",) else ""
-            table.add_row(_when(r["ts"]), r["username"] or "-", r["action"], r["outcome"],
-                          r["detail"] or "", style=style)
-        console.print(table)
+        rows = list(reversed(admin.audit_rows(store, who, decision, limit, since)))
+        last_id = rows[-1]["id"] if rows else _last_audit_id(store)
+        if json_out and not follow:
+            print_json(rows[::-1])  # one array, newest first
+        else:
+            _print_audit(rows, json_out, header=not follow)
+        deadline = time.monotonic() + max_time if max_time else None
+        try:
+            while follow and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.2)
+                new = list(reversed(admin.audit_rows(store, who, decision, 1000, since,
+                                                     last_id)))
+                if new:
+                    last_id = new[-1]["id"]
+                    _print_audit(new, json_out, header=False)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+def _last_audit_id(store: Store) -> int:
+    newest = store.audit_rows(limit=1)
+    return newest[0]["id"] if newest else 0
+
+
+def _print_audit(rows: list[dict], json_out: bool, header: bool) -> None:
+    if json_out:
+        for r in rows:
+            sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
+        sys.stdout.flush()
+        return
+    if not header:  # following: plain lines, one per row, as they come
+        for r in rows:
+            console.print(f"{_when(r['ts'])}  {r['username'] or '-'}  {r['action']}  "
+                          f"{r['outcome']}  {escape(r['detail'] or '')}".rstrip(),
+                          highlight=False, style="red" if r["outcome"] != "ok" else "")
+        sys.stdout.flush()
+        return
+    table = Table("time", "user", "action", "outcome", "detail")
+    for column in table.columns:
+        column.overflow = "fold"
+    table.columns[1].no_wrap = True
+    table.columns[1].min_width = max((len(r["username"] or "-") for r in rows), default=4)
+    for r in rows:
+        style = "red" if r["outcome"] not in ("ok",) else ""
+        table.add_row(_when(r["ts"]), r["username"] or "-", r["action"], r["outcome"],
+                      escape(r["detail"] or ""), style=style)
+    console.print(table)

@@ -10,10 +10,12 @@ AGORA_DEBUG=1 to see the traceback).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,24 @@ def duration(value: str | float) -> float:
 def positive_duration(value: str | float) -> float:
     """A length of time that must be more than zero (a timeout)."""
     return _seconds(value, positive=True)
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(value: str) -> float:
+    """A moment, as a Unix time: an age (``90s``, ``10m``, ``2h``, ``3d``) before now, or a
+    local date and time (``2026-11-24 12:30``)."""
+    text = value.strip()
+    age = _AGE.fullmatch(text)
+    if age:
+        return time.time() - float(age.group(1)) * _UNIT[age.group(2)]
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise Invalid(f"{_shown(value)} is not a moment; use an age like 10m, 2h, 3d or a "
+                      "time like 2026-11-24 12:30") from None
 
 
 def directory(value: str | Path) -> Path:

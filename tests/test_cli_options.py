@@ -40,6 +40,7 @@ def malformed(param, a_file: Path) -> list[str]:
         options.directory: [str(a_file)],
         options.existing_directory: [str(a_file), str(a_file.parent / "missing")],
         options.money: ["1e3", "-5", "+5", "1.234", "NaN"],
+        options.since: ["yesterday", "-5m", "10 parsecs"],
     }
     if parser is not None:
         assert parser in by_parser, f"{param.name}: parser {parser} is not one of cli.options"
