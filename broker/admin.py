@@ -39,8 +39,7 @@ def parse_kind(value: PrincipalKind | str) -> PrincipalKind:
         raise LocalError(f"kind must be one of: {kinds}") from None
 
 
-_STATE_TEXT = {"re-enrolled": "re-enrolled, awaiting registration",
-               "enrolled": "enrolled, awaiting registration"}
+_STATE_TEXT = {"re-enrolled": "re-enrolled, awaiting registration"}
 
 
 def principal_state(row: dict[str, Any]) -> str:

@@ -205,7 +205,7 @@ def list_users(data_dir: DataDirOption = None,  # type: ignore[assignment]
                json_out: JsonOption = False) -> None:
     """List enrolled principals with level, state (flagged ones stand out) and last login.
 
-    States: enrolled / re-enrolled (awaiting registration), registered, revoked (by an
+    States: enrolled, re-enrolled (awaiting registration), registered, revoked (by an
     operator; `agora admin restore` lifts it), FLAGGED (locked after token reuse;
     `agora admin reenroll` replaces the keys).
     """

@@ -59,7 +59,7 @@ def test_admin_list_shows_state_and_level(tmp_path):
     invoke("admin", "set-level", "ana.lima", "4", "--data-dir", str(tmp_path))
     rows = json.loads(invoke("admin", "list", "--data-dir", str(tmp_path), "--json").stdout)
     assert [(r["username"], r["level"], r["state"]) for r in rows] == [
-        ("ana.lima", 4, "enrolled, awaiting registration"), ("bob.stone", 5, "revoked")]
+        ("ana.lima", 4, "enrolled"), ("bob.stone", 5, "revoked")]
 
 
 def test_admin_list_json_holds_no_secrets(tmp_path):

@@ -70,7 +70,7 @@ def test_reenroll_does_not_lift_a_revocation_restore_does(tmp_path):
     result = admin(tmp_path, "restore", "bruno.costa", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["state"] == "enrolled"
-    assert states(tmp_path)["bruno.costa"] == "enrolled, awaiting registration"
+    assert states(tmp_path)["bruno.costa"] == "enrolled"
     result = admin(tmp_path, "restore", "bruno.costa")
     assert (result.exit_code, result.stderr) == (
         1, "error: bruno.costa is not revoked; to replace lost keys run 'agora admin "
