@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from agents.credentials import Credentials, CredentialsFile
+from agents.notices import NoticeStream
 from agents.peer import PeerNode, Receipt
 from agents.peer_protocol import PeerMessage
 from agents.transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, BrokerConnection
@@ -279,6 +280,25 @@ class Agent:
                 self.request(SessionOp.LOGOUT, {})
             finally:
                 self.session = None
+
+    # -- notices (agents.notices) ---------------------------------------------------------
+
+    def subscribe(self, membership: bool = False, timeout: float | None = None,
+                  ) -> NoticeStream:
+        """Subscribe to the notices the broker pushes to this session (session ended, new
+        login, level changed; ``membership`` changes too for service principals). Returns
+        once the broker acknowledged (BrokerUnreachable / RemoteError otherwise). The stream
+        has its own socket: poll it from one thread while this agent is used from another.
+        """
+        if self.session is None:
+            raise LocalError("not logged in")
+        stream = NoticeStream(self, membership)
+        try:
+            stream.wait_subscribed(self._timeout if timeout is None else timeout)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
     # -- peer messages (agents.peer) ------------------------------------------------------
 

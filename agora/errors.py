@@ -43,6 +43,15 @@ class BadKey(ProtocolError):
     """A public key that is malformed, all zeros or of low order (refused as bad-request)."""
 
 
+class UnauthenticatedRefusal(ProtocolError):
+    """A refusal that came in clear (Kind.ERROR): anyone could have sent it, so it is a hint
+    to check (e.g. log in again), never an answer to act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code, self.message = code, message
+        super().__init__(f"unauthenticated refusal {code}: {message}")
+
+
 class BrokerUnreachable(AgoraError):
     """No answer from the broker within the timeout, after retries."""
 

@@ -76,6 +76,39 @@ class Kind(IntEnum):
     NOTICE = 50
 
 
+class NoticeType(str, Enum):
+    """The ``type`` of a NOTICE the broker pushes to a subscribed agent (PROTOCOL.md 4.5)."""
+
+    SESSION_ENDED = "session-ended"  # this session is over (``reason``: an EndReason)
+    NEW_LOGIN = "new-login"  # another session of this principal started
+    LEVEL_CHANGED = "level-changed"  # the operator changed this principal's level
+    MEMBERSHIP = "membership"  # (service subscribers that asked) a member's key changed
+
+
+class EndReason(str, Enum):
+    """Why the broker ended a session (the ``reason`` of a session-ended notice)."""
+
+    TOKEN_REUSED = "token-reused"  # noqa: S105 - a reason code, not a secret
+    REVOKED = "revoked"
+    FLAGGED = "flagged"
+    RE_ENROLLED = "re-enrolled"
+    RE_REGISTERED = "re-registered"
+    LEVEL_CHANGED = "level-changed"
+    LOGGED_OUT = "logged-out"
+    REPLACED = "replaced"  # a newer session of the principal took its place
+    EXPIRED = "expired"
+    REMOVED = "removed"
+
+
+#: Broker and subscriber each send a NOTICE-channel HEARTBEAT this often when otherwise
+#: silent; a subscription not heard from for NOTICE_LIVENESS intervals is dropped, and an
+#: agent that hears nothing for as long subscribes again.
+NOTICE_HEARTBEAT = 1.0
+NOTICE_LIVENESS = 3
+#: SUBSCRIBE flag: also push membership notices (service principals only).
+SUBSCRIBE_MEMBERSHIP = 0x01
+
+
 #: Largest message any agora socket accepts (ZMQ_MAXMSGSIZE). Larger ones are dropped by
 #: libzmq before they reach our code; senders check the size first and refuse locally.
 MAX_MESSAGE_SIZE = 256 * 1024

@@ -18,6 +18,7 @@ envelope, and the identity it acts for is always the session's, never one the re
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +37,16 @@ from agora.crypto import (
     seal,
     unb64,
 )
+from agora.envelope import HEADER_SIZE
 from agora.errors import ProtocolError, RemoteError
 from agora.keyfile import KeyPair
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
     FRESHNESS_WINDOW,
     WORKER_PROTOCOL,
+    Channel,
     Command,
+    EndReason,
     ErrorCode,
     Level,
     PrincipalKind,
@@ -59,6 +63,8 @@ from agora.wire import (
     parse_request,
     session_reply_frames,
 )
+from broker.membership import Membership
+from broker.notices import NoticeHub
 from broker.sessions import ExpiringCache, FailureLimiter, Session, SessionTable
 from broker.store import Store, principal_state
 from broker.workers import Outgoing, WorkerRegistry
@@ -106,10 +112,15 @@ class WorkerCall:
 
 class BrokerCore:
     def __init__(self, store: Store, keys: KeyPair, services: dict[str, Service] | None = None,
-                 call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+                 call_timeout: float = DEFAULT_CALL_TIMEOUT, now: float | None = None) -> None:
         self.store = store
         self.keys = keys
         self.sessions = SessionTable()
+        # Pushes to subscribed agents; told of every session that opens or ends.
+        self.notices = NoticeHub(self.sessions, self.audit_later)
+        self.sessions.listener = self.notices
+        self.membership = Membership(store.principals(), time.time() if now is None else now)
+        self._membership_writes = store.membership_writes
         self.services: dict[str, Service] = dict(services or {})
         self.failures = FailureLimiter()
         self.workers = WorkerRegistry(self.sessions, self.services, self.audit_later,
@@ -140,12 +151,11 @@ class BrokerCore:
     def handle(self, identity: bytes, frames: list[bytes], now: float,
                address: str = "127.0.0.1") -> list[Outgoing]:
         """Process one client or worker message; never raises for anything a peer sent."""
+        channel = _channel(frames)
+        if channel == Channel.NOTICE:
+            return self._guarded("notice", self.notices.handle, identity, frames, now)
         if frames and frames[0] == WORKER_PROTOCOL:
-            try:
-                return self.workers.handle(identity, frames, now)
-            except Exception:
-                log.exception("internal error handling a worker message")
-                return []
+            return self._guarded("worker", self.workers.handle, identity, frames, now)
         command: Command | None = None
         try:
             command, body = parse_request(frames)
@@ -162,7 +172,18 @@ class BrokerCore:
         if self._outbox:
             out += self._outbox
             self._outbox = []
-        return out
+        return out + self.notices.flush(now)
+
+    def _guarded(self, channel: str,
+                 handler: Callable[[bytes, list[bytes], float], list[Outgoing]],
+                 identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
+        """A channel handler that must never raise: an internal error is logged, not sent."""
+        try:
+            out = handler(identity, frames, now)
+        except Exception:
+            log.exception("internal error handling a %s message", channel)
+            out = []
+        return out + self.notices.flush(now)
 
     def tick(self, now: float) -> list[Outgoing]:
         """Timers: session expiry, cache purge, operator changes, audit flush."""
@@ -174,13 +195,20 @@ class BrokerCore:
                 log.info("session %s of %s expired", s.short_id, s.username)
         self._seen_nonces.purge(now)
         self._recent_registrations.purge(now)
+        out: list[Outgoing] = []
         if now - self._last_store_poll >= STORE_POLL_INTERVAL:
             self._last_store_poll = now
             version = self.store.data_version()
-            if version != self._store_version:
+            # data_version sees other connections' commits (agora admin); the broker's own
+            # membership changes (registration, token reuse) are counted by the store.
+            if (version != self._store_version
+                    or self.store.membership_writes != self._membership_writes):
                 self._store_version = version
-                self.apply_store_changes()
-        out = self.workers.tick(now)
+                self._membership_writes = self.store.membership_writes
+                out += self.apply_store_changes(now)
+        out += self.workers.tick(now)
+        out += self.notices.flush(now)  # session-ended before the subscription goes
+        out += self.notices.tick(now)
         if now - self._last_audit_flush >= AUDIT_FLUSH_INTERVAL:
             self.flush_audit(now)
         return out
@@ -190,17 +218,25 @@ class BrokerCore:
         rows, self._audit_buffer = self._audit_buffer, []
         self.store.audit_many(rows)
 
-    def apply_store_changes(self) -> None:
-        """Bring live sessions in line with the store after an operator change."""
-        rows = {r["username"]: r for r in self.store.principals()}
+    def apply_store_changes(self, now: float | None = None) -> list[Outgoing]:
+        """Bring live sessions and membership in line with the store after a change; the
+        notices it makes (session ended, level changed, membership) are returned."""
+        now = time.time() if now is None else now
+        principals = self.store.principals()
+        rows = {r["username"]: r for r in principals}
+        out: list[Outgoing] = []
         for s in list(self.sessions.by_id.values()):
             row = rows.get(s.username)
-            if row is None or row["revoked_at"] or row["flagged"] or not row["token_hash"]:
-                self.sessions.end(s.sid)
-                log.info("session %s of %s ended by operator", s.short_id, s.username)
-            elif row["level"] != s.level:
+            reason = _end_reason(row)
+            if reason is not None:
+                self.sessions.end(s.sid, reason)
+                log.info("session %s of %s ended: %s", s.short_id, s.username, reason.value)
+            elif row is not None and row["level"] != s.level:
                 s.level = Level(row["level"])
                 log.info("level of %s is now %d", s.username, s.level)
+                out += self.notices.level_changed(s)
+        out += self.notices.flush(now)
+        return out + self.notices.membership(self.membership.update(principals))
 
     def audit_later(self, username: str | None, action: str, outcome: str, now: float,
                     detail: str = "") -> None:
@@ -277,7 +313,8 @@ class BrokerCore:
         token = new_token()
         self.store.complete_registration(username, client_key, symmetric_key,
                                          hash_secret(token), now)
-        self.sessions.end_user(username)  # a re-registration ends the old key's sessions
+        # A re-registration ends the old key's sessions.
+        self.sessions.end_user(username, EndReason.RE_REGISTERED)
         answer = seal(SecretBox(symmetric_key), encode_json({
             "token": b64(token), "username": username, "level": row["level"],
             "kind": row["kind"]}))
@@ -378,7 +415,7 @@ class BrokerCore:
         whole token family dies: all sessions end and the principal is flagged until the
         operator re-enrolls them face to face.
         """
-        ended = self.sessions.end_user(username)
+        ended = self.sessions.end_user(username, EndReason.TOKEN_REUSED)
         self.store.flag(username, "token reuse detected", now)
         log.warning("login %s: old token reused; %d session(s) ended, user flagged",
                     username, len(ended))
@@ -395,7 +432,7 @@ class BrokerCore:
         sid, sealed = body
         session = self.sessions.get(sid)
         if session is not None and session.expired(now):
-            self.sessions.end(sid)
+            self.sessions.end(sid, EndReason.EXPIRED)
             session = None
         if session is None:
             log.info("session request refused: unknown session")
@@ -434,7 +471,7 @@ class BrokerCore:
         return reply
 
     def _logout(self, session: Session, args: dict[str, Any], now: float) -> Any:
-        self.sessions.end(session.sid)
+        self.sessions.end(session.sid, EndReason.LOGGED_OUT)
         self.audit_later(session.username, "logout", "ok", now)
         log.info("logout %s session=%s", session.username, session.short_id)
         return {"ended": session.short_id}
@@ -471,6 +508,26 @@ class BrokerCore:
         # throughput (it costs a measurable share of a call, see `agora bench`).
         log.info("call %s by %s ok", name, session.username)
         return result
+
+
+def _channel(frames: list[bytes]) -> int | None:
+    """The AGORA/2 channel of a one-frame envelope message (from its clear header)."""
+    if len(frames) == 1 and len(frames[0]) >= HEADER_SIZE and frames[0][:3] == b"AG\x02":
+        return frames[0][3]
+    return None
+
+
+def _end_reason(row: dict[str, Any] | None) -> EndReason | None:
+    """Why a live session of this principal must end now, if it must."""
+    if row is None:
+        return EndReason.REMOVED
+    if row["revoked_at"]:
+        return EndReason.REVOKED
+    if row["flagged"]:
+        return EndReason.FLAGGED
+    if not row["token_hash"]:
+        return EndReason.RE_ENROLLED
+    return None
 
 
 def _decode_username(raw: bytes) -> str:

@@ -73,6 +73,17 @@ def key_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             "level": row["level"], "revoked": bool(row["revoked_at"] or row["flagged"])}
 
 
+def membership(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Every registered, valid member's key and level, at a version that membership notices
+    continue from (subscribe first, then fetch this; PROTOCOL.md 4.5).
+
+    Only principals of kind "service" may ask, as for key_status.
+    """
+    if ctx.session.kind is not PrincipalKind.SERVICE:
+        raise RemoteError(ErrorCode.FORBIDDEN, "membership is for service principals")
+    return ctx.core.membership.snapshot()
+
+
 def time_service(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """The broker's clock (the one freshness checks use)."""
     return {"time": ctx.now,
@@ -139,6 +150,8 @@ def builtin_services(notes: NotesStore | None = None) -> dict[str, Service]:
                 lookup),
         Service("key_status", Level.PUBLIC, "who holds a public key (service principals "
                 "only)", key_status),
+        Service("membership", Level.PUBLIC, "every registered member's key and level, "
+                "versioned (service principals only)", membership),
         Service("time", Level.PUBLIC, "the broker's clock", time_service),
         Service("directory", Level.PUBLIC, "who is online now, with their level", directory),
         Service("services", Level.PUBLIC, "the services you may call", services),

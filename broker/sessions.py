@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from agora.crypto import SecretBox
 from agora.protocol import (
@@ -17,6 +18,7 @@ from agora.protocol import (
     RATE_WINDOW,
     SESSION_IDLE_TIMEOUT,
     SESSION_MAX_AGE,
+    EndReason,
     Level,
     PrincipalKind,
 )
@@ -49,14 +51,28 @@ class Session:
     def short_id(self) -> str:
         return self.sid.hex()[:8]
 
+    @property
+    def key(self) -> bytes:
+        """The 32-octet session key (AGORA/2 envelopes of this session)."""
+        return bytes(self.box)
+
     def expired(self, now: float) -> bool:
         return (now - self.last_seen > SESSION_IDLE_TIMEOUT
                 or now - self.created > SESSION_MAX_AGE)
 
 
+class SessionListener(Protocol):
+    """Told of every session that starts and ends (the notice hub pushes notices for them)."""
+
+    def opened(self, session: Session) -> None: ...
+
+    def ended(self, session: Session, reason: EndReason) -> None: ...
+
+
 @dataclass
 class SessionTable:
     by_id: dict[bytes, Session] = field(default_factory=dict)
+    listener: SessionListener | None = None
 
     def open(self, username: str, kind: PrincipalKind, level: Level, key: bytes, port: int,
              address: str, now: float, listening: bool = True) -> Session:
@@ -64,6 +80,8 @@ class SessionTable:
         session = Session(sid, username, kind, level, SecretBox(key), port, address, now, now,
                           listening=listening)
         self.by_id[sid] = session
+        if self.listener is not None:
+            self.listener.opened(session)
         return session
 
     def get(self, sid: bytes) -> Session | None:
@@ -72,19 +90,22 @@ class SessionTable:
     def of_user(self, username: str) -> list[Session]:
         return [s for s in self.by_id.values() if s.username == username]
 
-    def end(self, sid: bytes) -> Session | None:
-        return self.by_id.pop(sid, None)
+    def end(self, sid: bytes, reason: EndReason = EndReason.LOGGED_OUT) -> Session | None:
+        session = self.by_id.pop(sid, None)
+        if session is not None and self.listener is not None:
+            self.listener.ended(session, reason)
+        return session
 
-    def end_user(self, username: str) -> list[Session]:
+    def end_user(self, username: str, reason: EndReason = EndReason.REVOKED) -> list[Session]:
         ended = self.of_user(username)
         for s in ended:
-            del self.by_id[s.sid]
+            self.end(s.sid, reason)
         return ended
 
     def expire(self, now: float) -> list[Session]:
         ended = [s for s in self.by_id.values() if s.expired(now)]
         for s in ended:
-            del self.by_id[s.sid]
+            self.end(s.sid, EndReason.EXPIRED)
         return ended
 
     def __len__(self) -> int:

@@ -78,6 +78,9 @@ class Store:
             # crash can lose the last commits, which then fall back to the previous token.
             self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        #: Counts this connection's own membership changes (registration, token-reuse flag),
+        #: which PRAGMA data_version does not see.
+        self.membership_writes = 0
         self._create_tables()
 
     def _create_tables(self) -> None:
@@ -234,6 +237,7 @@ class Store:
                 "token_hash": token_hash, "flagged": None,
             })
             self._audit(username, "register", "ok", "", now)
+        self.membership_writes += 1
 
     def rotate_token(self, username: str, old_hash: bytes, new_hash: bytes, port: int,
                      address: str, login_digest: bytes, reply: bytes, request_ts: float,
@@ -259,6 +263,7 @@ class Store:
         with self.db.conn:
             self.db["principals"].update(username, {"flagged": reason, "token_hash": None})
             self._audit(username, "login", "flagged", reason, now)
+        self.membership_writes += 1
 
     def audit(self, username: str | None, action: str, outcome: str, detail: str,
               now: float) -> None:
