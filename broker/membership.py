@@ -18,13 +18,16 @@ from typing import Any
 
 from agora.crypto import b64
 from agora.envelope import timestamp_counter
+from broker.store import principal_state
 
 
 class MemberState:
-    """A member's state as subscribers see it; only REGISTERED keys are valid."""
+    """A member's state as subscribers see it (broker.store.principal_state's words); only
+    REGISTERED keys are valid."""
 
     REGISTERED = "registered"  # has a key and a token: may log in, may bid
-    ENROLLED = "enrolled"  # no usable key: not registered yet, or re-enrolled
+    ENROLLED = "enrolled"  # a one-time ID waits: never registered yet
+    RE_ENROLLED = "re-enrolled"  # a one-time ID waits: the old key is dead
     REVOKED = "revoked"
     FLAGGED = "flagged"  # token reuse: locked until re-enrolled
 
@@ -45,28 +48,16 @@ class Member:
 
 def member_of(row: dict[str, Any]) -> Member:
     """A store row as a member."""
-    if row["revoked_at"]:
-        state = MemberState.REVOKED
-    elif row["flagged"]:
-        state = MemberState.FLAGGED
-    elif row["public_key"] is None or row["token_hash"] is None:
-        state = MemberState.ENROLLED
-    else:
-        state = MemberState.REGISTERED
-    return Member(row["username"], row["kind"], int(row["level"]), state, row["public_key"])
+    return Member(row["username"], row["kind"], int(row["level"]), principal_state(row),
+                  row["public_key"])
 
 
 def change_of(old: Member | None, new: Member) -> str | None:
-    """What happened to a member, in one word; None when nothing a subscriber sees did."""
+    """What happened to a member, in one word (its new state, ``re-registered`` or
+    ``level-changed``); None when nothing a subscriber sees did."""
     if old == new:
         return None
-    if old is None:
-        return new.state  # "enrolled" (or anything an operator made in one step)
-    if old.state != new.state:
-        if new.state == MemberState.ENROLLED and old.state != MemberState.ENROLLED:
-            return "re-enrolled"
-        if old.state in (MemberState.REVOKED, MemberState.FLAGGED):
-            return "restored" if new.state == MemberState.REGISTERED else "re-enrolled"
+    if old is None or old.state != new.state:
         return new.state
     if old.public_key != new.public_key:
         return "re-registered"
