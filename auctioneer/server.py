@@ -48,6 +48,8 @@ from auctioneer.store import AuctionStore
 log = logging.getLogger("agora.auctioneer")
 
 POLL_MS = 100
+#: Requests answered per group commit at most (then the clock runs again).
+BATCH = 1000
 #: How often an idle auctioneer looks for new item files.
 SCAN_INTERVAL = 0.5
 #: An item file changed this recently may still be being written; wait for it.
@@ -149,12 +151,7 @@ class AuctioneerServer:
         try:
             while not self.stop.is_set():
                 if poller.poll(POLL_MS):
-                    for _ in range(1000):  # drain, bounded so the clock still runs
-                        try:
-                            frames = self.socket.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._dispatch(frames)
+                    self._serve_batch()
                 now = time.time()
                 for name in self.core.tick(now):
                     self.folder.finish(name)
@@ -169,21 +166,49 @@ class AuctioneerServer:
             thread.join(timeout=5)
             log.info("auctioneer stopped")
 
-    def _dispatch(self, frames: list[bytes]) -> None:
+    def _serve_batch(self) -> None:
+        """Answer every waiting request (at most BATCH) with one commit for all their bids.
+
+        Group commit: the bids of the batch are stored in one transaction; only once it is
+        committed are their announcements queued and their answers sent, so nothing is
+        acknowledged or announced that a crash could still lose.
+        """
+        answers: list[list[bytes]] = []
+        try:
+            with self.store.batch():
+                for _ in range(BATCH):
+                    try:
+                        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    answer = self._dispatch(frames)
+                    if answer is not None:
+                        answers.append(answer)
+        except Exception:
+            # Nothing of this batch was stored: announce none of it, answer none of it,
+            # and stop (a restart resumes from what the store holds).
+            self.core.take_outbox()
+            log.exception("could not store a batch of bids; stopping")
+            raise
+        self._flush()  # announce the batch's bids as soon as they are stored
+        for answer in answers:
+            try:
+                self.socket.send_multipart(answer)
+            except zmq.ZMQError as exc:
+                log.info("could not send reply: %s", exc.strerror)
+
+    def _dispatch(self, frames: list[bytes]) -> list[bytes] | None:
+        """The answer to one request, with its routing envelope; None to drop it."""
         # [identity, empty, body...] from a REQ socket.
         if len(frames) < 3 or frames[1] != b"":
             log.info("dropped a message without a routing envelope")
-            return
+            return None
         try:
             reply = self.core.handle(frames[2:], time.time())
         except Exception:  # a bug must cost one request, not the auction
             log.exception("internal error while handling a request")
             reply = plain_error(None, ErrorCode.INTERNAL, "internal error; try again")
-        self._flush()  # announce a bid as soon as it is stored
-        try:
-            self.socket.send_multipart([frames[0], b"", *reply])
-        except zmq.ZMQError as exc:
-            log.info("could not send reply: %s", exc.strerror)
+        return [frames[0], b"", *reply]
 
     def _open_next(self, now: float) -> None:
         for path in self.folder.pending():

@@ -8,8 +8,10 @@ without an fsync per bid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,27 @@ class AuctionStore:
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
         self._create_tables()
+        self._batching = False
+        self._failed: BaseException | None = None
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the bids stored inside are committed together, once, at the end.
+
+        The caller must not acknowledge or announce any of them before this returns. If
+        any write inside failed, the whole batch is rolled back and that error raised
+        here: none of its bids was stored, so none may be acknowledged.
+        """
+        self._batching, self._failed = True, None
+        try:
+            yield
+        finally:
+            self._batching = False
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            self.db.conn.rollback()
+            raise failed
+        self.db.conn.commit()
 
     def _create_tables(self) -> None:
         if "items" not in self.db.table_names():
@@ -87,12 +110,22 @@ class AuctionStore:
 
     def add_bid(self, item_id: str, amount: int, username: str, public_key: bytes,
                 now: float, closes_at: float) -> None:
-        """Store a bid (and the closing time it may have pushed back) in one transaction."""
-        with self.db.conn:
-            self.db["bids"].insert({"item_id": item_id, "amount_cents": amount,
-                                    "username": username, "public_key": public_key,
-                                    "ts": now})
-            self.db["items"].update(item_id, {"closes_at": closes_at})
+        """Store a bid (and the closing time it may have pushed back) in one transaction,
+        committed here, or with the rest of its :meth:`batch`."""
+        # Plain statements: sqlite-utils' insert() looks the table up again on every call.
+        conn = self.db.conn
+        try:
+            conn.execute("INSERT INTO bids (item_id, amount_cents, username, public_key, ts) "
+                         "VALUES (?, ?, ?, ?, ?)", (item_id, amount, username, public_key, now))
+            conn.execute("UPDATE items SET closes_at = ? WHERE id = ?", (closes_at, item_id))
+        except BaseException as exc:
+            if self._batching:
+                self._failed = self._failed or exc  # the batch's earlier bids go too
+            else:
+                conn.rollback()
+            raise
+        if not self._batching:
+            conn.commit()
 
     def bids(self, item_id: str) -> list[dict[str, Any]]:
         return list(self.db["bids"].rows_where("item_id = ?", [item_id], order_by="id"))

@@ -1,0 +1,49 @@
+"""The auction store's group commit: a batch of bids is stored all at once, or not at all."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from auctioneer.store import AuctionStore
+from tests.auction_helpers import T0, item
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = AuctionStore(tmp_path / "auction.db")
+    s.open_item(item(), "lamp.json", T0, T0 + 60)
+    yield s
+    s.close()
+
+
+def stored_bids(tmp_path) -> int:
+    """Bids a second connection sees: only what is committed."""
+    with sqlite3.connect(tmp_path / "auction.db") as other:
+        return other.execute("SELECT count(*) FROM bids").fetchone()[0]
+
+
+def test_bids_of_a_batch_are_committed_together_at_its_end(store, tmp_path):
+    with store.batch():
+        store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60)
+        store.add_bid("lamp", 1100, "bob", b"j" * 32, T0 + 2, T0 + 60)
+        assert stored_bids(tmp_path) == 0  # not acknowledged yet, so not yet visible
+    assert stored_bids(tmp_path) == 2
+    assert [b["amount_cents"] for b in store.bids("lamp")] == [1000, 1100]
+
+
+def test_a_bid_outside_a_batch_is_committed_at_once(store, tmp_path):
+    store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 70)
+    assert stored_bids(tmp_path) == 1
+    assert store.open_items()[0]["closes_at"] == T0 + 70
+
+
+def test_a_failed_write_rolls_back_the_whole_batch(store, tmp_path):
+    with pytest.raises(sqlite3.Error):  # noqa: PT012 - the error leaves at the batch's end
+        with store.batch():
+            store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60)
+            with pytest.raises(sqlite3.Error):
+                store.add_bid("lamp", {"not": "a number"}, "bob", b"j" * 32, T0 + 2, T0 + 60)
+    assert stored_bids(tmp_path) == 0
+    assert store.bids("lamp") == []
