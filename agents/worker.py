@@ -11,8 +11,10 @@ The handler is a plain function called with the request's arguments as keyword a
 its signature give the caller ``bad-request``; a RemoteError it raises is passed on; any
 other exception becomes ``service-failed`` (its text stays in this process's log).
 
-The handler runs in a helper thread so the worker keeps heart-beating during long calls;
-one request at a time, as in 7/MDP: run several workers for parallelism. When the broker
+The handler runs in the loop's own thread (no hand-off to another thread on the call
+path); while it runs, the loop lends the socket to a helper thread that keeps heart-beating
+if the call is long. One request at a time, as in 7/MDP: run several workers for
+parallelism. When the broker
 goes silent, restarts or forgets the session, the worker reconnects (logging in again if
 needed) and attaches anew.
 """
@@ -22,11 +24,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +96,8 @@ class ServiceWorker:
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.attach_timeout = attach_timeout
-        #: Set to stop serve(); it detaches politely and returns within a heartbeat.
+        #: Set to stop serve(); it detaches politely and returns within a heartbeat (after
+        #: the running call, if there is one).
         self.stop = threading.Event()
         #: Set once the broker acknowledged READY (cleared while reconnecting).
         self.attached = threading.Event()
@@ -105,48 +106,67 @@ class ServiceWorker:
         self.thread: threading.Thread | None = None
         self._socket: zmq.Socket | None = None
         self._last_in = 0  # highest broker counter seen: older ones are replays
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{service}")
-        # The helper thread writes a byte here when the handler is done, so the loop (which
-        # alone owns the socket) wakes at once instead of at its next poll timeout.
-        self._wake_r, self._wake_w = os.pipe()
-        self._wake_lock = threading.Lock()
-        self._wake_open = True
+        # Whoever holds this lock owns the socket (and the session counter): the loop, all
+        # the time except while a handler runs, when the heart-beating helper may take it.
+        self._socket_lock = threading.Lock()
+        self._handler_started: float | None = None  # monotonic time, while a handler runs
+        self._last_sent = 0.0
 
     # -- the loop ------------------------------------------------------------------------
 
     def serve(self) -> None:
         """Attach and serve until ``stop`` is set; RemoteError if the broker refuses us.
 
-        Call it once per ServiceWorker: it releases the helper thread when it returns.
+        A handler running when ``stop`` is set finishes first (its answer is sent).
         """
+        done = threading.Event()
+        helper = threading.Thread(target=self._heartbeat_during_calls, args=(done,),
+                                  daemon=True, name=f"worker-{self.service}-heartbeat")
+        self._socket_lock.acquire()
+        helper.start()
         try:
             while not self.stop.is_set():
                 self._connect()
                 self._serve_connection()
         finally:
             self._close()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            with self._wake_lock:  # a handler finishing later must not write to a reused fd
-                self._wake_open = False
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+            done.set()
+            self._socket_lock.release()
+            helper.join(self.heartbeat_interval + 1)
+
+    def _heartbeat_during_calls(self, done: threading.Event) -> None:
+        """The helper thread: heartbeats while a long handler keeps the loop busy."""
+        while not done.wait(self.heartbeat_interval / 4):
+            started = self._handler_started
+            if started is None or time.monotonic() - self._last_sent < self.heartbeat_interval:
+                continue
+            if self._socket_lock.acquire(timeout=self.heartbeat_interval / 4):
+                try:
+                    if self._handler_started is not None and self._socket is not None:
+                        self._send(WorkerCommand.HEARTBEAT, {})
+                finally:
+                    self._socket_lock.release()
+
+    def _call(self, args: Any, caller: Any) -> dict[str, Any]:
+        """Run the handler here, lending the socket to the helper thread meanwhile."""
+        self._handler_started = time.monotonic()
+        self._socket_lock.release()
+        try:
+            return self._run(args, caller)
+        finally:
+            self._socket_lock.acquire()
+            self._handler_started = None
 
     def _serve_connection(self) -> None:
         """One attachment: returns to reconnect, raises when it cannot go on."""
         assert self._socket is not None
         expiry = time.monotonic() + self.attach_timeout
-        next_heartbeat = time.monotonic() + self.heartbeat_interval
-        busy: tuple[str, Future[Any]] | None = None
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
         # Bounded so stop and heartbeats are noticed even when nothing arrives.
         poll_ms = min(100, int(self.heartbeat_interval * 1000))
         while not self.stop.is_set():
-            ready = dict(poller.poll(poll_ms))
-            if self._wake_r in ready:
-                os.read(self._wake_r, 64)
-            if self._socket in ready:
+            if poller.poll(poll_ms):
                 try:
                     command, body = self._receive()
                 except ProtocolError as exc:
@@ -161,40 +181,31 @@ class ServiceWorker:
                     log.info("attached as %s (level %d)", self.service, self.level)
                 elif command is WorkerCommand.REQUEST:
                     rid = body.get("id")
-                    if busy is not None or not isinstance(rid, str):
-                        log.info("ignored a request (busy, or without an id)")
+                    if not isinstance(rid, str):
+                        log.info("ignored a request without an id")
                     else:
-                        busy = (rid, self._pool.submit(self._run, body.get("args"),
-                                                       body.get("caller")))
-                        busy[1].add_done_callback(self._wake)
+                        reply = self._call(body.get("args"), body.get("caller"))
+                        self.served += 1  # counted before the caller can see the answer
+                        self._send(WorkerCommand.REPLY, {"id": rid, **reply})
+                        # What the broker sent during a long call is read next: not silence.
+                        expiry = time.monotonic() + self.heartbeat_interval * self.liveness
                 elif command is WorkerCommand.DISCONNECT:
                     self._refused(RemoteError(str(body.get("code", "internal")),
                                               str(body.get("message", "disconnected"))))
                     return
-            if busy is not None and busy[1].done():
-                self.served += 1  # counted before the caller can see the answer
-                self._send(WorkerCommand.REPLY, {"id": busy[0], **busy[1].result()})
-                busy = None
-                next_heartbeat = time.monotonic() + self.heartbeat_interval
             now = time.monotonic()
             if now >= expiry:
                 log.info("broker silent for %.1fs: reconnecting", self.heartbeat_interval
                          * self.liveness)
                 self.attached.clear()
                 return
-            if now >= next_heartbeat:
+            if now - self._last_sent >= self.heartbeat_interval:
                 self._send(WorkerCommand.HEARTBEAT, {})
-                next_heartbeat = now + self.heartbeat_interval
         if self.attached.is_set():
             self._send(WorkerCommand.DISCONNECT, {})
 
-    def _wake(self, future: Future[Any]) -> None:
-        with self._wake_lock:
-            if self._wake_open:
-                os.write(self._wake_w, b".")
-
     def _run(self, args: Any, caller: Any) -> dict[str, Any]:
-        """Run the handler (in the helper thread); the REPLY body, ok or error."""
+        """Run the handler; the REPLY body, ok or error."""
         try:
             if not isinstance(args, dict) or not isinstance(caller, dict):
                 raise RemoteError(ErrorCode.BAD_REQUEST, "malformed request")
@@ -248,6 +259,7 @@ class ServiceWorker:
                                      command, body)
         try:
             self._socket.send_multipart([b"", *worker_frames(session.sid, sealed)])
+            self._last_sent = time.monotonic()
         except zmq.Again:
             log.info("could not send %s to the broker", command.name)
 

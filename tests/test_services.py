@@ -132,6 +132,22 @@ def test_late_worker_times_out_and_broker_keeps_serving(broker, workers):
     assert ana.call("slow", {"seconds": 0}) == "done"
 
 
+def test_worker_keeps_heart_beating_through_a_long_call(broker):
+    """The handler runs in the worker's loop thread; a helper heartbeats meanwhile, so a
+    call longer than the broker's liveness window is answered, not cut off."""
+    broker.server.core.workers.heartbeat_interval = 0.1  # dead after 0.3 s of silence
+    agent = broker.agent("Slow Worker", kind=PrincipalKind.SERVICE)
+    worker = ServiceWorker(agent, "slow", sample_workers.slow, heartbeat_interval=0.1)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    try:
+        assert worker.attached.wait(5)
+        assert broker.agent("Ana Lima").call("slow", {"seconds": 1.0}) == "done"
+    finally:
+        worker.stop.set()
+        thread.join(timeout=5)
+
+
 def test_stopped_worker_leaves_service_unavailable_not_a_hang(broker, workers):
     worker = workers("upper", examples.upper)
     worker.stop.set()
