@@ -154,6 +154,8 @@ class Setup:
 
     def agents(self, name: str, count: int, listen: bool = False) -> list[Agent]:
         """``count`` registered, logged-in agents, made in parallel (Argon2id each)."""
+        broker = self.broker  # made here, once: cached_property is not thread-safe
+        broker.endpoint  # noqa: B018 - and ready before the threads enroll on it
         with ThreadPoolExecutor(max_workers=2) as pool:
-            return list(pool.map(lambda i: self.broker.agent(f"{name} {i}", listen=listen),
+            return list(pool.map(lambda i: broker.agent(f"{name} {i}", listen=listen),
                                  range(count)))
