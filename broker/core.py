@@ -134,6 +134,13 @@ class BrokerCore:
         self._last_store_poll = 0.0
         self._last_session_sweep = 0.0
         self._store_version = store.data_version()
+        # The timers tick() runs, in this order (session-ended notices go out before the
+        # notice hub drops the subscriptions of ended sessions).
+        self._timers: list[tuple[str, Callable[[float], list[Outgoing]]]] = [
+            ("session", self._sweep_sessions), ("store", self._poll_store),
+            ("worker", self.workers.tick), ("notice", self.notices.flush),
+            ("heartbeat", self.notices.tick), ("audit", self._audit_timer)]
+        self._timer_failures: dict[str, int] = {}
         # The explicit dispatch tables: nothing outside them can be invoked.
         self._commands: dict[Command, Callable[[bytes, list[bytes], float, str], list[bytes]]] = {
             Command.BROKER_KEY: self._broker_key,
@@ -186,7 +193,20 @@ class BrokerCore:
         return out + self.notices.flush(now)
 
     def tick(self, now: float) -> list[Outgoing]:
-        """Timers: session expiry, cache purge, operator changes, audit flush."""
+        """Timers: session expiry, operator changes, workers, notices, audit flush.
+
+        Each timer is guarded as message handling is: one that raises is logged (with its
+        traceback the first time) and the others, and the broker, keep running.
+        """
+        out: list[Outgoing] = []
+        for name, timer in self._timers:
+            try:
+                out += timer(now)
+            except Exception:
+                report_internal_error(self._timer_failures, f"{name} timer")
+        return out
+
+    def _sweep_sessions(self, now: float) -> list[Outgoing]:
         # tick() runs after every batch of messages: sweeping all sessions each time would
         # cost O(sessions) per call. Expired sessions are refused per request anyway.
         if now - self._last_session_sweep >= SESSION_SWEEP_INTERVAL:
@@ -195,23 +215,26 @@ class BrokerCore:
                 log.info("session %s of %s expired", s.short_id, s.username)
         self._seen_nonces.purge(now)
         self._recent_registrations.purge(now)
-        out: list[Outgoing] = []
-        if now - self._last_store_poll >= STORE_POLL_INTERVAL:
-            self._last_store_poll = now
-            version = self.store.data_version()
-            # data_version sees other connections' commits (agora admin); the broker's own
-            # membership changes (registration, token reuse) are counted by the store.
-            if (version != self._store_version
-                    or self.store.membership_writes != self._membership_writes):
-                self._store_version = version
-                self._membership_writes = self.store.membership_writes
-                out += self.apply_store_changes(now)
-        out += self.workers.tick(now)
-        out += self.notices.flush(now)  # session-ended before the subscription goes
-        out += self.notices.tick(now)
+        return []
+
+    def _poll_store(self, now: float) -> list[Outgoing]:
+        if now - self._last_store_poll < STORE_POLL_INTERVAL:
+            return []
+        self._last_store_poll = now
+        version = self.store.data_version()
+        # data_version sees other connections' commits (agora admin); the broker's own
+        # membership changes (registration, token reuse) are counted by the store.
+        if (version == self._store_version
+                and self.store.membership_writes == self._membership_writes):
+            return []
+        self._store_version = version
+        self._membership_writes = self.store.membership_writes
+        return self.apply_store_changes(now)
+
+    def _audit_timer(self, now: float) -> list[Outgoing]:
         if now - self._last_audit_flush >= AUDIT_FLUSH_INTERVAL:
             self.flush_audit(now)
-        return out
+        return []
 
     def flush_audit(self, now: float) -> None:
         self._last_audit_flush = now
@@ -508,6 +531,17 @@ class BrokerCore:
         # throughput (it costs a measurable share of a call, see `agora bench`).
         log.info("call %s by %s ok", name, session.username)
         return result
+
+
+def report_internal_error(failures: dict[str, int], what: str) -> None:
+    """Log an internal error from inside an ``except``: with its traceback the first time,
+    then one line at the 10th, 100th, 1000th... time, so a timer failing 20 times a second
+    neither floods the log nor goes unnoticed."""
+    count = failures[what] = failures.get(what, 0) + 1
+    if count == 1:
+        log.exception("internal error in the %s; the broker keeps serving", what)
+    elif str(count).rstrip("0") == "1":
+        log.error("internal error in the %s again (%d times)", what, count)
 
 
 def _channel(frames: list[bytes]) -> int | None:

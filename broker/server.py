@@ -18,7 +18,7 @@ from agora.files import private_dir
 from agora.keyfile import KeyPair, load_or_create
 from agora.protocol import DEFAULT_CALL_TIMEOUT
 from agora.sockets import bind_router
-from broker.core import BrokerCore, Outgoing
+from broker.core import BrokerCore, Outgoing, report_internal_error
 from broker.notes import NotesStore
 from broker.services import builtin_services
 from broker.store import Store
@@ -57,6 +57,7 @@ class BrokerServer:
             self.store.db.close()  # a broker that cannot bind holds nothing open
             raise
         self.stop = threading.Event()
+        self._failures: dict[str, int] = {}
 
     def serve(self) -> None:
         log.info("broker listening on %s (key %s)", self.endpoint, self.keys.fingerprint)
@@ -78,7 +79,10 @@ class BrokerServer:
                 now = time.time()
                 if now >= next_tick:
                     next_tick = now + TICK_INTERVAL
-                    self._send(self.core.tick(now))
+                    try:
+                        self._send(self.core.tick(now))
+                    except Exception:  # the core guards each timer; this is the last line
+                        report_internal_error(self._failures, "timers")
         finally:
             self.core.flush_audit(time.time())
             log.info("broker stopped")

@@ -187,3 +187,31 @@ def test_two_agents_sharing_credentials_do_not_race_the_token(broker, zctx):
         t.join(60)
     assert errors == []
     assert not broker.admin.get("ana.lima")["flagged"]
+
+
+def test_a_timer_that_raises_does_not_stop_the_broker(broker, caplog):
+    ana = broker.agent("Ana Lima")
+
+    def broken(now):
+        raise RuntimeError("timer bug")
+
+    core = broker.server.core  # the worker timers fail on every tick from now on
+    core._timers = [(n, broken if n == "worker" else t) for n, t in core._timers]
+    time.sleep(0.3)  # several ticks
+    assert ana.call("echo", {"still": "serving"}) == {"still": "serving"}
+    assert broker.thread.is_alive()
+    tracebacks = [r for r in caplog.records if r.exc_info and "worker timer" in r.getMessage()]
+    assert len(tracebacks) == 1
+
+
+def test_timers_after_a_failing_one_still_run():
+    from agora.keyfile import KeyPair
+    from broker.core import BrokerCore
+    from broker.store import Store
+
+    store = Store(None)
+    core = BrokerCore(store, KeyPair.generate())
+    core._timers.insert(0, ("broken", lambda now: 1 / 0))
+    core.audit_later("ana", "test", "ok", 0.0)
+    core.tick(10.0)  # the audit timer comes after the broken one and still flushes
+    assert [r["action"] for r in store.audit_rows()] == ["test"]
