@@ -17,23 +17,36 @@ import pytest
 from agents import Agent
 from agents.notices import BROKER_SILENT, UNKNOWN_SESSION, Notice, NoticeReceiver
 from agora.crypto import new_symmetric_key
-from agora.envelope import timestamp_counter
+from agora.envelope import Header, timestamp_counter
 from agora.errors import RemoteError
 from agora.keyfile import KeyPair
-from agora.notice_wire import encode_subscribe, seal_from_agent
+from agora.notice_wire import (
+    decode_ack,
+    decode_notice,
+    decode_refusal,
+    decode_subscribe,
+    encode_ack,
+    encode_notice,
+    encode_refusal,
+    encode_subscribe,
+    seal_from_agent,
+)
 from agora.protocol import (
     NOTICE_HEARTBEAT,
     NOTICE_LIVENESS,
+    Channel,
     EndReason,
     ErrorCode,
     Kind,
     Level,
     PrincipalKind,
+    Sender,
 )
 from broker.core import BrokerCore
 from broker.services import builtin_services
 from broker.store import Store
 from tests.conftest import PASSWORD
+from tests.vectors import load, vector, write
 
 T0 = 1_700_000_000.0
 
@@ -294,3 +307,86 @@ def test_subscribing_after_the_broker_forgot_the_session_says_so(broker):
         ana.subscribe()
     assert err.value.code is ErrorCode.UNKNOWN_SESSION
     assert UNKNOWN_SESSION == "unknown-session"
+
+
+# -- known-answer vectors (docs/vectors/notice.json) ----------------------------------------
+
+VECTOR_KEY = bytes(range(32))
+VECTOR_NONCE = bytes(range(100, 124))
+VECTOR_SID = bytes.fromhex("5e5510e1d0000000000000000000beef")
+
+
+def _encode(name: str, fields: dict) -> bytes:
+    """The channel's own encoder for each vector's fields."""
+    if name.startswith("notice.agent.subscribe"):
+        return encode_subscribe(fields["membership"])
+    if name == "notice.broker.subscribe":
+        return encode_ack(fields["flags"], fields["heartbeat"])
+    if name == "notice.broker.refused":
+        return encode_refusal(ErrorCode(fields["code"]), fields["message"])
+    if name.startswith("notice.broker.notice"):
+        return encode_notice(fields)
+    return b""  # heartbeats and disconnect: empty
+
+
+def _decode(name: str, body: bytes) -> dict:
+    if name.startswith("notice.agent.subscribe"):
+        return {"membership": bool(decode_subscribe(body) & 1)}
+    if name == "notice.broker.subscribe":
+        flags, heartbeat = decode_ack(body)
+        return {"flags": flags, "heartbeat": heartbeat}
+    if name == "notice.broker.refused":
+        code, message = decode_refusal(body)
+        return {"code": code, "message": message}
+    if name.startswith("notice.broker.notice"):
+        return decode_notice(body)
+    assert body == b""
+    return {}
+
+
+NOTICE_VECTORS = [
+    ("notice.agent.subscribe", Kind.SUBSCRIBE, Sender.CLIENT, 1_700_000_000_000,
+     {"membership": False}),
+    ("notice.agent.subscribe-membership", Kind.SUBSCRIBE, Sender.CLIENT, 1_700_000_000_001,
+     {"membership": True}),
+    ("notice.agent.heartbeat", Kind.HEARTBEAT, Sender.CLIENT, 1_700_000_001_000, {}),
+    ("notice.agent.disconnect", Kind.DISCONNECT, Sender.CLIENT, 1_700_000_002_000, {}),
+    ("notice.broker.subscribe", Kind.SUBSCRIBE, Sender.BROKER, 1,
+     {"flags": 1, "heartbeat": 1.0}),
+    ("notice.broker.heartbeat", Kind.HEARTBEAT, Sender.BROKER, 2, {}),
+    ("notice.broker.notice-session-ended", Kind.NOTICE, Sender.BROKER, 3,
+     {"type": "session-ended", "reason": "token-reused",
+      "message": "your token was used from another copy — see your operator",
+      "at": 1700000003.5}),
+    ("notice.broker.notice-new-login", Kind.NOTICE, Sender.BROKER, 4,
+     {"type": "new-login", "at": 1700000004.25, "session": "0a1b2c3d", "listening": True,
+      "address": "127.0.0.1"}),
+    ("notice.broker.notice-level-changed", Kind.NOTICE, Sender.BROKER, 5,
+     {"type": "level-changed", "level": 2}),
+    ("notice.broker.notice-membership", Kind.NOTICE, Sender.BROKER, 6,
+     {"type": "membership", "version": 1700000000001, "change": "revoked",
+      "username": "bia.lance", "kind": "person", "level": 2, "state": "revoked",
+      "public_key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}),
+    ("notice.broker.refused", Kind.REFUSED, Sender.BROKER, 7,
+     {"code": "forbidden", "message": "membership notices are for service principals"}),
+]
+
+
+def build_notice_vectors() -> list[dict]:
+    return [vector(name, VECTOR_KEY, Header(Channel.NOTICE, kind, sender, VECTOR_SID, counter),
+                   _encode(name, fields), VECTOR_NONCE, fields)
+            for name, kind, sender, counter, fields in NOTICE_VECTORS]
+
+
+@pytest.mark.parametrize("v", load("notice"), ids=lambda v: v["name"])
+def test_notice_vector_body_codec_both_ways(v):
+    assert _encode(v["name"], v["fields"]).hex() == v["body"]
+    assert _decode(v["name"], bytes.fromhex(v["body"])) == v["fields"]
+
+
+def test_notice_vectors_cover_every_message_kind():
+    assert load("notice") == build_notice_vectors()
+
+
+if __name__ == "__main__":  # regenerate docs/vectors/notice.json (only when the format changes)
+    write("notice", build_notice_vectors())
