@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,11 @@ from agora.crypto import (
     unb64,
 )
 from agora.errors import LocalError, ProtocolError, RemoteError
-from agora.protocol import FRESHNESS_WINDOW, MAX_MESSAGE_SIZE, Command, ErrorCode, SessionOp
+from agora.protocol import FRESHNESS_WINDOW, MAX_MESSAGE_SIZE, Command, ErrorCode, Kind
 from agora.sockets import bind_router
 from agora.wire import (
     decode_json,
+    encode_call,
     encode_json,
     field,
     open_session_reply,
@@ -74,8 +76,13 @@ class SessionInfo:
 @dataclass
 class _Session:
     sid: bytes
-    box: SecretBox
+    key: bytes  # the session key's raw bytes: every request is sealed with it directly
     counter: int = 0
+
+    @cached_property
+    def box(self) -> SecretBox:
+        """A SecretBox of the session key, for the worker channel's AGORA/1 envelope."""
+        return SecretBox(self.key)
 
 
 class Agent:
@@ -235,8 +242,8 @@ class Agent:
             creds.level = field(answer, "level", int)
             creds.pending_login = None
             self.file.save(creds)
-        self.session = _Session(unb64(field(answer, "session", str)),
-                                SecretBox(unb64(field(answer, "session_key", str), 32)))
+        self.session = _Session(unb64(field(answer, "session", str), 16),
+                                unb64(field(answer, "session_key", str), 32))
         self.info = SessionInfo(creds.username, creds.level, creds.kind,
                                 self.session.sid.hex()[:8], port)
         if recovered:
@@ -251,25 +258,28 @@ class Agent:
 
     # -- session requests -----------------------------------------------------------------
 
-    def request(self, op: SessionOp, body: dict[str, Any], relogin: bool = True) -> Any:
-        """One request inside the session; logs in again once if the broker forgot it."""
-        if self.session is None:
-            raise LocalError("not logged in")
+    def request(self, kind: Kind, body: bytes = b"", relogin: bool = True) -> Any:
+        """One request inside the session (an envelope of ``kind`` with ``body``); logs in
+        again once if the broker says it does not know the session."""
         session = self.session
-        session.counter += 1
-        sealed = seal_session_request(session.box, session.counter, op, body)
+        if session is None:
+            raise LocalError("not logged in")
+        session.counter = counter = session.counter + 1
+        sealed = seal_session_request(session.key, session.sid, counter, kind, body)
         try:
-            reply = parse_reply(self.connection.request(
-                request_frames(Command.SESSION, session.sid, sealed)), Command.SESSION)
+            return open_session_reply(session.key, self.connection.request([sealed]),
+                                      session.sid, counter)
         except RemoteError as exc:
-            if exc.code is ErrorCode.UNKNOWN_SESSION and relogin and op is not SessionOp.LOGOUT:
-                self.login()  # broker restarted or session expired
-                return self.request(op, body, relogin=False)
+            # A clear unknown-session (the broker restarted, or the session expired) is not
+            # authenticated: the only thing done on it is logging in again, which proves the
+            # key to the broker and gives an unauthenticated sender nothing.
+            if exc.code is ErrorCode.UNKNOWN_SESSION and relogin and kind != Kind.LOGOUT:
+                self.login()
+                return self.request(kind, body, relogin=False)
             raise
-        return open_session_reply(session.box, _one(reply), session.counter)["result"]
 
     def call(self, service: str, args: dict[str, Any] | None = None) -> Any:
-        return self.request(SessionOp.CALL, {"service": service, "args": args or {}})
+        return self.request(Kind.CALL, encode_call(service, args))
 
     def whoami(self) -> dict[str, Any]:
         return self.call("whoami")
@@ -277,7 +287,7 @@ class Agent:
     def logout(self) -> None:
         if self.session is not None:
             try:
-                self.request(SessionOp.LOGOUT, {})
+                self.request(Kind.LOGOUT)
             finally:
                 self.session = None
 

@@ -73,9 +73,15 @@ class PeerTimeout(PeerError):
 
 
 class RemoteError(AgoraError):
-    """The other side refused a request; ``code`` says why."""
+    """The other side refused a request; ``code`` says why.
 
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
+    ``authenticated`` is False for a refusal that came in clear (AGORA/2 Kind.ERROR): anyone
+    on the path could have sent it, so it must never be taken as the answer to a request.
+    """
+
+    def __init__(self, code: ErrorCode | str, message: str, authenticated: bool = True,
+                 ) -> None:
+        self.authenticated = authenticated
         try:
             self.code = ErrorCode(code)
         except ValueError:

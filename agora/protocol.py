@@ -146,7 +146,6 @@ class Command(bytes, Enum):
     BROKER_KEY = b"\x01"  # pre-auth: fetch the broker's public key
     REGISTER = b"\x02"  # pre-auth: one-time ID -> TOKEN_1
     LOGIN = b"\x03"  # pre-auth: TOKEN_n -> TOKEN_n+1 and a session
-    SESSION = b"\x04"  # everything else, sealed under the session key
 
 
 #: Largest text of one peer message, in UTF-8 bytes; the sealed envelope adds 90 bytes.
@@ -172,13 +171,6 @@ class PeerKind(IntEnum):
     ACK = 2
     BYE = 3
     LETTER = 4  # a message left in the broker's offline mailbox
-
-
-class SessionOp(IntEnum):
-    """Operation inside a SESSION envelope (encrypted, so an observer cannot see it)."""
-
-    CALL = 1  # call a service by name
-    LOGOUT = 2  # end this session
 
 
 class WorkerCommand(IntEnum):

@@ -9,13 +9,8 @@ Plain functions, no sockets. A request is::
 and a reply is ``[signature, command, status, body...]``. An ERROR body is a JSON object
 ``{"code": ..., "message": ...}``.
 
-Inside a SESSION the body is one frame, ``SecretBox(session_key)`` of::
-
-    counter (8 bytes, big endian) | op (1 byte) | JSON body        request
-    counter (8 bytes, big endian) | status (1 byte) | JSON body    reply
-
-The counter binds each request to its session and its place in it: the broker refuses a
-counter it has seen, and the client refuses a reply whose counter is not its request's.
+Session requests (CALL, LOGOUT) and their replies are AGORA/2: one envelope each
+(:mod:`agora.envelope`), see the client channel section below.
 
 Worker messages (docs/PROTOCOL.md, section 4) are ``[WORKER_PROTOCOL, session id, sealed]``
 from a worker and ``[WORKER_PROTOCOL, status, sealed-or-error]`` from the broker, where
@@ -30,20 +25,31 @@ import json
 import struct
 from typing import Any
 
-from agora.crypto import open_sealed, seal
+from agora import crypto
+from agora.crypto import open_sealed
+from agora.envelope import (
+    HEADER_SIZE,
+    NO_CONTEXT,
+    Header,
+    clear,
+    open_clear,
+    open_envelope,
+    seal,
+)
 from agora.errors import ProtocolError, RemoteError
 from agora.protocol import (
     CLIENT_PROTOCOL,
     WORKER_PROTOCOL,
+    Channel,
     Command,
     Direction,
     ErrorCode,
-    SessionOp,
+    Kind,
+    Sender,
     Status,
     WorkerCommand,
 )
 
-_HEADER = struct.Struct(">QB")
 _WORKER_HEADER = struct.Struct(">Qcc")
 
 
@@ -131,46 +137,126 @@ def open_with_header(box: Any, data: bytes, header: struct.Struct,
     return header.unpack_from(plain), plain[header.size :]
 
 
-# -- session envelope ---------------------------------------------------------------------
+# -- client channel, AGORA/2 (docs/PROTOCOL.md section 3) -----------------------------------
+#
+# A session request is ONE envelope (agora.envelope): channel CLIENT, sender CLIENT, kind
+# CALL or LOGOUT, context = the 16-byte session id, counter = the session's request counter,
+# sealed under the session key. Its reply is one envelope with the same context and counter,
+# sender BROKER, kind RESULT (compact JSON result) or REFUSED (JSON {"code", "message"}),
+# sealed under the same key; or, when the request could not be authenticated (unknown
+# session, not an envelope, bad tag), a clear Kind.ERROR envelope with the same JSON.
+#
+# CALL body: name length (1 byte) | service name (UTF-8) | args as compact JSON (empty = {}).
 
-def seal_session_request(box: Any, counter: int, op: SessionOp, body: dict[str, Any]) -> bytes:
-    return seal(box, _HEADER.pack(counter, op) + encode_json(body))
+#: Session request kinds; the broker's dispatch table may add more (SUBSCRIBE).
+SESSION_REQUESTS = frozenset({Kind.CALL, Kind.LOGOUT})
+SESSION_REPLIES = frozenset({Kind.RESULT, Kind.REFUSED})
+MAX_SERVICE_NAME = 255
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
 
 
-def open_session_request(box: Any, data: bytes) -> tuple[int, SessionOp, dict[str, Any]]:
-    (counter, op), body = open_with_header(box, data, _HEADER, "session request")
+def compact_json(obj: Any) -> bytes:
+    """Compact JSON, no key sorting (the call path's encoder)."""
+    return _dumps(obj).encode("utf-8")
+
+
+def encode_call(service: str, args: dict[str, Any] | None = None) -> bytes:
+    """A CALL body: 1-byte name length, the name, the args as compact JSON (or nothing)."""
+    name = service.encode("utf-8")
+    if not 0 < len(name) <= MAX_SERVICE_NAME:
+        raise ValueError("service name must be 1-255 bytes of UTF-8")
+    return bytes((len(name),)) + name + (compact_json(args) if args else b"")
+
+
+def decode_call(body: bytes) -> tuple[str, dict[str, Any]]:
+    """Service name and args of a CALL body; ProtocolError if it is not one."""
+    size = body[0] if body else 0
+    if not size or len(body) < 1 + size:
+        raise ProtocolError("CALL body: bad service name length")
     try:
-        op = SessionOp(op)
-    except ValueError:
-        raise ProtocolError("unknown session operation") from None
-    return counter, op, decode_json(body)
+        name = body[1:1 + size].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("CALL body: service name is not UTF-8") from None
+    if len(body) == 1 + size:
+        return name, {}
+    return name, decode_json(body[1 + size:])
 
 
-def seal_session_reply(box: Any, counter: int, status: Status, body: dict[str, Any]) -> bytes:
-    return seal(box, _HEADER.pack(counter, status.value[0]) + encode_json(body))
+def encode_refusal(code: ErrorCode | str, message: str) -> bytes:
+    return compact_json({"code": getattr(code, "value", code), "message": message})
 
 
-def session_reply_frames(box: Any, counter: int, status: Status, body: dict[str, Any],
-                         ) -> list[bytes]:
-    """The whole broker reply to session request ``counter``: outer frames and sealed body."""
-    return ok_reply(Command.SESSION, seal_session_reply(box, counter, status, body))
+def decode_refusal(body: bytes, authenticated: bool = True) -> RemoteError:
+    """The RemoteError a refusal body stands for (``internal`` if it is malformed)."""
+    try:
+        obj = decode_json(body)
+        code, message = str(obj.get("code", "internal")), str(obj.get("message", "error"))
+    except ProtocolError:
+        code, message = ErrorCode.INTERNAL.value, "malformed refusal"
+    return RemoteError(code, message, authenticated=authenticated)
 
 
-def open_session_reply(box: Any, data: bytes, counter: int) -> dict[str, Any]:
-    """Decrypt a session reply, check it answers request ``counter``; raise on ERROR."""
-    (got, status), body = open_with_header(box, data, _HEADER, "session reply")
-    if got != counter:
+def seal_session_request(key: bytes, sid: bytes, counter: int, kind: Kind, body: bytes,
+                         nonce: bytes | None = None) -> bytes:
+    """The envelope of one session request (CALL, LOGOUT, ...)."""
+    return seal(key, Header(Channel.CLIENT, kind, Sender.CLIENT, sid, counter), body, nonce)
+
+
+def session_reply(key: bytes, sid: bytes, counter: int, kind: Kind, body: bytes) -> bytes:
+    """THE sealed reply to session request ``counter`` of session ``sid`` (RESULT or
+    REFUSED): the broker's core and its worker registry both answer callers through it."""
+    return seal(key, Header(Channel.CLIENT, kind, Sender.BROKER, sid, counter), body)
+
+
+def session_result(key: bytes, sid: bytes, counter: int, result: Any) -> bytes:
+    return session_reply(key, sid, counter, Kind.RESULT, compact_json(result))
+
+
+def session_refusal(key: bytes, sid: bytes, counter: int, code: ErrorCode | str,
+                    message: str) -> bytes:
+    return session_reply(key, sid, counter, Kind.REFUSED, encode_refusal(code, message))
+
+
+def client_error(code: ErrorCode, message: str, context: bytes = NO_CONTEXT,
+                 counter: int = 0) -> bytes:
+    """A refusal in clear (Kind.ERROR) for what could not be authenticated."""
+    return clear(Header(Channel.CLIENT, Kind.ERROR, Sender.BROKER, context, counter),
+                 encode_refusal(code, message))
+
+
+def raise_if_clear_error(data: bytes) -> None:
+    """Raise the (unauthenticated) RemoteError a clear ERROR envelope carries, if it is one."""
+    if len(data) >= HEADER_SIZE and data[4] == Kind.ERROR:
+        _, body = open_clear(data, Channel.CLIENT, Sender.BROKER, (Kind.ERROR,))
+        raise decode_refusal(body, authenticated=False)
+
+
+def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int) -> Any:
+    """The result of the reply to session request ``counter``; RemoteError for a refusal
+    (``authenticated=False`` when it came in clear); ProtocolError for anything else."""
+    if len(frames) != 1:
+        raise ProtocolError("broker reply must be one frame")
+    data = frames[0]
+    raise_if_clear_error(data)
+    header, body = open_envelope(key, data, Channel.CLIENT, Sender.BROKER, SESSION_REPLIES,
+                                 sid)
+    if header.counter != counter:
         raise ProtocolError("session reply does not answer this request")
-    if status == Status.ERROR.value[0]:
-        raise remote_error(body)
-    return decode_json(body)
+    if header.kind == Kind.REFUSED:
+        raise decode_refusal(body)
+    try:
+        return _loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError("RESULT body is not valid JSON") from None
 
 
 # -- worker messages ----------------------------------------------------------------------
 
 def seal_worker_message(box: Any, counter: int, direction: Direction, command: WorkerCommand,
                         body: dict[str, Any]) -> bytes:
-    return seal(box, _WORKER_HEADER.pack(counter, direction.value, bytes([command]))
+    return crypto.seal(box, _WORKER_HEADER.pack(counter, direction.value, bytes([command]))
                 + encode_json(body))
 
 

@@ -37,7 +37,14 @@ from agora.crypto import (
     seal,
     unb64,
 )
-from agora.envelope import HEADER_SIZE
+from agora.envelope import (
+    HEADER_SIZE,
+    NO_CONTEXT,
+    NONCE_SIZE,
+    Header,
+    open_envelope,
+    peek,
+)
 from agora.errors import ProtocolError, RemoteError
 from agora.keyfile import KeyPair
 from agora.protocol import (
@@ -48,20 +55,22 @@ from agora.protocol import (
     Command,
     EndReason,
     ErrorCode,
+    Kind,
     Level,
     PrincipalKind,
-    SessionOp,
-    Status,
+    Sender,
 )
 from agora.wire import (
+    client_error,
+    decode_call,
     decode_json,
     encode_json,
     error_reply,
     field,
     ok_reply,
-    open_session_request,
     parse_request,
-    session_reply_frames,
+    session_refusal,
+    session_result,
 )
 from broker.membership import Membership
 from broker.notices import NoticeHub
@@ -70,6 +79,9 @@ from broker.store import Store, principal_state
 from broker.workers import Outgoing, WorkerRegistry
 
 log = logging.getLogger("agora.broker")
+
+#: First bytes of every AGORA/2 envelope ("AG", version 2).
+AGORA2 = b"AG\x02"
 
 __all__ = ["BrokerCore", "CallContext", "Outgoing", "Service", "WorkerCall"]
 
@@ -146,11 +158,11 @@ class BrokerCore:
             Command.BROKER_KEY: self._broker_key,
             Command.REGISTER: self._register,
             Command.LOGIN: self._login,
-            Command.SESSION: self._session,
         }
-        self._session_ops: dict[SessionOp, Callable[[Session, dict[str, Any], float], Any]] = {
-            SessionOp.CALL: self._call,
-            SessionOp.LOGOUT: self._logout,
+        # Session requests by envelope kind (all sealed under the session key).
+        self._session_kinds: dict[int, Callable[[Session, bytes, float], Any]] = {
+            Kind.CALL: self._call,
+            Kind.LOGOUT: self._logout,
         }
 
     # -- entry points -----------------------------------------------------------------------
@@ -163,19 +175,10 @@ class BrokerCore:
             return self._guarded("notice", self.notices.handle, identity, frames, now)
         if frames and frames[0] == WORKER_PROTOCOL:
             return self._guarded("worker", self.workers.handle, identity, frames, now)
-        command: Command | None = None
-        try:
-            command, body = parse_request(frames)
-            reply = self._commands[command](identity, body, now, address)
-        except RemoteError as exc:
-            reply = error_reply(command, exc.code, exc.message)
-        except ProtocolError as exc:
-            log.info("bad request: %s", exc)
-            reply = error_reply(command, ErrorCode.BAD_REQUEST, str(exc))
-        except Exception:
-            log.exception("internal error handling %s", command.name if command else "?")
-            reply = error_reply(command, ErrorCode.INTERNAL, "internal broker error")
-        out = [(identity, reply)] if reply else []
+        if len(frames) == 1 and frames[0][:3] == AGORA2:
+            out = self._client(identity, frames[0], now)
+        else:
+            out = self._preauth(identity, frames, now, address)
         if self._outbox:
             out += self._outbox
             self._outbox = []
@@ -191,6 +194,42 @@ class BrokerCore:
             log.exception("internal error handling a %s message", channel)
             out = []
         return out + self.notices.flush(now)
+
+    def _preauth(self, identity: bytes, frames: list[bytes], now: float, address: str,
+                 ) -> list[Outgoing]:
+        command: Command | None = None
+        try:
+            command, body = parse_request(frames)
+            reply = self._commands[command](identity, body, now, address)
+        except RemoteError as exc:
+            reply = error_reply(command, exc.code, exc.message)
+        except ProtocolError as exc:
+            log.info("bad request: %s", exc)
+            reply = error_reply(command, ErrorCode.BAD_REQUEST, str(exc))
+        except Exception:
+            log.exception("internal error handling %s", command.name if command else "?")
+            reply = error_reply(command, ErrorCode.INTERNAL, "internal broker error")
+        return [(identity, reply)] if reply else []
+
+    def _client(self, identity: bytes, data: bytes, now: float) -> list[Outgoing]:
+        """One AGORA/2 client envelope. Kind, context and counter come from its header."""
+        try:
+            header = peek(data)
+            if header.channel != Channel.CLIENT or header.sender != Sender.CLIENT:
+                raise ProtocolError("not a client request")
+            handler = self._session_kinds.get(header.kind)
+            if handler is None:
+                raise ProtocolError(f"unknown request kind {header.kind}")
+            return self._session(identity, data, header, handler, now)
+        except RemoteError as exc:  # refusals of what could not be authenticated: in clear
+            return [(identity, [client_error(exc.code, exc.message, *_echo(data))])]
+        except ProtocolError as exc:
+            log.info("bad client request: %s", exc)
+            return [(identity, [client_error(ErrorCode.BAD_REQUEST, str(exc), *_echo(data))])]
+        except Exception:
+            log.exception("internal error handling a client request")
+            return [(identity, [client_error(ErrorCode.INTERNAL, "internal broker error",
+                                             *_echo(data))])]
 
     def tick(self, now: float) -> list[Outgoing]:
         """Timers: session expiry, operator changes, workers, notices, audit flush.
@@ -448,11 +487,12 @@ class BrokerCore:
 
     # -- authenticated session -------------------------------------------------------------
 
-    def _session(self, identity: bytes, body: list[bytes], now: float, address: str,
-                 ) -> list[bytes]:
-        if len(body) != 2:
-            raise ProtocolError("SESSION takes 2 frames")
-        sid, sealed = body
+    def _session(self, identity: bytes, data: bytes, header: Header,
+                 handler: Callable[[Session, bytes, float], Any], now: float,
+                 ) -> list[Outgoing]:
+        """A session request: found by the header's context, authenticated by its key,
+        admitted once by the session's replay window, answered sealed on (sid, counter)."""
+        sid, counter = header.context, header.counter
         session = self.sessions.get(sid)
         if session is not None and session.expired(now):
             self.sessions.end(sid, EndReason.EXPIRED)
@@ -460,50 +500,51 @@ class BrokerCore:
         if session is None:
             log.info("session request refused: unknown session")
             raise RemoteError(ErrorCode.UNKNOWN_SESSION, "no such session (log in again)")
-        digest = hash_secret(sealed)
-        if session.last_reply is not None and constant_time_equal(digest, session.last_digest):
-            log.info("retransmission from %s answered again", session.username)
-            return session.last_reply  # exact retransmission: same answer, no new effect
-        if self.workers.retransmitted(sid, digest, identity):
-            return []  # a retry of a call a worker is still serving: answered when it is
-        counter, op, args = open_session_request(session.box, sealed)
-        if counter <= session.counter:
-            log.info("replayed request in session %s of %s refused", session.short_id,
-                     session.username)
-            self.audit_later(session.username, "session", "replayed", now)
-            return session_reply_frames(session.box, counter, Status.ERROR, {
-                "code": ErrorCode.REPLAYED.value, "message": "request replayed"})
-        session.counter = counter
+        _, body = open_envelope(session.key, data, Channel.CLIENT, Sender.CLIENT)
+        # Authenticated from here on: every answer is sealed under the session key.
+        nonce = data[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE]
+        admitted = self.sessions.admit(session, counter, now)
+        if not admitted:
+            cached = session.answered(counter, nonce)
+            if cached is not None:
+                log.info("retransmission from %s answered again", session.username)
+                return [(identity, cached)]  # exact retransmission: same answer, no new effect
+            if self.workers.retransmitted(sid, nonce, identity):
+                return []  # a retry of a call a worker is still serving: answered when it is
+            if admitted is None:
+                code, message = ErrorCode.SERVICE_UNAVAILABLE, "broker is full; try later"
+            else:
+                log.info("replayed request in session %s of %s refused", session.short_id,
+                         session.username)
+                self.audit_later(session.username, "session", "replayed", now)
+                code, message = ErrorCode.REPLAYED, "request replayed"
+            return [(identity, [session_refusal(session.key, sid, counter, code, message)])]
         session.last_seen = now
-        session.last_digest, session.last_reply = digest, None
         try:
-            result = self._session_ops[op](session, args, now)
+            result = handler(session, body, now)
             if isinstance(result, WorkerCall):
                 # Deferred: the worker's REPLY (or tick's timeout) answers, on this session
-                # and counter, and fills last_reply for retransmissions then.
-                self._outbox += self.workers.submit(session, identity, counter, digest,
+                # and counter, and fills the session's reply cache for retransmissions then.
+                self._outbox += self.workers.submit(session, identity, counter, nonce,
                                                     result.service, result.args, now)
                 return []
-            reply = session_reply_frames(session.box, counter, Status.OK, {"result": result})
+            reply = [session_result(session.key, sid, counter, result)]
         except RemoteError as exc:
-            reply = session_reply_frames(session.box, counter, Status.ERROR, exc.to_dict())
+            reply = [session_refusal(session.key, sid, counter, exc.code, exc.message)]
         except ProtocolError as exc:
-            reply = session_reply_frames(session.box, counter, Status.ERROR, {
-                "code": ErrorCode.BAD_REQUEST.value, "message": str(exc)})
-        session.last_reply = reply
-        return reply
+            reply = [session_refusal(session.key, sid, counter, ErrorCode.BAD_REQUEST,
+                                     str(exc))]
+        session.remember(counter, nonce, reply)
+        return [(identity, reply)]
 
-    def _logout(self, session: Session, args: dict[str, Any], now: float) -> Any:
+    def _logout(self, session: Session, body: bytes, now: float) -> Any:
         self.sessions.end(session.sid, EndReason.LOGGED_OUT)
         self.audit_later(session.username, "logout", "ok", now)
         log.info("logout %s session=%s", session.username, session.short_id)
         return {"ended": session.short_id}
 
-    def _call(self, session: Session, args: dict[str, Any], now: float) -> Any:
-        name = field(args, "service", str)
-        call_args = args.get("args", {})
-        if not isinstance(call_args, dict):
-            raise ProtocolError("args must be a JSON object")
+    def _call(self, session: Session, body: bytes, now: float) -> Any:
+        name, call_args = decode_call(body)
         service = self.services.get(name)
         level = service.level if service is not None else self.workers.level_of(name)
         if level is None:
@@ -562,6 +603,16 @@ def _end_reason(row: dict[str, Any] | None) -> EndReason | None:
     if not row["token_hash"]:
         return EndReason.RE_ENROLLED
     return None
+
+
+def _echo(data: bytes) -> tuple[bytes, int]:
+    """Context and counter of a request's header, to echo in a clear refusal (zeros if the
+    request has no readable header)."""
+    try:
+        header = peek(data)
+    except ProtocolError:
+        return NO_CONTEXT, 0
+    return header.context, header.counter
 
 
 def _decode_username(raw: bytes) -> str:

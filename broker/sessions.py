@@ -1,8 +1,8 @@
 """In-memory session table and the small bounded caches the broker keeps beside it.
 
 Sessions live in memory on purpose: every service call checks its session here, never in
-SQLite, so the hot path costs a dict lookup and one SecretBox open. A broker restart ends all
-sessions; agents notice ``unknown-session`` and log in again.
+SQLite, so the hot path costs a dict lookup, one envelope open and one replay-window check.
+A broker restart ends all sessions; agents notice ``unknown-session`` and log in again.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from agora.crypto import SecretBox
+from agora.envelope import ReplayGuard
 from agora.protocol import (
     RATE_LIMIT,
     RATE_WINDOW,
@@ -24,17 +26,28 @@ from agora.protocol import (
 )
 
 SESSION_ID_SIZE = 16
+#: Answers kept per session for exact retransmissions: room for a pipelining caller's
+#: requests in flight (issue 13 keeps 8) with margin.
+REPLY_CACHE_SIZE = 16
+#: Most sessions whose replay windows are kept; a login beyond it is refused, never a live
+#: window evicted.
+MAX_SESSIONS = 100_000
 
 
 @dataclass
 class Session:
-    """One logged-in agent process. ``counter`` is the highest request counter seen."""
+    """One logged-in agent process.
+
+    ``key`` is the session key's raw bytes (the envelope seals with it directly). Client
+    requests are guarded by the table's :class:`ReplayGuard` (context = ``sid``);
+    ``counter`` is the highest *worker* message counter seen on this session.
+    """
 
     sid: bytes
     username: str
     kind: PrincipalKind
     level: Level
-    box: SecretBox
+    key: bytes
     port: int
     address: str
     created: float
@@ -42,19 +55,32 @@ class Session:
     counter: int = 0
     #: Whether this session takes peer conversations on ``port`` (one-shot commands do not).
     listening: bool = True
-    # The last request's digest and reply, so an exact retransmission (Lazy Pirate retry)
-    # gets the same answer instead of a "replayed" error.
-    last_digest: bytes = b""
-    last_reply: list[bytes] | None = None
+    # counter -> (request nonce, reply) of the last answered requests, so an exact
+    # retransmission (Lazy Pirate retry) gets the same answer instead of acting twice.
+    replies: dict[int, tuple[bytes, list[bytes]]] = field(default_factory=dict)
+
+    @cached_property
+    def box(self) -> SecretBox:
+        """A SecretBox of the session key, for the worker channel's AGORA/1 envelope."""
+        return SecretBox(self.key)
 
     @property
     def short_id(self) -> str:
         return self.sid.hex()[:8]
 
-    @property
-    def key(self) -> bytes:
-        """The 32-octet session key (AGORA/2 envelopes of this session)."""
-        return bytes(self.box)
+    def remember(self, counter: int, nonce: bytes, reply: list[bytes]) -> None:
+        """Keep the answer to request ``counter`` (sealed with ``nonce``) for its retries."""
+        replies = self.replies
+        replies[counter] = (nonce, reply)
+        if len(replies) > REPLY_CACHE_SIZE:
+            del replies[next(iter(replies))]
+
+    def answered(self, counter: int, nonce: bytes) -> list[bytes] | None:
+        """The cached answer if this is an exact retransmission of request ``counter``."""
+        entry = self.replies.get(counter)
+        if entry is not None and entry[0] == nonce:
+            return entry[1]
+        return None
 
     def expired(self, now: float) -> bool:
         return (now - self.last_seen > SESSION_IDLE_TIMEOUT
@@ -73,16 +99,24 @@ class SessionListener(Protocol):
 class SessionTable:
     by_id: dict[bytes, Session] = field(default_factory=dict)
     listener: SessionListener | None = None
+    #: One replay window per live session (context = session id); ended sessions leave it.
+    guard: ReplayGuard = field(
+        default_factory=lambda: ReplayGuard(ttl=SESSION_MAX_AGE, max_contexts=MAX_SESSIONS))
 
     def open(self, username: str, kind: PrincipalKind, level: Level, key: bytes, port: int,
              address: str, now: float, listening: bool = True) -> Session:
         sid = secrets.token_bytes(SESSION_ID_SIZE)
-        session = Session(sid, username, kind, level, SecretBox(key), port, address, now, now,
+        session = Session(sid, username, kind, level, key, port, address, now, now,
                           listening=listening)
         self.by_id[sid] = session
         if self.listener is not None:
             self.listener.opened(session)
         return session
+
+    def admit(self, session: Session, counter: int, now: float) -> bool | None:
+        """Record authenticated request ``counter`` of ``session``: True if new, False if
+        seen (or below the window), None if the guard is full of live sessions."""
+        return self.guard.admit(session.sid, counter, now, session.created + SESSION_MAX_AGE)
 
     def get(self, sid: bytes) -> Session | None:
         return self.by_id.get(sid)
@@ -91,6 +125,7 @@ class SessionTable:
         return [s for s in self.by_id.values() if s.username == username]
 
     def end(self, sid: bytes, reason: EndReason = EndReason.LOGGED_OUT) -> Session | None:
+        self.guard.forget(sid)
         session = self.by_id.pop(sid, None)
         if session is not None and self.listener is not None:
             self.listener.ended(session, reason)

@@ -45,7 +45,8 @@ from agora.wire import (
     open_worker_message,
     parse_worker_frames,
     seal_worker_message,
-    session_reply_frames,
+    session_refusal,
+    session_result,
     to_worker_frames,
     worker_error_frames,
 )
@@ -356,9 +357,13 @@ class WorkerRegistry:
         session = self.sessions.get(call.sid)
         if session is None:  # the caller logged out or was revoked meanwhile
             return []
-        reply = session_reply_frames(session.box, call.counter, status, body)
-        if session.last_digest == call.digest:  # still its latest request: cache for retries
-            session.last_reply = reply
+        if status is Status.OK:
+            sealed = session_result(session.key, call.sid, call.counter, body.get("result"))
+        else:
+            sealed = session_refusal(session.key, call.sid, call.counter,
+                                     str(body.get("code")), str(body.get("message")))
+        reply = [sealed]
+        session.remember(call.counter, call.digest, reply)  # for the caller's retries
         return [(call.caller, reply)]
 
     def _abandon(self, sid: bytes) -> None:

@@ -15,10 +15,16 @@ from collections.abc import Iterator
 import pytest
 
 from agents import Agent
-from agora.errors import BrokerUnreachable, RemoteError
+from agora.errors import BrokerUnreachable, ProtocolError, RemoteError
 from agora.keyfile import KeyPair
-from agora.protocol import CLIENT_PROTOCOL, Command, ErrorCode, Level, Status
-from agora.wire import open_session_reply, parse_reply, request_frames
+from agora.protocol import CLIENT_PROTOCOL, Command, ErrorCode, Kind, Level, Status
+from agora.wire import (
+    encode_call,
+    open_session_reply,
+    raise_if_clear_error,
+    request_frames,
+    seal_session_request,
+)
 from broker.core import BrokerCore
 from broker.services import builtin_services
 from broker.store import Store
@@ -250,23 +256,69 @@ def test_login_whose_reply_was_lost_is_recovered_by_the_next_process(world):
 
 # -- sessions -----------------------------------------------------------------------------
 
-def test_replayed_session_request_is_refused(world):
+def session_frames(agent: Agent, counter: int, service: str = "echo",
+                   args: dict | None = None) -> list[bytes]:
+    """A CALL of ``agent``'s session with the counter the test chooses."""
+    return [seal_session_request(agent.session.key, agent.session.sid, counter, Kind.CALL,
+                                 encode_call(service, args))]
+
+
+def answer(agent: Agent, reply: list[bytes], counter: int):
+    return open_session_reply(agent.session.key, reply, agent.session.sid, counter)
+
+
+def test_replayed_session_request_is_refused_sealed(world):
     agent = world.agent()
     agent.call("echo", {"n": 1})
     first_call = agent.connection.sent[-1]
     agent.call("echo", {"n": 2})
+    agent.call("echo", {"n": 3})  # the cache of exact retransmissions is not a replay pass
+    world.core.sessions.get(agent.session.sid).replies.clear()
     reply = world.send(agent, first_call)
-    with refused(ErrorCode.REPLAYED):
-        open_session_reply(agent.session.box, parse_reply(reply, Command.SESSION)[0], 1)
+    with pytest.raises(RemoteError) as err:
+        answer(agent, reply, 1)
+    assert err.value.code is ErrorCode.REPLAYED and err.value.authenticated
 
 
-def test_exact_retransmission_of_last_request_does_not_act_twice(world):
+def test_exact_retransmission_gets_the_cached_answer_and_does_not_act_twice(world):
     agent = world.agent()
     agent.call("echo", {"n": 1})
-    counter = world.core.sessions.get(agent.session.sid).counter
     last = agent.connection.sent[-1]
+    rows = len(world.audit_actions("ana.lima"))
     assert world.send(agent, last) == world.send(agent, last)
-    assert world.core.sessions.get(agent.session.sid).counter == counter
+    assert len(world.audit_actions("ana.lima")) == rows  # nothing acted again
+
+
+def test_out_of_order_requests_within_the_window_are_each_served_once(world):
+    agent = world.agent()
+    early, late = session_frames(agent, 5, args={"n": 5}), session_frames(agent, 3,
+                                                                           args={"n": 3})
+    assert answer(agent, world.send(agent, early), 5) == {"n": 5}
+    assert answer(agent, world.send(agent, late), 3) == {"n": 3}  # pipelined: arrives later
+    replayed_late = [seal_session_request(agent.session.key, agent.session.sid, 3, Kind.CALL,
+                                          encode_call("echo", {"n": 33}))]
+    with refused(ErrorCode.REPLAYED):
+        answer(agent, world.send(agent, replayed_late), 3)  # a new message, same counter
+    too_old = session_frames(agent, 100)
+    answer(agent, world.send(agent, too_old), 100)
+    with refused(ErrorCode.REPLAYED):
+        answer(agent, world.send(agent, session_frames(agent, 100 - 64)), 100 - 64)
+
+
+def test_unknown_session_is_refused_in_clear_as_unauthenticated(world):
+    agent = world.agent()
+    frames = session_frames(agent, 1)
+    world.core.sessions.end(agent.session.sid)
+    with pytest.raises(RemoteError) as err:
+        answer(agent, world.send(agent, frames), 1)
+    assert err.value.code is ErrorCode.UNKNOWN_SESSION and not err.value.authenticated
+
+
+def test_reply_for_another_counter_is_not_taken_as_the_answer(world):
+    agent = world.agent()
+    reply = world.send(agent, session_frames(agent, 7))
+    with pytest.raises(ProtocolError):
+        answer(agent, reply, 8)
 
 
 def test_identity_comes_from_session_not_from_request(world):
@@ -279,9 +331,11 @@ def test_identity_comes_from_session_not_from_request(world):
 def test_session_of_another_user_cannot_be_driven_without_its_key(world):
     ana = world.agent("Ana Lima")
     bob = world.agent("Bob Stone")
-    forged = request_frames(Command.SESSION, ana.session.sid, os.urandom(60))
-    reply = world.send(bob, forged)
-    assert reply[2] == Status.ERROR.value and b"bad-request" in reply[3]
+    forged = [seal_session_request(os.urandom(32), ana.session.sid, 9, Kind.CALL,
+                                   encode_call("whoami"))]
+    with pytest.raises(RemoteError) as err:
+        answer(ana, world.send(bob, forged), 9)
+    assert err.value.code is ErrorCode.BAD_REQUEST and not err.value.authenticated
 
 
 def test_idle_session_expires(world):
@@ -328,13 +382,29 @@ def test_operator_revoke_ends_live_session(world):
     [CLIENT_PROTOCOL, Command.LOGIN.value, b"", b"x"],
     [CLIENT_PROTOCOL, Command.REGISTER.value, b"short", b"x"],
     [CLIENT_PROTOCOL, Command.REGISTER.value, bytes(32), os.urandom(100)],
-    [CLIENT_PROTOCOL, Command.SESSION.value, b"no-such-session!", b"x"],
 ])
 def test_malformed_request_gets_error_reply(world, frames):
     out = world.core.handle(b"id", frames, world.clock.now)
     assert len(out) == 1
     reply = out[0][1]
     assert reply[0] == CLIENT_PROTOCOL and reply[2] == Status.ERROR.value
+
+
+@pytest.mark.parametrize("data", [
+    b"AG\x02",
+    b"AG\x02" + bytes(27),
+    b"AG\x02\x01\x04\x01" + b"no-such-session!" + bytes(8) + os.urandom(60),
+    b"AG\x02\x01\x63\x01" + bytes(24) + os.urandom(60),  # unknown kind
+    b"AG\x02\x02\x04\x01" + bytes(24) + os.urandom(60),  # another channel
+    b"AG\x02\x01\x07\x02" + bytes(24) + os.urandom(60),  # a reply sent to the broker
+])
+def test_malformed_envelope_gets_a_clear_error(world, data):
+    out = world.core.handle(b"id", [data], world.clock.now)
+    assert len(out) == 1
+    with pytest.raises(RemoteError) as err:
+        raise_if_clear_error(out[0][1][0])
+    assert not err.value.authenticated
+    assert err.value.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_SESSION)
 
 
 def test_random_and_mutated_frames_never_break_the_core(world):
@@ -358,7 +428,8 @@ def test_random_and_mutated_frames_never_break_the_core(world):
             else:
                 frames.insert(victim, bytearray(os.urandom(rng.randint(0, 8))))
         out = world.core.handle(b"fuzz", [bytes(f) for f in frames], world.clock.now)
-        assert all(reply[0] == CLIENT_PROTOCOL for _, reply in out)
+        assert all(reply[0] == CLIENT_PROTOCOL or reply[0][:3] == b"AG\x02"
+                   for _, reply in out)
     world.clock.advance(61)  # let the rate limiter forget the fuzz failures
     agent.login()
     assert agent.whoami()["username"] == "ana.lima"

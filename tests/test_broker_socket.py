@@ -13,7 +13,15 @@ import zmq
 from agents import Agent
 from agora.crypto import b64
 from agora.errors import BrokerUnreachable, MessageTooLarge, RemoteError
-from agora.protocol import CLIENT_PROTOCOL, MAX_MESSAGE_SIZE, Command, ErrorCode, Status
+from agora.protocol import (
+    CLIENT_PROTOCOL,
+    MAX_MESSAGE_SIZE,
+    Command,
+    ErrorCode,
+    Kind,
+    Status,
+)
+from agora.wire import encode_call, seal_session_request
 from broker.server import BrokerServer
 from tests.conftest import PASSWORD
 
@@ -31,7 +39,8 @@ def test_broker_survives_hundreds_of_random_and_mutated_frames(broker, zctx):
     rng = random.Random(99)
     samples = [
         [CLIENT_PROTOCOL, Command.LOGIN.value, b"ana.lima", os.urandom(90)],
-        [CLIENT_PROTOCOL, Command.SESSION.value, agent.session.sid, os.urandom(60)],
+        [seal_session_request(os.urandom(32), agent.session.sid, 10**6, Kind.CALL,
+                              encode_call("echo", {"n": 1}))],
         [CLIENT_PROTOCOL, Command.REGISTER.value, os.urandom(32), os.urandom(150)],
         [CLIENT_PROTOCOL, Command.BROKER_KEY.value],
     ]

@@ -10,7 +10,8 @@ import pytest
 from agents import Agent, examples
 from agents.worker import Caller, ServiceWorker, invoke, run_worker
 from agora.errors import RemoteError
-from agora.protocol import ErrorCode, PrincipalKind, SessionOp
+from agora.protocol import ErrorCode, Kind, PrincipalKind
+from agora.wire import encode_call
 from broker.server import BrokerServer
 from tests import sample_workers
 from tests.conftest import PASSWORD
@@ -178,7 +179,7 @@ def test_call_in_an_ended_session_is_refused(broker):
     ana.logout()
     ana.session = session  # keep using the old session's key and id
     with pytest.raises(RemoteError) as err:
-        ana.request(SessionOp.CALL, {"service": "echo", "args": {}}, relogin=False)
+        ana.request(Kind.CALL, encode_call("echo"), relogin=False)
     assert err.value.code is ErrorCode.UNKNOWN_SESSION
 
 

@@ -16,22 +16,20 @@ from agora.protocol import (
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
     WORKER_PROTOCOL,
-    Command,
     Direction,
     ErrorCode,
+    Kind,
     Level,
     PrincipalKind,
-    SessionOp,
     Status,
     WorkerCommand,
 )
 from agora.wire import (
     decode_json,
+    encode_call,
     open_session_reply,
     open_worker_message,
-    parse_reply,
     parse_to_worker_frames,
-    request_frames,
     seal_session_request,
     seal_worker_message,
     worker_frames,
@@ -53,6 +51,7 @@ class Peer:
                  kind: PrincipalKind = PrincipalKind.PERSON) -> None:
         key = new_symmetric_key()
         self.core, self.identity, self.box = core, identity, SecretBox(key)
+        self.key = key
         self.session = core.sessions.open(username, kind, Level(level), key, 0, "127.0.0.1",
                                           T0)
         self.counter = 0
@@ -60,16 +59,15 @@ class Peer:
     # client side
     def call_frames(self, service: str, args: dict | None = None) -> list[bytes]:
         self.counter += 1
-        return request_frames(Command.SESSION, self.session.sid, seal_session_request(
-            self.box, self.counter, SessionOp.CALL, {"service": service, "args": args or {}}))
+        return [seal_session_request(self.key, self.session.sid, self.counter, Kind.CALL,
+                                     encode_call(service, args))]
 
     def call(self, service: str, args: dict | None = None, now: float = T0) -> list:
         return self.core.handle(self.identity, self.call_frames(service, args), now)
 
     def answer(self, frames: list[bytes], counter: int | None = None):
         """The result of a session reply to this peer; RemoteError for an error."""
-        body = parse_reply(frames, Command.SESSION)
-        return open_session_reply(self.box, body[0], counter or self.counter)["result"]
+        return open_session_reply(self.key, frames, self.session.sid, counter or self.counter)
 
     # worker side
     def worker_frames(self, command: WorkerCommand, body: dict) -> list[bytes]:
