@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import zmq
 
 from agents import Agent, examples
 from agents.worker import Caller, ServiceWorker, invoke, run_worker
@@ -226,7 +227,16 @@ def test_worker_attaches_again_after_a_broker_restart(broker):
     broker.server.stop.set()
     broker.thread.join(timeout=5)
     broker.server.close()
-    restarted = BrokerServer(broker.data_dir, broker.endpoint, broker.context)
+    # ZeroMQ's I/O thread releases the old port a moment after close() (in one process).
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            restarted = BrokerServer(broker.data_dir, broker.endpoint, broker.context)
+            break
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     serving = threading.Thread(target=restarted.serve, daemon=True)
     serving.start()
     try:
