@@ -136,10 +136,11 @@ class Broker:
             store.db.close()
 
     def agent(self, name: str, kind: PrincipalKind = PrincipalKind.PERSON,
-              login: bool = True, listen: bool = False) -> Agent:
-        """A registered agent (its own home); logged in unless told otherwise."""
+              login: bool = True, listen: bool = False, homes: Path | None = None) -> Agent:
+        """A registered agent (its own home under ``homes``); logged in unless told
+        otherwise."""
         username, otid = self.enroll(name, kind)
-        agent = Agent(self.lab.root / "homes" / username, broker=self.endpoint,
+        agent = Agent((homes or self.lab.root / "homes") / username, broker=self.endpoint,
                       context=self.lab.context, timeout=5.0, retries=1)
         self.lab.agents.append(agent)
         agent.register(username, otid, self.fingerprint, PASSWORD)
@@ -157,6 +158,17 @@ class Lab:
         self.children: list[Child] = []
         self.agents: list[Agent] = []
         self.env = agora_env(AGORA_PASSWORD=PASSWORD)
+        self._memory_dir: Path | None = None
+
+    @property
+    def memory_dir(self) -> Path:
+        """A directory in memory (/dev/shm) when there is one, else in the lab: for files
+        whose fsync is not what a scenario measures. Removed with the lab."""
+        if self._memory_dir is None:
+            shm = Path("/dev/shm")  # noqa: S108 - a private mkdtemp inside it, removed at close
+            base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.root
+            self._memory_dir = Path(tempfile.mkdtemp(prefix="agora-bench-", dir=base))
+        return self._memory_dir
 
     def spawn(self, name: str, args: list[str]) -> Child:
         child = Child(name, args, self.env)
@@ -179,5 +191,7 @@ class Lab:
             child.terminate()
             child.wait_or_kill(deadline - time.monotonic())
         self.context.destroy(linger=0)
+        if self._memory_dir is not None:
+            shutil.rmtree(self._memory_dir, ignore_errors=True)
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -41,7 +41,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(rounds=3, seconds=0.2, sessions=(1, 100, 1000), profile_logins=40)
+        return cls(rounds=3, seconds=0.2, sessions=(1, 100, 1000), profile_logins=20)
 
 
 def free_udp_port() -> int:
