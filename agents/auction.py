@@ -6,8 +6,11 @@
     watcher = AuctionWatcher(client, join); watcher.serve(until=lambda v: bool(v.results))
 
 The auctioneer's Curve25519 key comes from the broker's ``lookup`` over this agent's
-authenticated session, never from the auctioneer itself; every request is a Box from this
-agent's registered key to it, and every answer a Box back, so both sides know who speaks.
+authenticated session, never from the auctioneer itself; every request is an AGORA/2
+envelope under the box key of this agent's registered key pair and the auctioneer's key, with
+a fresh request id as its context, and every answer an envelope back under the same key with
+the same context, sealed by the other role, so both sides know who speaks and a reflected
+or swapped reply is refused.
 The watcher merges UDP multicast and the PUB mirror into one :class:`AuctionView`.
 """
 
@@ -24,8 +27,15 @@ import zmq
 from agents.agent import Agent
 from agents.auction_view import AuctionView, JoinInfo
 from agents.transport import BrokerConnection
-from agora.auction_wire import open_reply, request_frames
-from agora.crypto import Box, PrivateKey, PublicKey, seal, unb64
+from agora.auction_wire import (
+    encode_request_body,
+    new_request_id,
+    open_reply,
+    request_frames,
+    seal_request,
+)
+from agora.crypto import PrivateKey, unb64
+from agora.envelope import Header, box_key, peek, timestamp_counter
 from agora.errors import (
     AgoraError,
     AuctioneerUnreachable,
@@ -39,11 +49,11 @@ from agora.protocol import (
     DEFAULT_AUCTION_ENDPOINT,
     DEFAULT_MULTICAST_INTERFACE,
     MAX_DATAGRAM,
-    AuctionCommand,
+    Kind,
     PrincipalKind,
 )
 from agora.sockets import make_socket
-from agora.wire import encode_json, field
+from agora.wire import field
 
 log = logging.getLogger("agora.auction")
 
@@ -70,7 +80,7 @@ class AuctionClient:
         self.private_key = private_key
         self.public_key = bytes(private_key.public_key)
         self.auctioneer_key = auctioneer_public_key
-        self.box = Box(private_key, PublicKey(auctioneer_public_key))
+        self.key = box_key(bytes(private_key), auctioneer_public_key)  # once per client
         self.endpoint = endpoint
         self.context = context or zmq.Context.instance()
         self.conn = BrokerConnection(endpoint, self.context, timeout, retries)
@@ -82,26 +92,32 @@ class AuctionClient:
         return cls(agent.private_key, auctioneer_key(agent, auctioneer), endpoint,
                    agent.context, **kwargs)
 
-    def frames(self, command: AuctionCommand, body: dict[str, Any],
-               now: float | None = None) -> list[bytes]:
-        """A request: this key in clear, the body Box-sealed to the auctioneer (no I/O)."""
-        ts = time.time() if now is None else now
-        return request_frames(command, self.public_key,
-                              seal(self.box, encode_json({**body, "ts": ts})))
+    def frames(self, kind: Kind, body: dict[str, Any], now: float | None = None,
+               request_id: bytes | None = None) -> list[bytes]:
+        """A request (no I/O): this key in clear, then the envelope with a new request id
+        (or ``request_id``) as context and the clock in ms as counter. Retries send these
+        same frames again."""
+        counter = timestamp_counter(time.time() if now is None else now)
+        envelope = seal_request(self.key, kind, request_id or new_request_id(), counter,
+                                encode_request_body(kind, body))
+        return request_frames(self.public_key, envelope)
 
-    def answer(self, frames: list[bytes], command: AuctionCommand) -> dict[str, Any]:
-        """The auctioneer's reply opened and checked; RemoteError for a refusal (no I/O)."""
-        return open_reply(frames, command, self.box)
+    def answer(self, reply: list[bytes], request: list[bytes]) -> dict[str, Any]:
+        """The auctioneer's reply to the ``request`` frames, opened and checked (no I/O):
+        RemoteError for a sealed refusal, UnauthenticatedRefusal for a clear one,
+        ProtocolError for a reply that is not the auctioneer's answer to this request."""
+        return open_reply(self.key, reply, _header(request))
 
-    def request(self, command: AuctionCommand, body: dict[str, Any]) -> dict[str, Any]:
+    def request(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        frames = self.frames(kind, body)
         try:
-            reply = self.conn.request(self.frames(command, body))
+            reply = self.conn.request(frames)
         except BrokerUnreachable:
             raise AuctioneerUnreachable(f"auctioneer unreachable at {self.endpoint}") from None
-        return self.answer(reply, command)
+        return self.answer(reply, frames)
 
     def join(self) -> JoinInfo:
-        return self.join_info(self.request(AuctionCommand.JOIN, {}))
+        return self.join_info(self.request(Kind.JOIN, {}))
 
     def join_info(self, answer: dict[str, Any]) -> JoinInfo:
         try:
@@ -117,16 +133,22 @@ class AuctionClient:
 
     def bid(self, item_id: str, amount_cents: int) -> dict[str, Any]:
         """Place a bid; the answer says it was stored. RemoteError says why not."""
-        return self.request(AuctionCommand.BID, {"item": item_id, "amount": amount_cents})
+        return self.request(Kind.BID, {"item": item_id, "amount": amount_cents})
 
     def snapshot(self) -> dict[str, Any]:
-        return self.request(AuctionCommand.SNAPSHOT, {})
+        return self.request(Kind.SNAPSHOT, {})
 
     def results(self) -> list[dict[str, Any]]:
-        return field(self.request(AuctionCommand.RESULTS, {}), "results", list)
+        return field(self.request(Kind.RESULTS, {}), "results", list)
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _header(request: list[bytes]) -> Header:
+    if len(request) != 2:
+        raise LocalError("an auction request is [public key, envelope]")
+    return peek(request[1])
 
 
 class AuctionWatcher:

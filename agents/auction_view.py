@@ -2,8 +2,10 @@
 
 :class:`AuctionView` is fed raw datagrams — from multicast and from the PUB mirror, in any
 interleaving — and keeps the current item, best bid, closing time, last bids and results.
-It accepts only datagrams signed by the auctioneer key learnt at join, drops duplicates
-and replays by ``(epoch, seq)`` (both paths carry the same bytes), and says when it has
+It accepts only datagrams signed by the auctioneer key learnt at join (members hold the
+group key, so the signature is what proves the auctioneer), opens EVENT envelopes with the
+epoch's group key and REKEY entries with this member's box key, drops duplicates and
+replays by ``(epoch, seq)`` (both paths carry the same bytes), and says when it has
 noticed a gap or lacks an epoch's key, so that the shell asks for a snapshot, as in the
 ZeroMQ guide's "Clone" pattern. It never raises for anything received.
 """
@@ -16,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agora.auction_wire import open_event, open_rekey, peek_datagram, verify_datagram
-from agora.crypto import Box, PrivateKey, PublicKey, SecretBox, VerifyKey, unb64
+from agora.crypto import PrivateKey, VerifyKey, unb64
+from agora.envelope import KEY_SIZE, box_key
 from agora.errors import ProtocolError
-from agora.protocol import EnvelopeType, Event
+from agora.protocol import Event, Kind
 
 log = logging.getLogger("agora.auction")
 
@@ -56,8 +59,8 @@ class AuctionView:
     def __init__(self, join: JoinInfo, private_key: PrivateKey) -> None:
         self.verify_key = VerifyKey(join.verify_key)
         self.public_key = bytes(private_key.public_key)
-        self.box = Box(private_key, PublicKey(join.auctioneer_key))
-        self.keys: dict[int, SecretBox] = {}
+        self.key = box_key(bytes(private_key), join.auctioneer_key)
+        self.keys: dict[int, bytes] = {}
         self.epoch = 0
         self.last_seq = 0
         self.item: dict[str, Any] | None = None
@@ -88,20 +91,24 @@ class AuctionView:
             return Feed()  # seen on the other path already, or a replay
         in_order = (dgram.epoch == self.epoch and dgram.seq == self.last_seq + 1) or \
             (dgram.epoch > self.epoch and dgram.seq == 1)
+        position = (self.epoch, self.last_seq)
         self.epoch, self.last_seq = dgram.epoch, dgram.seq
         try:
-            if dgram.type is EnvelopeType.REKEY:
-                key = open_rekey(dgram, self.box, self.public_key)
+            if dgram.kind is Kind.REKEY:
+                key = open_rekey(dgram, self.public_key, self.key)
                 if key is not None:
                     self._add_key(dgram.epoch, key)
                     return Feed([{"kind": Event.REKEY.value, "epoch": dgram.epoch}],
                                 not in_order)
                 return Feed([], not in_order)
-            box = self.keys.get(dgram.epoch)
-            if box is None:  # missed the rekey, or left out of it: the snapshot will tell
+            group_key = self.keys.get(dgram.epoch)
+            if group_key is None:  # missed the rekey, or left out of it: the snapshot tells
+                self.epoch, self.last_seq = position
                 return Feed([], True)
-            event = open_event(dgram, box)
+            event = open_event(dgram, group_key)
         except ProtocolError as exc:
+            # Signed but not openable: it must not move the view past what it skipped.
+            self.epoch, self.last_seq = position
             self.dropped += 1
             log.info("dropped a signed datagram that does not open: %s", exc)
             return Feed([], True)
@@ -112,7 +119,7 @@ class AuctionView:
         """Replace the picture with the auctioneer's: state, epoch, key and sequence."""
         try:
             epoch, seq = int(snapshot["epoch"]), int(snapshot["seq"])
-            key = unb64(snapshot["group_key"], SecretBox.KEY_SIZE)
+            key = unb64(snapshot["group_key"], KEY_SIZE)
             state = snapshot["state"]
             if not isinstance(state, dict):
                 raise TypeError
@@ -126,7 +133,7 @@ class AuctionView:
             self.results.append(last)
 
     def _add_key(self, epoch: int, key: bytes) -> None:
-        self.keys[epoch] = SecretBox(key)
+        self.keys[epoch] = key
         for old in sorted(self.keys)[:-KEPT_EPOCHS]:
             del self.keys[old]
 
@@ -144,6 +151,13 @@ class AuctionView:
             self.minimum = event.get("minimum", self.minimum)
         elif kind == Event.EXTENDED.value:
             self.closes_at = event.get("closes_at", self.closes_at)
+        elif kind == Event.VOIDED.value:
+            # A revoked bidder's bids no longer count: the auctioneer's new best and bids.
+            self.best = event.get("best")
+            self.minimum = event.get("minimum", self.minimum)
+            self.bids.clear()
+            for bid in event.get("bids") or []:
+                self.bids.appendleft(bid)
         elif kind == Event.CLOSING.value:
             self.status = "closing"
         elif kind == Event.CLOSED.value:

@@ -4,22 +4,33 @@ No sockets. Three things live here:
 
 - **money**: integer cents everywhere; :func:`parse_money` reads item files and the command
   line (a Decimal string such as ``"12.50"`` or an integer count of cents, never a float);
-- **requests** on the auctioneer's ROUTER: ``[AGORA01A, command, bidder key, Box]`` and
-  replies ``[AGORA01A, command, status, body]``, where the body is Box-sealed JSON whenever
-  the request proved its key, and plain JSON ``{"code", "message"}`` only when it did not;
+- **requests** on the auctioneer's ROUTER, each one AGORA/2 envelope (agora/envelope.py)::
+
+      request = [bidder public key (32, clear key hint), envelope]
+      reply   = [envelope]
+
+  The request envelope is channel AUCTION, sender BIDDER, kind JOIN / BID / SNAPSHOT /
+  RESULTS, context a random 16-byte **request id** (kept across retries of that request),
+  counter the bidder's clock in milliseconds. It is sealed under the ``box_key`` of the
+  bidder's key pair and the auctioneer's public key: the key hint is how the auctioneer finds
+  that key. The reply is sealed under the same key with sender AUCTIONEER, kind RESULT (JSON
+  answer) or REFUSED (JSON ``{"code", "message"}``), and the request's context and counter,
+  so a reflected request, or the answer to another request, is refused. A request that did
+  not prove its key gets a clear ERROR envelope, which the bidder reports as unauthenticated
+  (:class:`~agora.errors.UnauthenticatedRefusal`) and never acts on.
 - **announcements**: one datagram, the same bytes on UDP multicast and on the PUB mirror::
 
-      magic "AGORA01M" (8) | type (1) | epoch (4, BE) | seq (8, BE) | Ed25519 signature (64)
-      | payload
+      envelope (channel ANNOUNCE, sender AUCTIONEER, context = epoch) | Ed25519 signature (64)
 
-  The signature covers everything but itself (header and payload), so a member, who holds
-  the group key, still cannot forge one. ``SEALED`` payloads are SecretBox(group key) of a
-  JSON event; ``REKEY`` payloads are JSON ``{"epoch", "keys": {fingerprint: Box}}`` carrying
-  the epoch's new group key to each remaining member.
+  EVENT envelopes are sealed under the epoch's group key (JSON event); a REKEY envelope is
+  clear, its body the new group key boxed to each remaining member. The signature covers the
+  whole envelope: members hold the group key, so only the signature proves the auctioneer.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -28,30 +39,23 @@ from typing import Any
 
 import nacl.exceptions
 
-from agora.crypto import (
-    Box,
-    PrivateKey,
-    PublicKey,
-    SecretBox,
-    SigningKey,
-    VerifyKey,
-    b64,
-    fingerprint,
-    open_sealed,
+from agora.crypto import SigningKey, VerifyKey
+from agora.envelope import (
+    CONTEXT_SIZE,
+    HEADER_SIZE,
+    KEY_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
+    Header,
+    clear,
+    open_clear,
+    open_envelope,
+    peek,
     seal,
-    unb64,
 )
-from agora.errors import LocalError, ProtocolError, RemoteError
-from agora.protocol import (
-    ANNOUNCEMENT_MAGIC,
-    AUCTION_PROTOCOL,
-    MAX_DATAGRAM,
-    AuctionCommand,
-    EnvelopeType,
-    ErrorCode,
-    Status,
-)
-from agora.wire import decode_json, encode_json, remote_error
+from agora.errors import LocalError, ProtocolError, RemoteError, UnauthenticatedRefusal
+from agora.protocol import MAX_DATAGRAM, Channel, ErrorCode, Kind, Sender
+from agora.wire import decode_json
 
 # -- money ----------------------------------------------------------------------------------
 
@@ -96,163 +100,243 @@ def format_money(cents: int) -> str:
 
 # -- requests and replies -------------------------------------------------------------------
 
-def request_frames(command: AuctionCommand, public_key: bytes, sealed: bytes) -> list[bytes]:
-    return [AUCTION_PROTOCOL, command.value, public_key, sealed]
+#: The kinds a bidder may send.
+REQUEST_KINDS = frozenset({Kind.JOIN, Kind.BID, Kind.SNAPSHOT, Kind.RESULTS})
+#: The kinds of a sealed reply.
+REPLY_KINDS = frozenset({Kind.RESULT, Kind.REFUSED})
+#: Longest item id in a BID (item files allow no more).
+MAX_ITEM_ID = 200
+_AMOUNT_FIELD = struct.Struct(">Q")
 
 
-def parse_request(frames: list[bytes]) -> tuple[AuctionCommand, bytes, bytes]:
-    """``(command, bidder public key, sealed body)``; ProtocolError for anything else."""
-    if len(frames) != 4 or frames[0] != AUCTION_PROTOCOL:
-        raise ProtocolError("not an agora auction request")
+def new_request_id() -> bytes:
+    """A fresh request id: the context of one request and of its reply (and its retries)."""
+    return os.urandom(CONTEXT_SIZE)
+
+
+def encode_bid(item_id: str, amount: int) -> bytes:
+    """A BID body: amount in cents (8, big endian) | item id (UTF-8, 1..200 bytes)."""
+    item = item_id.encode("utf-8")
+    if not 0 < len(item) <= MAX_ITEM_ID:
+        raise LocalError(f"item id must be 1 to {MAX_ITEM_ID} bytes")
+    if not 0 <= amount <= MAX_CENTS:
+        raise LocalError(f"amount must be between 0 and {MAX_CENTS} cents")
+    return _AMOUNT_FIELD.pack(amount) + item
+
+
+def decode_bid(body: bytes) -> tuple[str, int]:
+    """``(item id, amount in cents)`` of a BID body; ProtocolError naming what is wrong."""
+    if len(body) < _AMOUNT_FIELD.size + 1:
+        raise ProtocolError("bid is missing its amount or item id (8-byte amount, then the "
+                            "item id)")
+    (amount,) = _AMOUNT_FIELD.unpack_from(body)
+    if not 0 < amount <= MAX_CENTS:
+        raise ProtocolError(f"amount must be between 1 and {MAX_CENTS} cents")
+    raw = body[_AMOUNT_FIELD.size:]
+    if len(raw) > MAX_ITEM_ID:
+        raise ProtocolError(f"item id is longer than {MAX_ITEM_ID} bytes")
     try:
-        command = AuctionCommand(frames[1])
-    except ValueError:
-        raise ProtocolError("unknown auction command") from None
-    if len(frames[2]) != 32:
-        raise ProtocolError("bidder public key must be 32 bytes")
-    return command, frames[2], frames[3]
+        return raw.decode("utf-8"), amount
+    except UnicodeDecodeError:
+        raise ProtocolError("item id is not UTF-8") from None
 
 
-def reply_frames(command: AuctionCommand | None, status: Status, body: bytes) -> list[bytes]:
-    return [AUCTION_PROTOCOL, command.value if command else b"\x00", status.value, body]
+def encode_request_body(kind: Kind, fields: dict[str, Any]) -> bytes:
+    """The body of a request: a BID's fixed layout; JOIN, SNAPSHOT and RESULTS are empty."""
+    if kind == Kind.BID:
+        return encode_bid(fields["item"], fields["amount"])
+    return b""
 
 
-def plain_error(command: AuctionCommand | None, code: ErrorCode, message: str) -> list[bytes]:
-    """A refusal to a request that did not prove its key: nothing in it is secret."""
-    return reply_frames(command, Status.ERROR, encode_json({"code": code.value,
-                                                            "message": message}))
+def decode_request_body(kind: Kind, body: bytes) -> dict[str, Any]:
+    if kind == Kind.BID:
+        item_id, amount = decode_bid(body)
+        return {"item": item_id, "amount": amount}
+    if body:
+        raise ProtocolError(f"{Kind(kind).name} has an empty body")
+    return {}
 
 
-def sealed_reply(box: Box, command: AuctionCommand, status: Status,
-                 body: dict[str, Any]) -> list[bytes]:
-    return reply_frames(command, status, seal(box, encode_json(body)))
+def seal_request(key: bytes, kind: Kind, request_id: bytes, counter: int,
+                 body: bytes, nonce: bytes | None = None) -> bytes:
+    return seal(key, Header(Channel.AUCTION, kind, Sender.BIDDER, request_id, counter), body,
+                nonce)
 
 
-def open_reply(frames: list[bytes], command: AuctionCommand, box: Box) -> dict[str, Any]:
-    """The auctioneer's answer, proven to come from it (Box); RemoteError for a refusal.
+def request_frames(public_key: bytes, envelope: bytes) -> list[bytes]:
+    return [public_key, envelope]
 
-    A refusal that does not open with the Box is an unauthenticated one (the auctioneer
-    could not tell who asked); it is reported as such, never mistaken for an answer.
-    """
-    if len(frames) != 4 or frames[0] != AUCTION_PROTOCOL:
-        raise ProtocolError("auctioneer reply is not an agora auction message")
-    status = frames[2]
-    if status == Status.OK.value:
-        if frames[1] != command.value:
-            raise ProtocolError("auctioneer reply does not match the request")
-        return decode_json(open_sealed(box, frames[3]))
-    if status != Status.ERROR.value:
-        raise ProtocolError("auctioneer reply has an unknown status")
+
+def seal_reply(key: bytes, request: Header, kind: Kind, body: dict[str, Any],
+               nonce: bytes | None = None) -> list[bytes]:
+    """A sealed RESULT / REFUSED for ``request`` (its context and counter echoed)."""
+    header = Header(Channel.AUCTION, kind, Sender.AUCTIONEER, request.context, request.counter)
+    return [seal(key, header, encode_json(body), nonce)]
+
+
+def clear_error(request: Header | None, code: ErrorCode, message: str) -> list[bytes]:
+    """A refusal in clear, to a request that did not prove its key: nothing in it is secret
+    and the bidder treats it as unauthenticated."""
+    context, counter = (request.context, request.counter) if request else (bytes(16), 0)
+    header = Header(Channel.AUCTION, Kind.ERROR, Sender.AUCTIONEER, context, counter)
+    return [clear(header, encode_json({"code": code.value, "message": message}))]
+
+
+def open_reply(key: bytes, frames: list[bytes], request: Header) -> dict[str, Any]:
+    """The auctioneer's answer to ``request``, authenticated; RemoteError for a sealed
+    refusal, UnauthenticatedRefusal for a clear one (never to be acted on as an answer),
+    ProtocolError for anything else (a reflected request, another request's answer...)."""
+    if len(frames) != 1:
+        raise ProtocolError("auctioneer reply is not one envelope")
+    data = frames[0]
+    if peek(data).kind == Kind.ERROR:
+        header, body = open_clear(data, Channel.AUCTION, Sender.AUCTIONEER, {Kind.ERROR})
+        error = _error_of(body)
+        raise UnauthenticatedRefusal(error.code.value, error.message)
+    header, body = open_envelope(key, data, Channel.AUCTION, Sender.AUCTIONEER, REPLY_KINDS,
+                                 request.context)
+    if header.counter != request.counter:
+        raise ProtocolError("auctioneer reply answers another request")
+    if header.kind == Kind.REFUSED:
+        raise _error_of(body)
+    return decode_json(body)
+
+
+def _error_of(body: bytes) -> RemoteError:
     try:
-        raise remote_error(open_sealed(box, frames[3]))
+        obj = decode_json(body)
+        return RemoteError(str(obj.get("code", "internal")), str(obj.get("message", "error")))
     except ProtocolError:
-        error = remote_error(frames[3])
-        raise RemoteError(error.code, f"{error.message} (unauthenticated refusal)") from None
+        return RemoteError(ErrorCode.INTERNAL, "malformed error reply")
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact JSON (no sort_keys: replies are on the request path)."""
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
 # -- announcements --------------------------------------------------------------------------
 
-_HEAD = struct.Struct(">8sBIQ")
 SIGNATURE_SIZE = 64
-HEADER_SIZE = _HEAD.size + SIGNATURE_SIZE
+#: Bytes of a member's public key that tag its box in a REKEY body.
+KEY_TAG_SIZE = 8
+#: One REKEY entry: key tag | envelope of the 32-byte group key.
+REKEY_ENTRY = KEY_TAG_SIZE + HEADER_SIZE + NONCE_SIZE + KEY_SIZE + TAG_SIZE
+ANNOUNCE_KINDS = frozenset({Kind.EVENT, Kind.REKEY})
+_EPOCH = struct.Struct(">I")
+
+
+def epoch_context(epoch: int) -> bytes:
+    """An announcement's context: the epoch (4 bytes, big endian), then 12 zero bytes."""
+    return _EPOCH.pack(epoch) + bytes(CONTEXT_SIZE - _EPOCH.size)
 
 
 @dataclass(frozen=True)
 class Datagram:
-    """A verified announcement: header fields and the still-protected payload."""
+    """A signature-checked announcement; its envelope still to be opened."""
 
-    type: EnvelopeType
+    kind: Kind
     epoch: int
     seq: int
-    payload: bytes
+    envelope: bytes
 
 
-def sign_datagram(signing_key: SigningKey, type_: EnvelopeType, epoch: int, seq: int,
-                  payload: bytes) -> bytes:
-    head = _HEAD.pack(ANNOUNCEMENT_MAGIC, type_, epoch, seq)
-    data = head + signing_key.sign(head + payload).signature + payload
+def _sign(signing_key: SigningKey, envelope: bytes) -> bytes:
+    data = envelope + signing_key.sign(envelope).signature
     if len(data) > MAX_DATAGRAM:
         raise LocalError(f"announcement of {len(data)} bytes is over the "
                          f"{MAX_DATAGRAM}-byte datagram limit")
     return data
 
 
+def _announce_header(kind: Kind, epoch: int, seq: int) -> Header:
+    return Header(Channel.ANNOUNCE, kind, Sender.AUCTIONEER, epoch_context(epoch), seq)
+
+
+def seal_event(signing_key: SigningKey, group_key: bytes, epoch: int, seq: int,
+               event: dict[str, Any], nonce: bytes | None = None) -> bytes:
+    """An EVENT under the group key (counter = seq), then signed."""
+    return _sign(signing_key, seal(group_key, _announce_header(Kind.EVENT, epoch, seq),
+                                   encode_json(event), nonce))
+
+
+def rekey_datagram(signing_key: SigningKey, epoch: int, seq: int, group_key: bytes,
+                   members: list[tuple[bytes, bytes]], nonce: bytes | None = None) -> bytes:
+    """The new group key boxed to each ``(public key, box key)`` in ``members``.
+
+    Body: entries of key tag (first 8 bytes of the member's public key) | envelope (REKEY,
+    same context and counter as the datagram) of the group key under the member's box key,
+    so a box cannot be moved into another epoch's or another datagram's REKEY.
+    """
+    header = _announce_header(Kind.REKEY, epoch, seq)
+    body = b"".join(public[:KEY_TAG_SIZE] + seal(key, header, group_key, nonce)
+                    for public, key in members)
+    return _sign(signing_key, clear(header, body))
+
+
 def peek_datagram(data: bytes) -> tuple[int, int] | None:
     """``(epoch, seq)`` from an announcement's header, *unverified*: only good for dropping
     a duplicate cheaply; anything acted on must go through :func:`verify_datagram`."""
-    if len(data) < HEADER_SIZE or not data.startswith(ANNOUNCEMENT_MAGIC):
+    try:
+        header = peek(data)
+    except ProtocolError:
         return None
-    _, _, epoch, seq = _HEAD.unpack_from(data)
-    return epoch, seq
+    if header.channel != Channel.ANNOUNCE:
+        return None
+    return _EPOCH.unpack_from(header.context)[0], header.counter
 
 
 def verify_datagram(data: bytes, verify_key: VerifyKey) -> Datagram:
-    """Check size, magic and the auctioneer's signature; ProtocolError if any fails."""
+    """Check size, the auctioneer's signature and the header; ProtocolError if any fails."""
     if len(data) > MAX_DATAGRAM:
         raise ProtocolError(f"datagram of {len(data)} bytes is over the limit")
-    if len(data) < HEADER_SIZE or not data.startswith(ANNOUNCEMENT_MAGIC):
+    if len(data) < HEADER_SIZE + SIGNATURE_SIZE:
         raise ProtocolError("datagram is not an agora announcement")
-    magic, type_, epoch, seq = _HEAD.unpack_from(data)
-    signature = data[_HEAD.size:HEADER_SIZE]
-    payload = data[HEADER_SIZE:]
+    envelope, signature = data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
+    header = peek(envelope)
     try:
-        verify_key.verify(data[:_HEAD.size] + payload, signature)
+        verify_key.verify(envelope, signature)
     except nacl.exceptions.BadSignatureError:
         raise ProtocolError("announcement is not signed by the auctioneer") from None
-    try:
-        kind = EnvelopeType(type_)
-    except ValueError:
-        raise ProtocolError("announcement has an unknown envelope type") from None
-    return Datagram(kind, epoch, seq, payload)
+    if header.channel != Channel.ANNOUNCE or header.sender != Sender.AUCTIONEER or \
+            header.kind not in ANNOUNCE_KINDS or any(header.context[_EPOCH.size:]):
+        raise ProtocolError("signed message is not an announcement")
+    return Datagram(Kind(header.kind), _EPOCH.unpack_from(header.context)[0], header.counter,
+                    envelope)
 
 
-def seal_event(signing_key: SigningKey, group_box: SecretBox, epoch: int, seq: int,
-               event: dict[str, Any]) -> bytes:
-    """Encrypt an event under the group key, then sign the whole datagram."""
-    body = dict(event, epoch=epoch, seq=seq)
-    return sign_datagram(signing_key, EnvelopeType.SEALED, epoch, seq,
-                         seal(group_box, encode_json(body)))
+def open_event(datagram: Datagram, group_key: bytes) -> dict[str, Any]:
+    """The event of an EVENT datagram, with its ``epoch`` and ``seq`` from the header."""
+    _, body = open_envelope(group_key, datagram.envelope, Channel.ANNOUNCE, Sender.AUCTIONEER,
+                            {Kind.EVENT}, epoch_context(datagram.epoch))
+    return {**decode_json(body), "epoch": datagram.epoch, "seq": datagram.seq}
 
 
-def open_event(datagram: Datagram, group_box: SecretBox) -> dict[str, Any]:
-    event = decode_json(open_sealed(group_box, datagram.payload))
-    if event.get("epoch") != datagram.epoch or event.get("seq") != datagram.seq:
-        raise ProtocolError("announcement body does not match its header")
-    return event
-
-
-def rekey_datagram(signing_key: SigningKey, private_key: PrivateKey, epoch: int, seq: int,
-                   group_key: bytes, members: list[bytes]) -> bytes:
-    """The new group key, Box-encrypted (auctioneer -> member) to each member in ``members``.
-
-    The epoch is inside each box, so a box cannot be moved into another epoch's message.
-    """
-    secret = struct.pack(">I", epoch) + group_key
-    keys = {fingerprint(m): b64(seal(Box(private_key, PublicKey(m)), secret)) for m in members}
-    return sign_datagram(signing_key, EnvelopeType.REKEY, epoch, seq,
-                         encode_json({"kind": "rekey", "epoch": epoch, "seq": seq,
-                                      "keys": keys}))
-
-
-def open_rekey(datagram: Datagram, box: Box, public_key: bytes) -> bytes | None:
-    """This member's new group key, or None when the message leaves this member out."""
-    body = decode_json(datagram.payload)
-    keys = body.get("keys")
-    if body.get("epoch") != datagram.epoch or not isinstance(keys, dict):
+def open_rekey(datagram: Datagram, public_key: bytes, box_key: bytes) -> bytes | None:
+    """This member's new group key, or None when the REKEY leaves this member out."""
+    body = datagram.envelope[HEADER_SIZE:]
+    if datagram.kind != Kind.REKEY or len(body) % REKEY_ENTRY:
         raise ProtocolError("rekey announcement is malformed")
-    entry = keys.get(fingerprint(public_key))
-    if entry is None:
-        return None
-    secret = open_sealed(box, unb64(entry if isinstance(entry, str) else ""))
-    if len(secret) != 4 + SecretBox.KEY_SIZE or struct.unpack(">I", secret[:4])[0] != \
-            datagram.epoch:
-        raise ProtocolError("rekey box is for another epoch")
-    return secret[4:]
+    tag = public_key[:KEY_TAG_SIZE]
+    context = epoch_context(datagram.epoch)
+    for start in range(0, len(body), REKEY_ENTRY):
+        if body[start:start + KEY_TAG_SIZE] != tag:
+            continue
+        try:
+            header, key = open_envelope(box_key, body[start + KEY_TAG_SIZE:start + REKEY_ENTRY],
+                                        Channel.ANNOUNCE, Sender.AUCTIONEER, {Kind.REKEY},
+                                        context)
+        except ProtocolError:
+            continue  # another member's key with the same tag
+        if header.counter == datagram.seq:
+            return key
+    return None
 
 
 __all__ = [
-    "Datagram", "HEADER_SIZE", "MAX_CENTS", "format_money", "open_event", "open_rekey",
-    "open_reply", "parse_money", "parse_request", "peek_datagram", "plain_error", "rekey_datagram",
-    "reply_frames", "request_frames", "seal_event", "sealed_reply", "sign_datagram",
-    "verify_datagram",
+    "Datagram", "MAX_CENTS", "REKEY_ENTRY", "REPLY_KINDS", "REQUEST_KINDS", "clear_error",
+    "decode_bid", "decode_request_body", "encode_bid", "encode_request_body", "epoch_context",
+    "format_money", "new_request_id", "open_event", "open_rekey", "open_reply", "parse_money",
+    "peek_datagram", "rekey_datagram", "request_frames", "seal_event", "seal_reply",
+    "seal_request", "verify_datagram",
 ]

@@ -260,10 +260,6 @@ class PrincipalKind(str, Enum):
 
 # -- auction (docs/PROTOCOL.md section 6) ---------------------------------------------------
 
-#: First frame of every bidder <-> auctioneer message on the auctioneer's ROUTER socket.
-AUCTION_PROTOCOL = b"AGORA01A"
-#: First bytes of every announcement datagram (UDP multicast and the PUB mirror alike).
-ANNOUNCEMENT_MAGIC = b"AGORA01M"
 #: Largest announcement datagram; bigger ones are never sent and dropped on receipt.
 MAX_DATAGRAM = 60_000
 DEFAULT_MULTICAST_GROUP = "239.255.42.42"
@@ -281,22 +277,6 @@ HEARTBEAT_INTERVAL = 1.0
 MEMBER_CHECK_INTERVAL = 2.0
 
 
-class AuctionCommand(bytes, Enum):
-    """Second frame of a bidder -> auctioneer request."""
-
-    JOIN = b"\x01"  # public key in clear + Box(bidder, auctioneer) proof -> group secrets
-    BID = b"\x02"  # Box-sealed bid from a joined key
-    SNAPSHOT = b"\x03"  # Box-sealed: current state, epoch and group key ("Clone" pattern)
-    RESULTS = b"\x04"  # Box-sealed: past items with winners and prices
-
-
-class EnvelopeType(IntEnum):
-    """How an announcement's payload is protected (both kinds are signed)."""
-
-    SEALED = 1  # SecretBox under the epoch's group key
-    REKEY = 2  # JSON: the new group key boxed to each remaining member
-
-
 class Event(str, Enum):
     """The ``kind`` of an announcement."""
 
@@ -307,3 +287,4 @@ class Event(str, Enum):
     CLOSING = "closing"
     CLOSED = "closed"
     HEARTBEAT = "heartbeat"
+    VOIDED = "voided"  # a revoked bidder's bids no longer count: the new best bid

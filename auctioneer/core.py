@@ -14,7 +14,6 @@ time and a bid must *beat* the best one by the increment.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,47 +22,51 @@ from typing import Any
 
 from agora.auction_wire import (
     MAX_CENTS,
+    REQUEST_KINDS,
+    clear_error,
+    decode_request_body,
     format_money,
-    parse_request,
-    plain_error,
     rekey_datagram,
     seal_event,
-    sealed_reply,
+    seal_reply,
 )
-from agora.crypto import (
-    Box,
-    PrivateKey,
-    PublicKey,
-    SecretBox,
-    SigningKey,
-    b64,
-    new_symmetric_key,
-    open_sealed,
+from agora.crypto import PrivateKey, SigningKey, b64, new_symmetric_key
+from agora.envelope import (
+    Header,
+    ReplayGuard,
+    box_key,
+    context_id,
+    is_fresh,
+    open_envelope,
+    peek,
 )
 from agora.errors import AgoraError, LocalError, ProtocolError, RemoteError
 from agora.protocol import (
     DEFAULT_SOFT_CLOSE,
     FRESHNESS_WINDOW,
     HEARTBEAT_INTERVAL,
+    MAX_MESSAGE_SIZE,
     MEMBER_CHECK_INTERVAL,
-    AuctionCommand,
+    Channel,
     ErrorCode,
     Event,
-    Status,
+    Kind,
+    Sender,
 )
 from agora.wire import decode_json
-from agora.wire import field as wire_field
 from auctioneer.items import Item
 from auctioneer.store import AuctionStore
 
 log = logging.getLogger("agora.auctioneer")
 
-#: Members per REKEY datagram (each entry is ~140 bytes of a 60 kB datagram).
-REKEY_CHUNK = 300
+#: Members per REKEY datagram (each entry is 110 bytes of a 60 kB datagram).
+REKEY_CHUNK = 500
 #: Bids kept in snapshots and announcements for watchers' "last bids".
 RECENT_BIDS = 10
-#: Answers kept for exact retransmissions (Lazy Pirate retries); also the replay guard.
+#: Answers kept for exact retransmissions (Lazy Pirate retries), members' requests only.
 REPLY_CACHE_SIZE = 10_000
+#: Requests remembered by the replay guard (members' admitted requests only).
+REPLAY_CONTEXTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Bid:
     username: str
     public_key: bytes
     at: float
+    void: bool = False  # the bidder was revoked: the bid no longer counts
 
     def public(self) -> dict[str, Any]:
         return {"amount": self.amount, "bidder": self.username, "at": self.at}
@@ -113,8 +117,13 @@ class Lot:
     closing_announced: bool = False
 
     @property
+    def valid_bids(self) -> list[Bid]:
+        return [b for b in self.bids if not b.void]
+
+    @property
     def best(self) -> Bid | None:
-        return self.bids[-1] if self.bids else None
+        """The best bid that still counts (bids only ever rise, so the last valid one)."""
+        return next((b for b in reversed(self.bids) if not b.void), None)
 
     @property
     def minimum(self) -> int:
@@ -125,32 +134,38 @@ class Lot:
 @dataclass
 class Member:
     username: str
-    box: Box
+    key: bytes  # box_key(auctioneer, member), computed once
 
 
 class AuctioneerCore:
     def __init__(self, private_key: PrivateKey, signing_key: SigningKey, store: AuctionStore,
                  registry: Registry, config: AuctionConfig, now: float) -> None:
         self.private_key = private_key
+        self._secret = bytes(private_key)
         self.signing_key = signing_key
         self.store = store
         self.registry = registry
         self.config = config
         self.outbox: list[bytes] = []
-        self.members: dict[bytes, Member] = {
-            key: Member(name, self._make_box(key)) for key, name in store.members().items()}
+        self.members: dict[bytes, Member] = {}
+        for key, name in store.members().items():
+            try:
+                self.members[key] = Member(name, box_key(self._secret, key))
+            except ProtocolError:
+                log.warning("dropped stored member %s: unusable key", name)
         self.lot: Lot | None = None
         self.last_result: dict[str, Any] | None = None
-        self._replies: OrderedDict[bytes, tuple[float, list[bytes]]] = OrderedDict()
+        self._guard = ReplayGuard(ttl=2 * FRESHNESS_WINDOW, max_contexts=REPLAY_CONTEXTS)
+        # request slot -> (expiry, counter, reply), for exact retransmissions
+        self._replies: OrderedDict[bytes, tuple[float, int, list[bytes]]] = OrderedDict()
         self._next_heartbeat = now
         self._next_member_check = now + config.member_check
         self.epoch = 0
         self.seq = 0
         self.group_key = b""
-        self.group_box: SecretBox | None = None
         self._handlers = {
-            AuctionCommand.JOIN: self._join, AuctionCommand.BID: self._bid,
-            AuctionCommand.SNAPSHOT: self._snapshot, AuctionCommand.RESULTS: self._results,
+            Kind.JOIN: self._join, Kind.BID: self._bid,
+            Kind.SNAPSHOT: self._snapshot, Kind.RESULTS: self._results,
         }
         # A restart is a new epoch: group keys are never written to disk.
         self.rotate("start")
@@ -158,27 +173,23 @@ class AuctioneerCore:
 
     # -- group keys -----------------------------------------------------------------------
 
-    def _make_box(self, public_key: bytes) -> Box:
-        return Box(self.private_key, PublicKey(public_key))
-
     def rotate(self, why: str) -> None:
         """A new epoch and group key, sent to each current member in REKEY datagrams."""
         self.epoch = self.store.next_epoch()
         self.seq = 0
         self.group_key = new_symmetric_key()
-        self.group_box = SecretBox(self.group_key)
-        keys = list(self.members)
-        for start in range(0, max(len(keys), 1), REKEY_CHUNK):
+        members = [(key, m.key) for key, m in self.members.items()]
+        for start in range(0, max(len(members), 1), REKEY_CHUNK):
             self.seq += 1
-            self.outbox.append(rekey_datagram(self.signing_key, self.private_key, self.epoch,
-                                              self.seq, self.group_key,
-                                              keys[start:start + REKEY_CHUNK]))
-        log.info("group key rotated (%s): epoch %d, %d member(s)", why, self.epoch, len(keys))
+            self.outbox.append(rekey_datagram(self.signing_key, self.epoch, self.seq,
+                                              self.group_key,
+                                              members[start:start + REKEY_CHUNK]))
+        log.info("group key rotated (%s): epoch %d, %d member(s)", why, self.epoch,
+                 len(members))
 
     def announce(self, kind: Event, **fields: Any) -> None:
-        assert self.group_box is not None
         self.seq += 1
-        self.outbox.append(seal_event(self.signing_key, self.group_box, self.epoch, self.seq,
+        self.outbox.append(seal_event(self.signing_key, self.group_key, self.epoch, self.seq,
                                       {"kind": kind.value, **fields}))
 
     def take_outbox(self) -> list[bytes]:
@@ -199,8 +210,8 @@ class AuctioneerCore:
         row = rows[0]
         lot = Lot(Item.from_dict(decode_json(row["item"].encode())), row["file"],
                   row["opened_at"], row["closes_at"])
-        lot.bids = [Bid(b["amount_cents"], b["username"], b["public_key"], b["ts"])
-                    for b in self.store.bids(lot.item.id)]
+        lot.bids = [Bid(b["amount_cents"], b["username"], b["public_key"], b["ts"],
+                        bool(b["void"])) for b in self.store.bids(lot.item.id)]
         self.lot = lot
         log.info("resumed item %s with %d bid(s)", lot.item.id, len(lot.bids))
         self.announce(Event.OPENED, **self.state(now))
@@ -243,7 +254,7 @@ class AuctioneerCore:
         reserve = lot.item.reserve_cents
         sold = best is not None and (reserve is None or best.amount >= reserve)
         if best is None:
-            reason = "no bids"
+            reason = "no valid bids (bidders revoked)" if lot.bids else "no bids"
         elif not sold:
             reason = "reserve price not met"
         else:
@@ -261,15 +272,21 @@ class AuctioneerCore:
         return lot.file
 
     def state(self, now: float) -> dict[str, Any]:
-        """What a watcher needs to draw the auction: the heart of SNAPSHOT and OPENED."""
+        """What a watcher needs to draw the auction: the heart of SNAPSHOT and OPENED.
+
+        Always the same fields; with no item open, ``item``, ``opened_at``, ``closes_at``,
+        ``minimum`` and ``best`` are null, ``bids`` is empty and ``status`` is "idle".
+        """
         lot = self.lot
         if lot is None:
-            return {"item": None, "status": "idle", "last_result": self.last_result}
+            return {"item": None, "status": "idle", "opened_at": None, "closes_at": None,
+                    "minimum": None, "best": None, "bids": [],
+                    "soft_close": self.config.soft_close, "last_result": self.last_result}
         best = lot.best
         return {"item": lot.item.to_dict(), "status": "open", "opened_at": lot.opened_at,
                 "closes_at": lot.closes_at, "minimum": lot.minimum,
                 "best": best.public() if best else None,
-                "bids": [b.public() for b in lot.bids[-RECENT_BIDS:]],
+                "bids": [b.public() for b in lot.valid_bids[-RECENT_BIDS:]],
                 "soft_close": self.config.soft_close, "last_result": self.last_result}
 
     # -- members --------------------------------------------------------------------------
@@ -277,95 +294,150 @@ class AuctioneerCore:
     def check_members(self) -> None:
         """Ask the broker about every member; drop the revoked and re-key without them."""
         removed = []
-        for key, member in list(self.members.items()):
+        for key in list(self.members):
             try:
                 status = self.registry(key)
             except AgoraError as exc:  # broker down: keep everyone, try again later
                 log.warning("cannot check members with the broker: %s", exc)
                 return
             if not status.registered or status.revoked:
-                removed.append(member.username)
-                self._forget_member(key)
+                removed.append(key)
         if removed:
-            log.info("removed revoked member(s): %s", ", ".join(removed))
-            self.rotate("member revoked")
+            self.remove_members(removed, "member revoked")
 
-    def _forget_member(self, key: bytes) -> None:
-        del self.members[key]
-        self.store.remove_member(key)
+    def remove_members(self, keys: list[bytes], why: str) -> None:
+        """Drop members at once: their bids stop counting, and a new group key goes to the
+        others only (then the voided bids are announced, under the new key)."""
+        names, voided = [], []
+        for key in keys:
+            member = self.members.pop(key, None)
+            if member is None:
+                continue
+            names.append(member.username)
+            self.store.remove_member(key)
+            if self.lot is not None and self._void_bids(self.lot, key):
+                voided.append(member.username)
+        if not names:
+            return
+        log.info("removed revoked member(s): %s", ", ".join(names))
+        self.rotate(why)
+        lot = self.lot
+        if lot is not None and voided:
+            best = lot.best
+            log.info("bids of %s on %s no longer count; best is now %s", ", ".join(voided),
+                     lot.item.id, f"{format_money(best.amount)} by {best.username}"
+                     if best else "none")
+            self.announce(Event.VOIDED, item=lot.item.id, bidders=voided,
+                          best=best.public() if best else None, minimum=lot.minimum,
+                          bids=[b.public() for b in lot.valid_bids[-RECENT_BIDS:]])
+
+    def _void_bids(self, lot: Lot, public_key: bytes) -> bool:
+        hit = [b for b in lot.bids if b.public_key == public_key and not b.void]
+        for bid in hit:
+            bid.void = True
+        if hit:
+            self.store.void_bids(lot.item.id, public_key)
+        return bool(hit)
 
     # -- requests -------------------------------------------------------------------------
 
     def handle(self, frames: list[bytes], now: float) -> list[bytes]:
-        """Answer one request; never raises for anything a peer can send."""
+        """Answer one request ``[public key, envelope]``; never raises for anything a peer
+        can send. The order of checks is the spec's (PROTOCOL.md 6.2): shape, key, tag,
+        freshness, replay, membership; only then may the request enter the replay guard
+        and the reply cache, so strangers' keys can fill neither."""
+        if sum(len(f) for f in frames) > MAX_MESSAGE_SIZE:
+            return clear_error(None, ErrorCode.TOO_LARGE, "request is over the size limit")
+        if len(frames) != 2:
+            return clear_error(None, ErrorCode.BAD_REQUEST, "an auction request is two "
+                               "frames: the bidder's public key, then one envelope")
+        public_key, data = frames
         try:
-            command, public_key, sealed = parse_request(frames)
+            request = peek(data)
         except ProtocolError as exc:
-            log.info("dropped an auction request: %s", exc)
-            return plain_error(None, ErrorCode.BAD_REQUEST, str(exc))
-        digest = hashlib.blake2b(public_key + sealed, digest_size=32).digest()
-        cached = self._replies.get(digest)
-        if cached is not None:
-            # An exact retransmission (a retry, or a replay): same answer, nothing redone.
-            log.info("repeated %s request answered from cache, nothing done again",
-                     command.name)
-            return cached[1]
+            return clear_error(None, ErrorCode.BAD_REQUEST, str(exc))
         member = self.members.get(public_key)
-        box = member.box if member else self._make_box(public_key)
         try:
-            body = decode_json(open_sealed(box, sealed))
-            ts = wire_field(body, "ts", (int, float))
-        except ProtocolError:
-            log.info("refused a %s request that does not open with the key it names",
-                     command.name)
-            return plain_error(command, ErrorCode.BAD_REQUEST,
-                               "request is not sealed with the private key of the key it names")
-        try:
-            if abs(now - ts) > FRESHNESS_WINDOW:
-                raise RemoteError(ErrorCode.STALE, "request is too old or from the future; "
-                                  "check the clock")
-            reply = sealed_reply(box, command, Status.OK,
-                                 self._handlers[command](public_key, body, now))
-        except RemoteError as exc:
-            log.info("refused %s: %s", command.name, exc.message)
-            reply = sealed_reply(box, command, Status.ERROR, exc.to_dict())
+            key = member.key if member else box_key(self._secret, public_key)
+            header, body = open_envelope(key, data, Channel.AUCTION, Sender.BIDDER,
+                                         REQUEST_KINDS)
         except ProtocolError as exc:
-            log.info("refused a malformed %s: %s", command.name, exc)
-            reply = sealed_reply(box, command, Status.ERROR,
-                                 {"code": ErrorCode.BAD_REQUEST.value, "message": str(exc)})
-        self._replies[digest] = (now + 2 * FRESHNESS_WINDOW, reply)
+            log.info("refused an auction request in clear: %s", exc)
+            return clear_error(request, ErrorCode.BAD_REQUEST, str(exc))
+        kind = Kind(header.kind)
+        if not is_fresh(header.counter, now, FRESHNESS_WINDOW):
+            return self._refuse(key, header, ErrorCode.STALE, "request is too old or from "
+                                "the future (counter = your clock in ms); check the clock")
+        slot = context_id(public_key, header.context)
+        if self._guard.seen(slot, header.counter):
+            cached = self._replies.get(slot)
+            if cached is not None and cached[1] == header.counter:
+                # An exact retransmission (a retry, or a replay): same answer, nothing redone.
+                log.info("repeated %s request answered from cache", kind.name)
+                return cached[2]
+            return self._refuse(key, header, ErrorCode.REPLAYED, "request was seen before")
+        try:
+            username = self._admissible(kind, public_key, member, now)
+        except RemoteError as exc:
+            log.info("refused %s: %s", kind.name, exc.message)
+            return self._refuse(key, header, exc.code, exc.message)
+        if not self._guard.admit(slot, header.counter, now):
+            return self._refuse(key, header, ErrorCode.SERVICE_UNAVAILABLE,
+                                "too many requests in flight; try again shortly")
+        try:
+            fields = decode_request_body(kind, body)
+            reply = seal_reply(key, header, Kind.RESULT,
+                               self._handlers[kind](public_key, username, fields, header, now))
+        except RemoteError as exc:
+            log.info("refused %s: %s", kind.name, exc.message)
+            reply = seal_reply(key, header, Kind.REFUSED, exc.to_dict())
+        except ProtocolError as exc:
+            log.info("refused a malformed %s: %s", kind.name, exc)
+            reply = seal_reply(key, header, Kind.REFUSED,
+                               {"code": ErrorCode.BAD_REQUEST.value, "message": str(exc)})
+        self._replies[slot] = (now + 2 * FRESHNESS_WINDOW, header.counter, reply)
         while len(self._replies) > REPLY_CACHE_SIZE:
             self._replies.popitem(last=False)
         return reply
 
-    def _purge_replies(self, now: float) -> None:
-        while self._replies:
-            digest, (expires, _) = next(iter(self._replies.items()))
-            if expires > now:
-                break
-            del self._replies[digest]
+    def _refuse(self, key: bytes, header: Header, code: ErrorCode,
+                message: str) -> list[bytes]:
+        return seal_reply(key, header, Kind.REFUSED, {"code": code.value, "message": message})
 
-    def _member(self, public_key: bytes) -> Member:
-        member = self.members.get(public_key)
+    def _admissible(self, kind: Kind, public_key: bytes, member: Member | None,
+                    now: float) -> str:
+        """The username behind an authenticated request, if it may be served at all: a
+        registered, valid collaborator for JOIN, a joined member for everything else."""
+        if kind == Kind.JOIN:
+            status = self._key_status(public_key)
+            if not status.registered or not status.username:
+                raise RemoteError(ErrorCode.UNKNOWN_USER,
+                                  "this key does not belong to a registered collaborator")
+            if status.revoked:
+                raise RemoteError(ErrorCode.REVOKED, f"{status.username} is revoked")
+            return status.username
         if member is None:
             raise RemoteError(ErrorCode.NOT_JOINED, "this key has not joined the auction")
-        return member
+        return member.username
 
-    def _join(self, public_key: bytes, body: dict[str, Any], now: float) -> dict[str, Any]:
-        status = self._key_status(public_key)
-        if not status.registered or not status.username:
-            raise RemoteError(ErrorCode.UNKNOWN_USER,
-                              "this key does not belong to a registered collaborator")
-        if status.revoked:
-            raise RemoteError(ErrorCode.REVOKED, f"{status.username} is revoked")
+    def _purge_replies(self, now: float) -> None:
+        self._guard.purge(now)
+        while self._replies:
+            slot, (expires, _, _) = next(iter(self._replies.items()))
+            if expires > now:
+                break
+            del self._replies[slot]
+
+    def _join(self, public_key: bytes, username: str, fields: dict[str, Any],
+              header: Header, now: float) -> dict[str, Any]:
         if public_key not in self.members:
-            self.store.add_member(public_key, status.username, now)
-            self.members[public_key] = Member(status.username, self._make_box(public_key))
-            log.info("%s joined", status.username)
-        return {"username": status.username, "group": self.config.group,
+            self.store.add_member(public_key, username, now)
+            self.members[public_key] = Member(username, box_key(self._secret, public_key))
+            log.info("%s joined", username)
+        return {"username": username, "group": self.config.group,
                 "port": self.config.port, "pub_endpoint": self.config.pub_endpoint,
                 "verify_key": b64(bytes(self.signing_key.verify_key)),
-                **self._snapshot(public_key, body, now)}
+                **self._snapshot(public_key, username, fields, header, now)}
 
     def _key_status(self, public_key: bytes) -> KeyStatus:
         """The broker's word on a key, now; fails closed when the broker cannot answer."""
@@ -375,30 +447,36 @@ class AuctioneerCore:
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
                               f"cannot check your key with the broker now: {exc}") from None
 
-    def _check_bidder(self, public_key: bytes, member: Member) -> None:
+    def _check_bidder(self, public_key: bytes, username: str) -> None:
         """Ask the broker about this bidder now, not at the next periodic check: a bid from a
         key revoked a second ago must not win. Fails closed, like a join."""
         status = self._key_status(public_key)
         if not status.registered or status.revoked:
-            self._forget_member(public_key)
-            log.info("bid from revoked member %s refused; re-keying", member.username)
-            self.rotate("member revoked")
-            raise RemoteError(ErrorCode.REVOKED, f"{member.username} is revoked")
+            log.info("bid from revoked member %s refused", username)
+            self.remove_members([public_key], "member revoked")
+            raise RemoteError(ErrorCode.REVOKED, f"{username} is revoked")
 
-    def _snapshot(self, public_key: bytes, body: dict[str, Any], now: float) -> dict[str, Any]:
-        self._member(public_key)
+    def _snapshot(self, public_key: bytes, username: str, fields: dict[str, Any],
+                  header: Header, now: float) -> dict[str, Any]:
         return {"epoch": self.epoch, "seq": self.seq, "group_key": b64(self.group_key),
                 "state": self.state(now)}
 
-    def _results(self, public_key: bytes, body: dict[str, Any], now: float) -> dict[str, Any]:
-        self._member(public_key)
+    def _results(self, public_key: bytes, username: str, fields: dict[str, Any],
+                 header: Header, now: float) -> dict[str, Any]:
         return {"results": self.store.results()}
 
-    def _bid(self, public_key: bytes, body: dict[str, Any], now: float) -> dict[str, Any]:
-        member = self._member(public_key)
-        self._check_bidder(public_key, member)
-        item_id = wire_field(body, "item", str)
-        amount = wire_field(body, "amount", int)
+    def _bid(self, public_key: bytes, username: str, fields: dict[str, Any], header: Header,
+             now: float) -> dict[str, Any]:
+        self._check_bidder(public_key, username)
+        stored = self.store.bid_of_request(public_key, header.context)
+        if stored is not None:
+            # A retry of a bid already stored (its reply lost, perhaps in a crash): the
+            # original acceptance, never a second bid nor "too low" against itself.
+            log.info("retried bid of %s answered from the store", username)
+            return {"accepted": True, "item": stored["item_id"],
+                    "amount": stored["amount_cents"], "closes_at": stored["closes_at"],
+                    "extended": bool(stored["extended"])}
+        item_id, amount = fields["item"], fields["amount"]
         if not 0 < amount <= MAX_CENTS:
             raise ProtocolError(f"amount must be between 1 and {MAX_CENTS} cents")
         lot = self.lot
@@ -414,9 +492,10 @@ class AuctioneerCore:
                               f"bid must be at least {format_money(lot.minimum)}")
         extended = now >= lot.closes_at - self.config.soft_close
         closes_at = lot.closes_at + self.config.soft_close if extended else lot.closes_at
-        # Stored (committed) before anything is announced or acknowledged.
-        self.store.add_bid(lot.item.id, amount, member.username, public_key, now, closes_at)
-        bid = Bid(amount, member.username, public_key, now)
+        # Stored (committed), with its request id, before anything is announced or answered.
+        self.store.add_bid(lot.item.id, amount, username, public_key, now, closes_at,
+                           header.context, extended)
+        bid = Bid(amount, username, public_key, now)
         lot.bids.append(bid)
         lot.closes_at = closes_at
         self.announce(Event.BID, item=lot.item.id, **bid.public(), closes_at=closes_at,

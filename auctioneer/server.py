@@ -24,7 +24,7 @@ from pathlib import Path
 import zmq
 
 from agents.agent import Agent
-from agora.auction_wire import plain_error
+from agora.auction_wire import clear_error
 from agora.crypto import PrivateKey, b64
 from agora.errors import AgoraError, RemoteError
 from agora.files import private_dir
@@ -153,9 +153,7 @@ class AuctioneerServer:
                 if poller.poll(POLL_MS):
                     self._serve_batch()
                 now = time.time()
-                for name in self.core.tick(now):
-                    self.folder.finish(name)
-                    self._next_scan = now + self.pause
+                self._tick(now)
                 if self.core.idle and now >= self._next_scan:
                     self._next_scan = now + SCAN_INTERVAL
                     self._open_next(now)
@@ -165,6 +163,16 @@ class AuctioneerServer:
             self.publisher.stop.set()
             thread.join(timeout=5)
             log.info("auctioneer stopped")
+
+    def _tick(self, now: float) -> None:
+        """The core's clock, guarded as requests are: a bug in a timer costs that tick,
+        never the auctioneer (the next tick runs as usual)."""
+        try:
+            for name in self.core.tick(now):
+                self.folder.finish(name)
+                self._next_scan = now + self.pause
+        except Exception:
+            log.exception("internal error in the auctioneer's timers; still serving")
 
     def _serve_batch(self) -> None:
         """Answer every waiting request (at most BATCH) with one commit for all their bids.
@@ -207,7 +215,7 @@ class AuctioneerServer:
             reply = self.core.handle(frames[2:], time.time())
         except Exception:  # a bug must cost one request, not the auction
             log.exception("internal error while handling a request")
-            reply = plain_error(None, ErrorCode.INTERNAL, "internal error; try again")
+            reply = clear_error(None, ErrorCode.INTERNAL, "internal error; try again")
         return [frames[0], b"", *reply]
 
     def _open_next(self, now: float) -> None:

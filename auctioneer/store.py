@@ -64,6 +64,15 @@ class AuctionStore:
                 "public_key": bytes, "ts": float,
             }, pk="id", foreign_keys=[("item_id", "items", "id")])
             self.db["bids"].create_index(["item_id"])
+        # Since AGORA/2: a bid's request id answers its retries (even after a crash), and a
+        # bid is voided, not deleted, when its bidder is revoked.
+        for name, kind in (("request_id", bytes), ("closes_at", float), ("extended", int),
+                           ("void", int)):
+            if name not in self.db["bids"].columns_dict:
+                self.db["bids"].add_column(name, kind, not_null_default=0
+                                           if name in ("extended", "void") else None)
+        if "idx_bids_request" not in {i.name for i in self.db["bids"].indexes}:
+            self.db["bids"].create_index(["public_key", "request_id"], "idx_bids_request")
         if "members" not in self.db.table_names():
             self.db["members"].create({"public_key": bytes, "username": str,
                                        "joined_at": float}, pk="public_key")
@@ -109,14 +118,18 @@ class AuctionStore:
     # -- bids -----------------------------------------------------------------------------
 
     def add_bid(self, item_id: str, amount: int, username: str, public_key: bytes,
-                now: float, closes_at: float) -> None:
-        """Store a bid (and the closing time it may have pushed back) in one transaction,
-        committed here, or with the rest of its :meth:`batch`."""
+                now: float, closes_at: float, request_id: bytes, extended: bool) -> None:
+        """Store a bid, with the request that made it and the closing time it may have
+        pushed back, in one transaction, committed here or with the rest of its
+        :meth:`batch`."""
         # Plain statements: sqlite-utils' insert() looks the table up again on every call.
         conn = self.db.conn
         try:
-            conn.execute("INSERT INTO bids (item_id, amount_cents, username, public_key, ts) "
-                         "VALUES (?, ?, ?, ?, ?)", (item_id, amount, username, public_key, now))
+            conn.execute("INSERT INTO bids (item_id, amount_cents, username, public_key, ts, "
+                         "request_id, closes_at, extended, void) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                         (item_id, amount, username, public_key, now, request_id, closes_at,
+                          int(extended)))
             conn.execute("UPDATE items SET closes_at = ? WHERE id = ?", (closes_at, item_id))
         except BaseException as exc:
             if self._batching:
@@ -126,6 +139,19 @@ class AuctionStore:
             raise
         if not self._batching:
             conn.commit()
+
+    def bid_of_request(self, public_key: bytes, request_id: bytes) -> dict[str, Any] | None:
+        """The bid this bidder's request stored, if it did (answers a retry)."""
+        rows = self.db["bids"].rows_where("public_key = ? AND request_id = ?",
+                                          [public_key, request_id], limit=1)
+        return next(iter(rows), None)
+
+    def void_bids(self, item_id: str, public_key: bytes) -> None:
+        """A revoked bidder's bids on an item no longer count (kept, marked void)."""
+        self.db.conn.execute("UPDATE bids SET void = 1 WHERE item_id = ? AND public_key = ?",
+                             [item_id, public_key])
+        if not self._batching:
+            self.db.conn.commit()
 
     def bids(self, item_id: str) -> list[dict[str, Any]]:
         return list(self.db["bids"].rows_where("item_id = ?", [item_id], order_by="id"))

@@ -224,6 +224,13 @@ def bid(
                     print_json({"accepted": False, **exc.to_dict()})
                     raise typer.Exit(1) from None
                 raise fail(f"rejected: {exc.message} [{exc.code.value}]") from None
+        if answer.get("accepted") is not True or not isinstance(answer.get("amount"), int):
+            # Only a stored bid is "accepted": anything else is not a confirmation.
+            if json_out:
+                print_json({"accepted": False, "code": "bad-request",
+                            "message": "the auctioneer did not confirm the bid"})
+                raise typer.Exit(1)
+            raise fail("not accepted: the auctioneer did not confirm the bid")
         if json_out:
             print_json(answer)
         else:

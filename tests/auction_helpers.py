@@ -9,7 +9,7 @@ from typing import Any
 from agents.auction import AuctionClient
 from agents.auction_view import AuctionView, JoinInfo
 from agora.crypto import PrivateKey, SigningKey
-from agora.protocol import AuctionCommand
+from agora.protocol import Kind
 from auctioneer.core import AuctionConfig, AuctioneerCore, KeyStatus
 from auctioneer.items import Item
 from auctioneer.store import AuctionStore
@@ -57,16 +57,17 @@ class Harness:
             self.registry.keys[bytes(key.public_key)] = (username, False)
         return AuctionClient(key, bytes(self.private_key.public_key))
 
-    def ask(self, client: AuctionClient, command: AuctionCommand, body: dict[str, Any],
+    def ask(self, client: AuctionClient, kind: Kind, body: dict[str, Any],
             now: float = T0) -> dict[str, Any]:
-        return client.answer(self.core.handle(client.frames(command, body, now), now), command)
+        frames = client.frames(kind, body, now)
+        return client.answer(self.core.handle(frames, now), frames)
 
     def join(self, client: AuctionClient, now: float = T0) -> JoinInfo:
-        return client.join_info(self.ask(client, AuctionCommand.JOIN, {}, now))
+        return client.join_info(self.ask(client, Kind.JOIN, {}, now))
 
     def bid(self, client: AuctionClient, amount: int, item_id: str = "lamp",
             now: float = T0) -> dict[str, Any]:
-        return self.ask(client, AuctionCommand.BID, {"item": item_id, "amount": amount}, now)
+        return self.ask(client, Kind.BID, {"item": item_id, "amount": amount}, now)
 
     def view(self, client: AuctionClient, now: float = T0) -> AuctionView:
         return AuctionView(self.join(client, now), client.private_key)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agora.auction_wire import sign_datagram
+from agora.auction_wire import seal_request
 from agora.crypto import SigningKey
-from agora.errors import ProtocolError, RemoteError
-from agora.protocol import AUCTION_PROTOCOL, AuctionCommand, EnvelopeType, ErrorCode
+from agora.envelope import peek, timestamp_counter
+from agora.errors import ProtocolError, RemoteError, UnauthenticatedRefusal
+from agora.protocol import ErrorCode, Kind
 from tests.auction_helpers import T0, Harness, item
 
 
@@ -42,10 +43,11 @@ def test_join_refuses_a_revoked_key():
 def test_join_with_someone_elses_public_key_is_refused():
     h = Harness()
     ana, mallory = h.bidder("ana"), h.bidder("mallory", registered=False)
-    frames = mallory.frames(AuctionCommand.JOIN, {}, T0)
-    frames[2] = ana.public_key  # claims ana's key, but cannot seal with ana's private key
-    err = refused(ana.answer, h.core.handle(frames, T0), AuctionCommand.JOIN)
-    assert err.code is ErrorCode.BAD_REQUEST and "unauthenticated" in err.message
+    frames = mallory.frames(Kind.JOIN, {}, T0)
+    frames[0] = ana.public_key  # claims ana's key, but cannot seal with ana's private key
+    with pytest.raises(UnauthenticatedRefusal) as info:
+        ana.answer(h.core.handle(frames, T0), frames)
+    assert info.value.code == "bad-request"
     assert ana.public_key not in h.core.members
 
 
@@ -53,17 +55,21 @@ def test_join_answer_from_another_key_is_not_believed():
     h, impostor = Harness(), Harness()
     ana = h.bidder("ana")
     impostor.registry.keys[ana.public_key] = ("ana", False)
-    reply = impostor.core.handle(ana.frames(AuctionCommand.JOIN, {}, T0), T0)
-    with pytest.raises(RemoteError):  # the impostor cannot even read ana's request
-        ana.answer(reply, AuctionCommand.JOIN)
+    frames = ana.frames(Kind.JOIN, {}, T0)
+    reply = impostor.core.handle(frames, T0)
+    with pytest.raises(UnauthenticatedRefusal):  # the impostor cannot even read the request
+        ana.answer(reply, frames)
 
 
 def test_malformed_requests_get_a_clear_refusal():
     h = Harness()
-    for frames in ([], [b"junk"], [AUCTION_PROTOCOL, b"\x09", b"k" * 32, b"x"],
-                   [AUCTION_PROTOCOL, AuctionCommand.BID.value, b"short", b"x"]):
+    ana = h.bidder("ana")
+    good = ana.frames(Kind.JOIN, {}, T0)
+    for frames in ([], [b"junk"], [b"k" * 32, b"x"], [b"short", good[1]],
+                   [*good, b"extra"], [good[0], b"AGORA01A" + good[1][7:]]):
         reply = h.core.handle(frames, T0)
-        assert reply[2] == b"\x01" and b"bad-request" in reply[3]
+        assert len(reply) == 1 and peek(reply[0]).kind == Kind.ERROR
+        assert b"bad-request" in reply[0]
 
 
 def test_first_bid_must_reach_the_starting_price():
@@ -122,10 +128,13 @@ def test_malformed_bid_is_refused_and_nothing_stored():
     h.core.open_item(item(), "lamp.json", T0)
     ana = h.bidder("ana")
     h.join(ana)
-    for body in ({"item": "lamp"}, {"item": "lamp", "amount": 12.5},
-                 {"item": "lamp", "amount": 10**30}, {"item": "lamp", "amount": -5},
-                 {"item": "lamp", "amount": "1200"}, {"amount": 1200}):
-        err = refused(h.ask, ana, AuctionCommand.BID, body)
+    for body in (b"", b"lamp", bytes(8) + b"lamp", (10**13).to_bytes(8, "big") + b"lamp",
+                 (1200).to_bytes(8, "big"), (1200).to_bytes(8, "big") + b"\xff\xfe",
+                 (1200).to_bytes(8, "big") + b"x" * 201):
+        request_id = bytes(range(16))
+        frames = [ana.public_key, seal_request(ana.key, Kind.BID, request_id,
+                                               timestamp_counter(T0), body)]
+        err = refused(ana.answer, h.core.handle(frames, T0), frames)
         assert err.code is ErrorCode.BAD_REQUEST
     assert h.store.bids("lamp") == []
 
@@ -135,10 +144,10 @@ def test_forged_bid_under_another_members_key_is_refused():
     h.core.open_item(item(), "lamp.json", T0)
     ana, mallory = h.bidder("ana"), h.bidder("mallory")
     h.join(ana), h.join(mallory)
-    frames = mallory.frames(AuctionCommand.BID, {"item": "lamp", "amount": 9000}, T0)
-    frames[2] = ana.public_key
-    err = refused(ana.answer, h.core.handle(frames, T0), AuctionCommand.BID)
-    assert err.code is ErrorCode.BAD_REQUEST
+    frames = mallory.frames(Kind.BID, {"item": "lamp", "amount": 9000}, T0)
+    frames[0] = ana.public_key
+    with pytest.raises(UnauthenticatedRefusal):
+        ana.answer(h.core.handle(frames, T0), frames)
     assert h.store.bids("lamp") == []
 
 
@@ -147,7 +156,7 @@ def test_replayed_bid_is_not_stored_twice():
     h.core.open_item(item(), "lamp.json", T0)
     ana = h.bidder("ana")
     h.join(ana)
-    frames = ana.frames(AuctionCommand.BID, {"item": "lamp", "amount": 1000}, T0)
+    frames = ana.frames(Kind.BID, {"item": "lamp", "amount": 1000}, T0)
     first = h.core.handle(frames, T0)
     again = h.core.handle(frames, T0 + 1)
     assert again == first and len(h.store.bids("lamp")) == 1
@@ -158,8 +167,8 @@ def test_stale_bid_is_refused():
     h.core.open_item(item(duration=1000), "lamp.json", T0)
     ana = h.bidder("ana")
     h.join(ana)
-    frames = ana.frames(AuctionCommand.BID, {"item": "lamp", "amount": 1000}, T0)
-    err = refused(ana.answer, h.core.handle(frames, T0 + 500), AuctionCommand.BID)
+    frames = ana.frames(Kind.BID, {"item": "lamp", "amount": 1000}, T0)
+    err = refused(ana.answer, h.core.handle(frames, T0 + 500), frames)
     assert err.code is ErrorCode.STALE and h.store.bids("lamp") == []
 
 
@@ -236,7 +245,7 @@ def test_revoked_member_gets_no_new_key_and_cannot_read_what_follows():
     assert ana_view.best["amount"] == 1000
     assert bob_view.best is None and bob_view.epoch == ana_view.epoch
     assert bob_view.epoch not in bob_view.keys
-    assert refused(h.ask, bob, AuctionCommand.SNAPSHOT, {}).code is ErrorCode.NOT_JOINED
+    assert refused(h.ask, bob, Kind.SNAPSHOT, {}).code is ErrorCode.NOT_JOINED
 
 
 def test_bid_from_a_key_revoked_since_the_last_check_is_refused_and_rekeys_at_once():
@@ -277,7 +286,7 @@ def test_view_notices_a_gap_and_a_snapshot_repairs_it():
     h.bid(bob, 1100, now=T0 + 2)
     lost, second = h.core.take_outbox()
     assert view.feed(second).need_snapshot
-    view.apply_snapshot(h.ask(ana, AuctionCommand.SNAPSHOT, {}, T0 + 2))
+    view.apply_snapshot(h.ask(ana, Kind.SNAPSHOT, {}, T0 + 2))
     assert view.best["amount"] == 1100 and [b["amount"] for b in view.bids] == [1100, 1000]
 
 
@@ -289,8 +298,7 @@ def test_view_rejects_announcements_not_signed_by_the_auctioneer():
     h.core.open_item(item(), "lamp.json", T0)
     rekey, opened = h.core.take_outbox()
     view.feed(rekey)
-    forged = sign_datagram(SigningKey.generate(), EnvelopeType.SEALED, h.core.epoch, 2,
-                           opened[85:])
+    forged = opened[:-64] + SigningKey.generate().sign(opened[:-64]).signature
     assert view.feed(forged).events == [] and view.dropped == 1
     tampered = opened[:-1] + bytes([opened[-1] ^ 1])
     assert view.feed(tampered).events == [] and view.dropped == 2
@@ -327,7 +335,7 @@ def test_late_joiner_sees_the_current_state_at_once():
 
 def test_snapshot_is_refused_to_a_stranger():
     h = Harness()
-    err = refused(h.ask, h.bidder("ana"), AuctionCommand.SNAPSHOT, {})
+    err = refused(h.ask, h.bidder("ana"), Kind.SNAPSHOT, {})
     assert err.code is ErrorCode.NOT_JOINED
 
 

@@ -151,7 +151,7 @@ def test_watcher_ignores_other_groups_garbage_and_oversized_datagrams(auction):
         while other_group == auction.group:
             other_group = random_group()
         for _ in range(5):  # another group on the same port: must never reach us
-            send_datagram(sender, b"AGORA01M" + b"x" * 200, other_group, auction.port)
+            send_datagram(sender, b"AG\x02\x06" + b"x" * 200, other_group, auction.port)
         send_datagram(sender, b"not an announcement", auction.group, auction.port)
         send_datagram(sender, b"A" * 65_000, auction.group, auction.port)
         time.sleep(0.3)
@@ -172,8 +172,30 @@ def test_malformed_join_does_not_stop_the_auctioneer(auction, zctx):
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 2000)
     sock.connect(auction.server.endpoint)
-    sock.send_multipart([b"AGORA01A", b"\x01", b"k" * 32])
+    sock.send_multipart([b"k" * 32])
     reply = sock.recv_multipart()
     sock.close(0)
-    assert b"bad-request" in reply[3]
+    assert len(reply) == 1 and b"bad-request" in reply[0]
     assert auction.client("Ana Lima").join().username == "ana.lima"
+
+
+def test_a_failing_timer_does_not_stop_the_auctioneer(auction):
+    real_tick, failures = auction.server.core.tick, []
+
+    def tick(now: float) -> list[str]:
+        if len(failures) < 3:
+            failures.append(now)
+            raise RuntimeError("bug in a timer")
+        return real_tick(now)
+
+    auction.server.core.tick = tick
+    assert auction.client("Ana Lima").join().username == "ana.lima"
+    deadline = time.monotonic() + 5
+    while len(failures) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(failures) == 3 and auction.thread.is_alive()
+    write_item(auction.items, "01-lamp.json", "lamp", duration=0.3)
+    deadline = time.monotonic() + 10
+    while not (auction.items / "done" / "01-lamp.json").exists():
+        assert time.monotonic() < deadline, "the clock stopped after a failing tick"
+        time.sleep(0.05)

@@ -26,15 +26,15 @@ def stored_bids(tmp_path) -> int:
 
 def test_bids_of_a_batch_are_committed_together_at_its_end(store, tmp_path):
     with store.batch():
-        store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60)
-        store.add_bid("lamp", 1100, "bob", b"j" * 32, T0 + 2, T0 + 60)
+        store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60, bytes([1]) * 16, False)
+        store.add_bid("lamp", 1100, "bob", b"j" * 32, T0 + 2, T0 + 60, bytes([2]) * 16, False)
         assert stored_bids(tmp_path) == 0  # not acknowledged yet, so not yet visible
     assert stored_bids(tmp_path) == 2
     assert [b["amount_cents"] for b in store.bids("lamp")] == [1000, 1100]
 
 
 def test_a_bid_outside_a_batch_is_committed_at_once(store, tmp_path):
-    store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 70)
+    store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 70, bytes([3]) * 16, False)
     assert stored_bids(tmp_path) == 1
     assert store.open_items()[0]["closes_at"] == T0 + 70
 
@@ -42,8 +42,9 @@ def test_a_bid_outside_a_batch_is_committed_at_once(store, tmp_path):
 def test_a_failed_write_rolls_back_the_whole_batch(store, tmp_path):
     with pytest.raises(sqlite3.Error):  # noqa: PT012 - the error leaves at the batch's end
         with store.batch():
-            store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60)
+            store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60, bytes([4]) * 16, False)
             with pytest.raises(sqlite3.Error):
-                store.add_bid("lamp", {"not": "a number"}, "bob", b"j" * 32, T0 + 2, T0 + 60)
+                store.add_bid("lamp", {"not": "a number"}, "bob", b"j" * 32, T0 + 2, T0 + 60,
+                              bytes([5]) * 16, False)
     assert stored_bids(tmp_path) == 0
     assert store.bids("lamp") == []
