@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +77,8 @@ class _Session:
     sid: bytes
     key: bytes  # the session key's raw bytes: every request is sealed with it directly
     counter: int = 0
+    worker_counter: int = 0  # the worker channel's own sequence (agents.worker)
 
-    @cached_property
-    def box(self) -> SecretBox:
-        """A SecretBox of the session key, for the worker channel's AGORA/1 envelope."""
-        return SecretBox(self.key)
 
 
 class Agent:

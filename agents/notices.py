@@ -130,10 +130,6 @@ class NoticeReceiver:
         return Kind(header.kind), value
 
 
-def _session_key(session: Any) -> bytes:
-    key = getattr(session, "key", None)
-    return key if isinstance(key, bytes) else bytes(session.box)
-
 
 class NoticeStream:
     """The notices of one agent's session. Use it from one thread."""
@@ -242,7 +238,7 @@ class NoticeStream:
                 raise LocalError("log the agent in before subscribing to notices")
             return  # logged out: keep the socket until the caller closes the stream
         if session.sid != self._sid:
-            self._sid, self._key = session.sid, _session_key(session)
+            self._sid, self._key = session.sid, session.key
             self._receiver = NoticeReceiver(self._sid, self._key)
             self.ended, self._unknown = None, False
             self.last_heard = time.monotonic()

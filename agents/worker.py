@@ -33,23 +33,26 @@ from typing import Any
 import zmq
 
 from agents.agent import Agent
-from agora.errors import AgoraError, LocalError, ProtocolError, RemoteError
+from agora.envelope import ReplayGuard
+from agora.errors import (
+    AgoraError,
+    LocalError,
+    ProtocolError,
+    RemoteError,
+    UnauthenticatedRefusal,
+)
 from agora.protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
-    Direction,
+    SESSION_MAX_AGE,
     ErrorCode,
+    Kind,
     Level,
-    WorkerCommand,
+    Sender,
 )
 from agora.sockets import make_socket
-from agora.wire import (
-    open_worker_message,
-    parse_to_worker_frames,
-    seal_worker_message,
-    worker_frames,
-)
+from agora.wire import decode_worker_body, open_to_worker, seal_worker_message
 
 log = logging.getLogger("agora.worker")
 
@@ -105,7 +108,8 @@ class ServiceWorker:
         #: The thread serving, when started by run_worker().
         self.thread: threading.Thread | None = None
         self._socket: zmq.Socket | None = None
-        self._last_in = 0  # highest broker counter seen: older ones are replays
+        # The broker's counters per session: a replayed broker message is dropped.
+        self._guard = ReplayGuard(ttl=SESSION_MAX_AGE, max_contexts=16)
         # Whoever holds this lock owns the socket (and the session counter): the loop, all
         # the time except while a handler runs, when the heart-beating helper may take it.
         self._socket_lock = threading.Lock()
@@ -143,7 +147,7 @@ class ServiceWorker:
             if self._socket_lock.acquire(timeout=self.heartbeat_interval / 4):
                 try:
                     if self._handler_started is not None and self._socket is not None:
-                        self._send(WorkerCommand.HEARTBEAT, {})
+                        self._send(Kind.HEARTBEAT, {})
                 finally:
                     self._socket_lock.release()
 
@@ -176,20 +180,20 @@ class ServiceWorker:
                     self._refused(exc)
                     return
                 expiry = time.monotonic() + self.heartbeat_interval * self.liveness
-                if command is WorkerCommand.READY:
+                if command is Kind.READY:
                     self.attached.set()
                     log.info("attached as %s (level %d)", self.service, self.level)
-                elif command is WorkerCommand.REQUEST:
+                elif command is Kind.REQUEST:
                     rid = body.get("id")
                     if not isinstance(rid, str):
                         log.info("ignored a request without an id")
                     else:
                         reply = self._call(body.get("args"), body.get("caller"))
                         self.served += 1  # counted before the caller can see the answer
-                        self._send(WorkerCommand.REPLY, {"id": rid, **reply})
+                        self._send(Kind.REPLY, {"id": rid, **reply})
                         # What the broker sent during a long call is read next: not silence.
                         expiry = time.monotonic() + self.heartbeat_interval * self.liveness
-                elif command is WorkerCommand.DISCONNECT:
+                elif command is Kind.DISCONNECT:
                     self._refused(RemoteError(str(body.get("code", "internal")),
                                               str(body.get("message", "disconnected"))))
                     return
@@ -200,9 +204,9 @@ class ServiceWorker:
                 self.attached.clear()
                 return
             if now - self._last_sent >= self.heartbeat_interval:
-                self._send(WorkerCommand.HEARTBEAT, {})
+                self._send(Kind.HEARTBEAT, {})
         if self.attached.is_set():
-            self._send(WorkerCommand.DISCONNECT, {})
+            self._send(Kind.DISCONNECT, {})
 
     def _run(self, args: Any, caller: Any) -> dict[str, Any]:
         """Run the handler; the REPLY body, ok or error."""
@@ -230,8 +234,7 @@ class ServiceWorker:
             raise exc
         log.info("broker said %s: %s; attaching again", exc.code.value, exc.message)
         if exc.code is ErrorCode.UNKNOWN_SESSION:
-            self.agent.login()  # the broker restarted or the session expired
-            self._last_in = 0  # a new session key: the broker's counters start again
+            self.agent.login()  # the broker restarted or the session expired: a new session
         else:
             time.sleep(min(1.0, self.heartbeat_interval))
 
@@ -242,7 +245,7 @@ class ServiceWorker:
         sock = make_socket(self.agent.context, zmq.DEALER, send_timeout=1.0)
         sock.connect(self.agent.broker)
         self._socket = sock
-        self._send(WorkerCommand.READY, {"service": self.service, "level": int(self.level),
+        self._send(Kind.READY, {"service": self.service, "level": int(self.level),
                                          "description": self.description})
 
     def _close(self) -> None:
@@ -250,31 +253,45 @@ class ServiceWorker:
             self._socket.close(0)
             self._socket = None
 
-    def _send(self, command: WorkerCommand, body: dict[str, Any]) -> None:
+    def _send(self, command: Kind, body: dict[str, Any]) -> None:
         session = self.agent.session
         if session is None or self._socket is None:
             raise LocalError("worker is not logged in")
-        session.counter += 1  # shared with the agent's own requests: one counter per session
-        sealed = seal_worker_message(session.box, session.counter, Direction.TO_BROKER,
-                                     command, body)
+        # The worker's own sequence in this session (the agent's requests have theirs).
+        with _COUNTER_LOCK:
+            session.worker_counter += 1
+            counter = session.worker_counter
+        envelope = seal_worker_message(session.key, session.sid, counter,
+                                       Sender.WORKER, command, body)
         try:
-            self._socket.send_multipart([b"", *worker_frames(session.sid, sealed)])
+            self._socket.send_multipart([b"", envelope])
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.info("could not send %s to the broker", command.name)
 
-    def _receive(self) -> tuple[WorkerCommand, dict[str, Any]]:
-        assert self._socket is not None and self.agent.session is not None
+    def _receive(self) -> tuple[Kind, dict[str, Any]]:
+        """One broker message: (kind, body); ProtocolError to ignore it; RemoteError
+        UNKNOWN_SESSION when the broker says (in clear) it does not know the session."""
+        session = self.agent.session
+        assert self._socket is not None and session is not None
         frames = self._socket.recv_multipart()
-        if not frames or frames[0] != b"":
-            raise ProtocolError("missing empty delimiter")
-        sealed = parse_to_worker_frames(frames[1:])
-        counter, command, body = open_worker_message(self.agent.session.box, sealed,
-                                                     Direction.TO_WORKER)
-        if counter <= self._last_in:
+        if len(frames) != 2 or frames[0] != b"":
+            raise ProtocolError("not a worker-channel message")
+        try:
+            header, raw = open_to_worker(session.key, frames[1], session.sid)
+        except UnauthenticatedRefusal as exc:
+            # Unauthenticated: acted on only by logging in again, which proves itself.
+            if exc.code == ErrorCode.UNKNOWN_SESSION.value:
+                raise RemoteError(ErrorCode.UNKNOWN_SESSION, exc.message) from None
+            raise
+        body = decode_worker_body(Kind(header.kind), raw)
+        if not self._guard.admit(session.sid, header.counter, time.time()):
             raise ProtocolError("replayed broker message")
-        self._last_in = counter
-        return command, body
+        return Kind(header.kind), body
+
+
+_COUNTER_LOCK = threading.Lock()
+
 
 
 def run_worker(agent: Agent, service: str, handler: Callable[..., Any], level: int,

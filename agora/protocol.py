@@ -12,8 +12,6 @@ from enum import Enum, IntEnum
 
 #: First frame of every client <-> broker message (cf. "MDPC01" in 7/MDP).
 CLIENT_PROTOCOL = b"AGORA01C"
-#: First frame of every worker <-> broker message (cf. "MDPW01").
-WORKER_PROTOCOL = b"AGORA01W"
 
 #: First frame of every agent <-> agent message (docs/PROTOCOL.md section 5).
 PEER_PROTOCOL = b"AGORA01P"
@@ -173,21 +171,6 @@ class PeerKind(IntEnum):
     LETTER = 4  # a message left in the broker's offline mailbox
 
 
-class WorkerCommand(IntEnum):
-    """Command inside a sealed worker message (cf. 7/MDP's worker commands)."""
-
-    READY = 1  # worker -> broker: attach, offering a service
-    REQUEST = 2  # broker -> worker: a call to serve
-    REPLY = 3  # worker -> broker: the answer to a REQUEST
-    HEARTBEAT = 4  # both ways: still alive
-    DISCONNECT = 5  # both ways: detach (from the broker: with the reason)
-
-
-class Direction(bytes, Enum):
-    """Who sealed a worker message: stops a message being reflected back at its sender."""
-
-    TO_BROKER = b"W"
-    TO_WORKER = b"B"
 
 
 class Status(bytes, Enum):

@@ -12,11 +12,11 @@ and a reply is ``[signature, command, status, body...]``. An ERROR body is a JSO
 Session requests (CALL, LOGOUT) and their replies are AGORA/2: one envelope each
 (:mod:`agora.envelope`), see the client channel section below.
 
-Worker messages (docs/PROTOCOL.md, section 4) are ``[WORKER_PROTOCOL, session id, sealed]``
-from a worker and ``[WORKER_PROTOCOL, status, sealed-or-error]`` from the broker, where
-sealed is ``SecretBox(session_key)`` of::
-
-    counter (8 bytes, big endian) | direction (1 byte) | command (1 byte) | JSON body
+Worker messages (docs/PROTOCOL.md, section 4.3) are AGORA/2: one frame, one envelope
+(agora/envelope.py) on Channel.WORKER under the worker's session key, context = the
+session id, sender WORKER or BROKER, kind READY / REQUEST / REPLY / HEARTBEAT / DISCONNECT,
+counter = the sender's own sequence in that session; HEARTBEAT's body is empty, the others'
+a compact JSON object. A clear ERROR envelope only where the broker cannot seal.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import json
 import struct
 from typing import Any
 
-from agora import crypto
 from agora.crypto import open_sealed
 from agora.envelope import (
     HEADER_SIZE,
@@ -34,23 +33,19 @@ from agora.envelope import (
     clear,
     open_clear,
     open_envelope,
+    peek,
     seal,
 )
-from agora.errors import ProtocolError, RemoteError
+from agora.errors import ProtocolError, RemoteError, UnauthenticatedRefusal
 from agora.protocol import (
     CLIENT_PROTOCOL,
-    WORKER_PROTOCOL,
     Channel,
     Command,
-    Direction,
     ErrorCode,
     Kind,
     Sender,
     Status,
-    WorkerCommand,
 )
-
-_WORKER_HEADER = struct.Struct(">Qcc")
 
 
 def encode_json(obj: Any) -> bytes:
@@ -252,57 +247,55 @@ def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int
         raise ProtocolError("RESULT body is not valid JSON") from None
 
 
-# -- worker messages ----------------------------------------------------------------------
+# -- worker messages (docs/PROTOCOL.md 4.3) ------------------------------------------------
 
-def seal_worker_message(box: Any, counter: int, direction: Direction, command: WorkerCommand,
-                        body: dict[str, Any]) -> bytes:
-    return crypto.seal(box, _WORKER_HEADER.pack(counter, direction.value, bytes([command]))
-                + encode_json(body))
-
-
-def open_worker_message(box: Any, data: bytes, direction: Direction,
-                        ) -> tuple[int, WorkerCommand, dict[str, Any]]:
-    """Decrypt a worker message sealed for ``direction``; anything else is a ProtocolError."""
-    (counter, got_direction, command), body = open_with_header(box, data, _WORKER_HEADER,
-                                                                "worker message")
-    if got_direction != direction.value:
-        raise ProtocolError("worker message sealed for the other direction")
-    try:
-        command = WorkerCommand(command[0])
-    except ValueError:
-        raise ProtocolError("unknown worker command") from None
-    return counter, command, decode_json(body)
+#: What a worker may send, and what the broker may send, sealed on Channel.WORKER.
+WORKER_KINDS = frozenset({Kind.READY, Kind.REPLY, Kind.HEARTBEAT, Kind.DISCONNECT})
+TO_WORKER_KINDS = frozenset({Kind.READY, Kind.REQUEST, Kind.HEARTBEAT, Kind.DISCONNECT})
 
 
-def worker_frames(sid: bytes, sealed: bytes) -> list[bytes]:
-    """A worker -> broker message."""
-    return [WORKER_PROTOCOL, sid, sealed]
+def encode_worker_body(kind: Kind, body: dict[str, Any]) -> bytes:
+    """HEARTBEAT has an empty body; every other worker message a compact JSON object."""
+    if kind is Kind.HEARTBEAT:
+        return b""
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
-def parse_worker_frames(frames: list[bytes]) -> tuple[bytes, bytes]:
-    """Session id and sealed body of a worker -> broker message."""
-    if len(frames) != 3 or frames[0] != WORKER_PROTOCOL:
-        raise ProtocolError("not an agora worker message")
-    return frames[1], frames[2]
+def decode_worker_body(kind: Kind, body: bytes) -> dict[str, Any]:
+    if kind is Kind.HEARTBEAT:
+        if body:
+            raise ProtocolError("HEARTBEAT has an empty body")
+        return {}
+    return decode_json(body)
 
 
-def to_worker_frames(sealed: bytes) -> list[bytes]:
-    """A broker -> worker message."""
-    return [WORKER_PROTOCOL, Status.OK.value, sealed]
+def seal_worker_message(key: bytes, sid: bytes, counter: int, sender: Sender, kind: Kind,
+                        body: dict[str, Any], nonce: bytes | None = None) -> bytes:
+    """One worker-channel envelope: context = the worker's session id (the key hint)."""
+    return seal(key, Header(Channel.WORKER, kind, sender, sid, counter),
+                         encode_worker_body(kind, body), nonce)
 
 
-def parse_to_worker_frames(frames: list[bytes]) -> bytes:
-    """Sealed body of a broker -> worker message; RemoteError for a refusal in clear."""
-    if len(frames) != 3 or frames[0] != WORKER_PROTOCOL:
-        raise ProtocolError("not an agora worker message")
-    if frames[1] == Status.ERROR.value:
-        raise remote_error(frames[2])
-    if frames[1] != Status.OK.value:
-        raise ProtocolError("unknown status in a worker message")
-    return frames[2]
+def open_worker_message(key: bytes, data: bytes, sid: bytes, sender: Sender,
+                        ) -> tuple[Header, bytes]:
+    """Check a worker-channel envelope sealed by ``sender`` in session ``sid``: (header,
+    raw body). The body is decoded only after the replay check (decode_worker_body)."""
+    kinds = WORKER_KINDS if sender is Sender.WORKER else TO_WORKER_KINDS
+    return open_envelope(key, data, Channel.WORKER, sender, kinds, sid)
 
 
-def worker_error_frames(code: ErrorCode, message: str) -> list[bytes]:
-    """A refusal the broker could not seal (the worker's session is unknown): in clear."""
-    return [WORKER_PROTOCOL, Status.ERROR.value,
-            encode_json({"code": code.value, "message": message})]
+def open_to_worker(key: bytes, data: bytes, sid: bytes) -> tuple[Header, bytes]:
+    """A broker message to a worker; UnauthenticatedRefusal for a clear ERROR."""
+    header = peek(data)
+    if header.kind == Kind.ERROR:
+        _, body = open_clear(data, Channel.WORKER, Sender.BROKER, {Kind.ERROR})
+        error = remote_error(body)
+        raise UnauthenticatedRefusal(error.code.value, error.message)
+    return open_worker_message(key, data, sid, Sender.BROKER)
+
+
+def worker_error(sid: bytes, code: ErrorCode, message: str) -> bytes:
+    """A refusal the broker cannot seal (no such session, or the message did not
+    authenticate): a clear ERROR envelope, context = the session id the message named."""
+    return clear(Header(Channel.WORKER, Kind.ERROR, Sender.BROKER, sid, 0),
+                 encode_json({"code": code.value, "message": message}))

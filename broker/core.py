@@ -5,7 +5,7 @@ already removed) and returns the messages to send, as ``(identity, frames)`` pai
 ``tick(now)`` runs the timers. The clock is always passed in, so expiry, rate limits and
 freshness are tested without sleeping. :mod:`broker.server` is the socket loop around it.
 
-Messages whose first frame is WORKER_PROTOCOL come from service workers and go to
+AGORA/2 envelopes on Channel.WORKER come from service workers and go to
 :class:`broker.workers.WorkerRegistry`; a CALL to a worker-served service is answered later,
 from ``handle`` (the worker's REPLY) or ``tick`` (timeout, dead worker).
 
@@ -50,7 +50,6 @@ from agora.keyfile import KeyPair
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
     FRESHNESS_WINDOW,
-    WORKER_PROTOCOL,
     Channel,
     Command,
     EndReason,
@@ -173,7 +172,7 @@ class BrokerCore:
         channel = _channel(frames)
         if channel == Channel.NOTICE:
             return self._guarded("notice", self.notices.handle, identity, frames, now)
-        if frames and frames[0] == WORKER_PROTOCOL:
+        if channel == Channel.WORKER:
             return self._guarded("worker", self.workers.handle, identity, frames, now)
         if len(frames) == 1 and frames[0][:3] == AGORA2:
             out = self._client(identity, frames[0], now)

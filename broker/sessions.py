@@ -10,10 +10,8 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Protocol
 
-from agora.crypto import SecretBox
 from agora.envelope import ReplayGuard
 from agora.protocol import (
     RATE_LIMIT,
@@ -58,11 +56,6 @@ class Session:
     # counter -> (request nonce, reply) of the last answered requests, so an exact
     # retransmission (Lazy Pirate retry) gets the same answer instead of acting twice.
     replies: dict[int, tuple[bytes, list[bytes]]] = field(default_factory=dict)
-
-    @cached_property
-    def box(self) -> SecretBox:
-        """A SecretBox of the session key, for the worker channel's AGORA/1 envelope."""
-        return SecretBox(self.key)
 
     @property
     def short_id(self) -> str:

@@ -1,9 +1,11 @@
 """External service workers: attach, load balancing, heartbeats and deferred replies.
 
-The broker side of the worker protocol (docs/PROTOCOL.md, section 4), after the ZeroMQ
+The broker side of the worker protocol (docs/PROTOCOL.md, section 4.3), after the ZeroMQ
 guide's Majordomo pattern (7/MDP) but sans-I/O and authenticated: every worker message is
-sealed under the worker principal's session key with a counter, so only a logged-in
-principal of kind "service" can attach, and a captured message cannot be replayed.
+one AGORA/2 envelope on Channel.WORKER, sealed under the worker principal's session key
+(context = its session id, counter = the worker's own sequence, checked by a ReplayGuard),
+so only a logged-in principal of kind "service" can attach, and a captured message cannot
+be replayed.
 
 :class:`WorkerRegistry` is owned by :class:`broker.core.BrokerCore`. ``submit`` turns a
 client's CALL into a REQUEST for the least recently used idle worker (or queues it);
@@ -25,30 +27,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agora.envelope import NO_CONTEXT, ReplayGuard, peek
 from agora.errors import ProtocolError, RemoteError
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
+    MAX_MESSAGE_SIZE,
     MAX_QUEUED_REQUESTS,
-    Direction,
+    SESSION_MAX_AGE,
     ErrorCode,
+    Kind,
     Level,
     PrincipalKind,
+    Sender,
     Status,
-    WorkerCommand,
 )
 from agora.wire import (
+    decode_worker_body,
     encode_json,
     field,
     open_worker_message,
-    parse_worker_frames,
     seal_worker_message,
     session_refusal,
     session_result,
-    to_worker_frames,
-    worker_error_frames,
+    worker_error,
 )
 from broker.sessions import Session, SessionTable
 
@@ -129,6 +133,8 @@ class WorkerRegistry:
         self.pending: dict[str, PendingCall] = {}
         self._by_session: dict[bytes, str] = {}  # caller session -> its outstanding call
         self._out_counter = itertools.count(1)  # broker -> worker counters, never reused
+        # Worker counters per session: only authenticated messages enter it.
+        self.guard = ReplayGuard(ttl=SESSION_MAX_AGE)
         self._next_check = 0.0
 
     # -- what callers see ----------------------------------------------------------------
@@ -175,41 +181,57 @@ class WorkerRegistry:
     # -- worker messages -----------------------------------------------------------------
 
     def handle(self, identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
-        """One message from a worker socket; never raises for anything the worker sent."""
+        """One message from a worker socket; never raises for anything the worker sent.
+
+        What did not authenticate gets a clear ERROR (or, replayed, nothing at all); what
+        did, and breaks the protocol, a sealed DISCONNECT that detaches the worker.
+        """
+        if len(frames) != 1:
+            return [(identity, [worker_error(NO_CONTEXT, ErrorCode.BAD_REQUEST,
+                                             "a worker message is one frame")])]
+        data = frames[0]
+        if len(data) > MAX_MESSAGE_SIZE:
+            return [(identity, [worker_error(NO_CONTEXT, ErrorCode.TOO_LARGE,
+                                             "message is over the size limit")])]
         try:
-            sid, sealed = parse_worker_frames(frames)
+            sid = peek(data).context
         except ProtocolError as exc:
-            return [(identity, worker_error_frames(ErrorCode.BAD_REQUEST, str(exc)))]
+            return [(identity, [worker_error(NO_CONTEXT, ErrorCode.BAD_REQUEST, str(exc))])]
         session = self.sessions.get(sid)
         if session is None or session.expired(now):
             out = self._detach(identity, now, "session ended")
-            return out + [(identity, worker_error_frames(
-                ErrorCode.UNKNOWN_SESSION, "no such session (log in again)"))]
+            return out + [(identity, [worker_error(sid, ErrorCode.UNKNOWN_SESSION,
+                                                   "no such session (log in again)")])]
         try:
-            counter, command, body = open_worker_message(session.box, sealed,
-                                                         Direction.TO_BROKER)
+            header, raw = open_worker_message(session.key, data, sid, Sender.WORKER)
         except ProtocolError as exc:
             log.info("bad worker message: %s", exc)
-            return [(identity, worker_error_frames(ErrorCode.BAD_REQUEST, str(exc)))]
-        if counter <= session.counter:
+            return [(identity, [worker_error(sid, ErrorCode.BAD_REQUEST, str(exc))])]
+        admitted = self.guard.admit(sid, header.counter, now,
+                                    expires=session.created + SESSION_MAX_AGE)
+        if admitted is False:  # dropped unanswered: a replay must not detach the real worker
             self.audit(session.username, "worker", "replayed", now)
-            return [(identity, worker_error_frames(ErrorCode.REPLAYED, "message replayed"))]
-        session.counter = counter
+            return []
+        if admitted is None:
+            return self._refuse(session, identity, ErrorCode.TOO_MANY_ATTEMPTS,
+                                "too many worker sessions; try again later", now)
         session.last_seen = now
+        command = Kind(header.kind)
         worker = self.workers.get(identity)
         if worker is not None and worker.sid != sid:
             return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
                                 "this socket is attached under another session", now)
         try:
-            if command is WorkerCommand.READY:
+            body = decode_worker_body(command, raw)
+            if command is Kind.READY:
                 return self._ready(session, identity, body, now)
             if worker is None:
                 return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
                                     "not attached: send READY first", now)
             worker.expiry = now + self.heartbeat_interval * self.liveness
-            if command is WorkerCommand.REPLY:
+            if command is Kind.REPLY:
                 return self._reply(worker, body, now)
-            if command is WorkerCommand.DISCONNECT:
+            if command is Kind.DISCONNECT:
                 log.info("worker %s of %s detached", worker.username, worker.service)
                 return self._detach(identity, now, "worker detached")
             return []  # HEARTBEAT: liveness already refreshed
@@ -253,7 +275,7 @@ class WorkerRegistry:
         service.idle.append(identity)
         self.audit(session.username, f"worker:{name}", "attached", now, f"level={int(level)}")
         log.info("worker %s attached for %s (level %d)", session.username, name, level)
-        ack = self._to_worker(session, identity, WorkerCommand.READY,
+        ack = self._to_worker(session, identity, Kind.READY,
                               {"service": name, "level": int(level)})
         return [ack, *self._dispatch(service, now)]
 
@@ -297,8 +319,8 @@ class WorkerRegistry:
             session = self.sessions.get(worker.sid)
             if session is None:
                 out += self._detach(worker.identity, now, "session ended")
-                out.append((worker.identity, worker_error_frames(
-                    ErrorCode.UNKNOWN_SESSION, "your session ended")))
+                out.append((worker.identity, [worker_error(
+                    worker.sid, ErrorCode.UNKNOWN_SESSION, "your session ended")]))
             elif session.level < self.services[worker.service].level:
                 out += self._refuse(session, worker.identity, ErrorCode.FORBIDDEN,
                                     "your level is now below the service's", now)
@@ -312,7 +334,7 @@ class WorkerRegistry:
                                     "detached as wedged", now)
             elif worker.next_heartbeat <= now:
                 worker.next_heartbeat = now + self.heartbeat_interval
-                out.append(self._to_worker(session, worker.identity, WorkerCommand.HEARTBEAT,
+                out.append(self._to_worker(session, worker.identity, Kind.HEARTBEAT,
                                            {}))
         for call in [c for c in self.pending.values() if c.deadline <= now]:
             log.info("call %s by %s timed out", call.service, call.username)
@@ -341,7 +363,7 @@ class WorkerRegistry:
             # Its caller gets `timeout` at the deadline; a worker still on it well after that
             # is wedged (heartbeats alone prove only that its loop runs, not its handler).
             worker.busy_until = call.deadline + max(self.call_timeout, WEDGED_GRACE)
-            out.append(self._to_worker(session, worker.identity, WorkerCommand.REQUEST, {
+            out.append(self._to_worker(session, worker.identity, Kind.REQUEST, {
                 "id": call.rid, "service": call.service, "args": call.args,
                 "caller": {"username": call.username, "level": call.level},
                 "timeout": max(0.0, call.deadline - now)}))
@@ -396,12 +418,12 @@ class WorkerRegistry:
         log.info("worker %s refused: %s", session.username, message)
         out = self._detach(identity, now, code.value)
         self.audit(session.username, "worker", "refused", now, code.value)
-        out.append(self._to_worker(session, identity, WorkerCommand.DISCONNECT,
+        out.append(self._to_worker(session, identity, Kind.DISCONNECT,
                                    {"code": code.value, "message": message}))
         return out
 
-    def _to_worker(self, session: Session, identity: bytes, command: WorkerCommand,
+    def _to_worker(self, session: Session, identity: bytes, command: Kind,
                    body: dict[str, Any]) -> Outgoing:
-        sealed = seal_worker_message(session.box, next(self._out_counter),
-                                     Direction.TO_WORKER, command, body)
-        return identity, to_worker_frames(sealed)
+        return identity, [seal_worker_message(session.key, session.sid,
+                                              next(self._out_counter), Sender.BROKER,
+                                              command, body)]

@@ -9,35 +9,34 @@ from __future__ import annotations
 import pytest
 
 from agora.crypto import SecretBox, new_symmetric_key
-from agora.errors import RemoteError
+from agora.envelope import Header, seal
+from agora.errors import RemoteError, UnauthenticatedRefusal
 from agora.keyfile import KeyPair
 from agora.protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
-    WORKER_PROTOCOL,
-    Direction,
+    Channel,
     ErrorCode,
     Kind,
     Level,
     PrincipalKind,
-    Status,
-    WorkerCommand,
+    Sender,
 )
 from agora.wire import (
-    decode_json,
+    decode_worker_body,
     encode_call,
+    encode_worker_body,
     open_session_reply,
-    open_worker_message,
-    parse_to_worker_frames,
+    open_to_worker,
     seal_session_request,
     seal_worker_message,
-    worker_frames,
 )
 from broker.core import BrokerCore
 from broker.services import builtin_services
 from broker.store import Store
 from broker.workers import WEDGED_GRACE
+from tests.vectors import load, vector, write
 
 T0 = 1_000_000.0
 TIMEOUT = 5.0
@@ -50,8 +49,7 @@ class Peer:
     def __init__(self, core: BrokerCore, identity: bytes, username: str, level: int,
                  kind: PrincipalKind = PrincipalKind.PERSON) -> None:
         key = new_symmetric_key()
-        self.core, self.identity, self.box = core, identity, SecretBox(key)
-        self.key = key
+        self.core, self.identity, self.key, self.box = core, identity, key, SecretBox(key)
         self.session = core.sessions.open(username, kind, Level(level), key, 0, "127.0.0.1",
                                           T0)
         self.counter = 0
@@ -70,21 +68,23 @@ class Peer:
         return open_session_reply(self.key, frames, self.session.sid, counter or self.counter)
 
     # worker side
-    def worker_frames(self, command: WorkerCommand, body: dict) -> list[bytes]:
-        self.counter += 1
-        return worker_frames(self.session.sid, seal_worker_message(
-            self.box, self.counter, Direction.TO_BROKER, command, body))
+    def worker_frames(self, command: Kind, body: dict) -> list[bytes]:
+        self.worker_counter = getattr(self, "worker_counter", 0) + 1
+        return [seal_worker_message(self.key, self.session.sid, self.worker_counter,
+                                    Sender.WORKER, command, body)]
 
-    def send(self, command: WorkerCommand, body: dict, now: float = T0) -> list:
+    def send(self, command: Kind, body: dict, now: float = T0) -> list:
         return self.core.handle(self.identity, self.worker_frames(command, body), now)
 
     def attach(self, service: str, level: int, now: float = T0) -> list:
-        return self.send(WorkerCommand.READY, {"service": service, "level": level}, now)
+        return self.send(Kind.READY, {"service": service, "level": level}, now)
 
-    def opened(self, frames: list[bytes]) -> tuple[WorkerCommand, dict]:
-        _, command, body = open_worker_message(self.box, parse_to_worker_frames(frames),
-                                               Direction.TO_WORKER)
-        return command, body
+    def opened(self, frames: list[bytes]) -> tuple[Kind, dict]:
+        """A broker message to this worker, checked as the worker does (UnauthenticatedRefusal
+        for a clear ERROR)."""
+        assert len(frames) == 1
+        header, raw = open_to_worker(self.key, frames[0], self.session.sid)
+        return Kind(header.kind), decode_worker_body(Kind(header.kind), raw)
 
 
 def to(out: list, identity: bytes) -> list[list[bytes]]:
@@ -116,13 +116,13 @@ def client(core, name="ana", level=3) -> Peer:
 def attached(core, name="w1", service="upper", level=3, worker_level=3) -> Peer:
     w = worker(core, name, worker_level)
     command, body = w.opened(only(w.attach(service, level), w.identity))
-    assert (command, body["service"]) == (WorkerCommand.READY, service)
+    assert (command, body["service"]) == (Kind.READY, service)
     return w
 
 
 def request_to(w: Peer, out: list) -> dict:
     command, body = w.opened(only(out, w.identity))
-    assert command is WorkerCommand.REQUEST
+    assert command is Kind.REQUEST
     return body
 
 
@@ -133,7 +133,7 @@ def test_worker_call_is_forwarded_then_answered_to_its_caller_only(core):
     request = request_to(w, out)
     assert request["args"] == {"text": "hi"}
     assert request["caller"] == {"username": "ana", "level": 3}
-    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "HI"})
+    out = w.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "HI"})
     assert to(out, bob.identity) == []
     assert ana.answer(only(out, ana.identity)) == "HI"
 
@@ -143,9 +143,9 @@ def test_calls_are_balanced_across_idle_workers(core):
     ana, bob = client(core, "ana"), client(core, "bob")
     first = request_to(w1, ana.call("upper", {"n": 1}))
     second = request_to(w2, bob.call("upper", {"n": 2}))
-    out = w2.send(WorkerCommand.REPLY, {"id": second["id"], "ok": True, "result": 2})
+    out = w2.send(Kind.REPLY, {"id": second["id"], "ok": True, "result": 2})
     assert bob.answer(only(out, bob.identity)) == 2
-    out = w1.send(WorkerCommand.REPLY, {"id": first["id"], "ok": True, "result": 1})
+    out = w1.send(Kind.REPLY, {"id": first["id"], "ok": True, "result": 1})
     assert ana.answer(only(out, ana.identity)) == 1
 
 
@@ -154,14 +154,14 @@ def test_call_waits_in_queue_until_a_worker_is_free(core):
     ana, bob = client(core, "ana"), client(core, "bob")
     first = request_to(w, ana.call("upper"))
     assert to(bob.call("upper"), w.identity) == []  # w is busy: bob's call queues
-    out = w.send(WorkerCommand.REPLY, {"id": first["id"], "ok": True, "result": "a"})
+    out = w.send(Kind.REPLY, {"id": first["id"], "ok": True, "result": "a"})
     assert ana.answer(only(out, ana.identity)) == "a"
     assert request_to(w, out)["caller"]["username"] == "bob"
 
 
 def test_service_without_workers_answers_unavailable_at_once(core):
     w, ana = attached(core), client(core)
-    w.send(WorkerCommand.DISCONNECT, {})
+    w.send(Kind.DISCONNECT, {})
     with pytest.raises(RemoteError) as err:
         ana.answer(only(ana.call("upper"), ana.identity))
     assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE
@@ -203,81 +203,95 @@ def test_level_lowered_by_operator_applies_to_the_next_call(core):
 def test_worker_cannot_offer_a_service_above_its_own_level(core):
     w = worker(core, level=2)
     command, body = w.opened(only(w.attach("secrets", 4), w.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert core.workers.level_of("secrets") is None
 
 
 def test_worker_cannot_take_a_builtin_service_name(core):
     w = worker(core, level=5)
     command, body = w.opened(only(w.attach("whoami", 1), w.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
 
 
 def test_second_worker_cannot_change_a_service_level(core):
     attached(core, "w1", service="upper", level=3)
     w2 = worker(core, "w2", level=5)
     command, body = w2.opened(only(w2.attach("upper", 1), w2.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert core.workers.level_of("upper") == 3
 
 
 def test_person_principal_cannot_attach_a_worker(core):
     person = Peer(core, b"p", "mallory", 5, PrincipalKind.PERSON)
     command, body = person.opened(only(person.attach("upper", 1), person.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
+
+
+def clear_refusal(frames: list[bytes]) -> str:
+    """The code of a clear ERROR on the worker channel (unauthenticated by nature)."""
+    with pytest.raises(UnauthenticatedRefusal) as err:
+        open_to_worker(new_symmetric_key(), frames[0], bytes(16))
+    return err.value.code
 
 
 def test_worker_message_without_session_is_refused_in_clear(core):
-    out = core.handle(b"x", [WORKER_PROTOCOL, b"\x00" * 16, b"junk"], T0)
-    with pytest.raises(RemoteError) as err:
-        parse_to_worker_frames(only(out, b"x"))
-    assert err.value.code is ErrorCode.UNKNOWN_SESSION
+    stranger = Peer(core, b"x", "w9", 3, PrincipalKind.SERVICE)
+    frames = stranger.worker_frames(Kind.READY, {"service": "upper", "level": 1})
+    core.sessions.end(stranger.session.sid)
+    assert clear_refusal(only(core.handle(b"x", frames, T0), b"x")) == "unknown-session"
 
 
-@pytest.mark.parametrize("frames", [[WORKER_PROTOCOL], [WORKER_PROTOCOL, b"a", b"b", b"c"]])
-def test_malformed_worker_message_gets_bad_request(core, frames):
-    with pytest.raises(RemoteError) as err:
-        parse_to_worker_frames(only(core.handle(b"x", frames, T0), b"x"))
-    assert err.value.code is ErrorCode.BAD_REQUEST
+@pytest.mark.parametrize("cut", [40, 69, -1])
+def test_truncated_worker_message_gets_bad_request_in_clear(core, cut):
+    w = worker(core)
+    frames = w.worker_frames(Kind.READY, {"service": "upper", "level": 1})
+    assert clear_refusal(only(core.handle(b"x", [frames[0][:cut]], T0), b"x")) == \
+        "bad-request"
+    assert core.workers.level_of("upper") is None
+
+
+def test_malformed_worker_body_gets_a_sealed_disconnect(core):
+    w = worker(core)  # an authentic READY whose body is not a JSON object
+    frames = [seal(w.key, Header(Channel.WORKER, Kind.READY, Sender.WORKER, w.session.sid, 1),
+                   b"[1]")]
+    command, body = w.opened(only(core.handle(w.identity, frames, T0), w.identity))
+    assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
 
 
 def test_worker_message_under_the_wrong_key_is_refused(core):
     w = worker(core)
-    forged = worker_frames(w.session.sid, seal_worker_message(
-        SecretBox(new_symmetric_key()), 1, Direction.TO_BROKER, WorkerCommand.READY,
-        {"service": "upper", "level": 1}))
-    with pytest.raises(RemoteError) as err:
-        parse_to_worker_frames(only(core.handle(b"evil", forged, T0), b"evil"))
-    assert err.value.code is ErrorCode.BAD_REQUEST
+    forged = [seal_worker_message(new_symmetric_key(), w.session.sid, 1, Sender.WORKER,
+                                  Kind.READY, {"service": "upper", "level": 1})]
+    assert clear_refusal(only(core.handle(b"evil", forged, T0), b"evil")) == "bad-request"
     assert core.workers.level_of("upper") is None
 
 
-def test_replayed_worker_message_is_refused(core):
+def test_replayed_worker_message_is_dropped_without_detaching_the_worker(core):
     w = worker(core)
-    ready = w.worker_frames(WorkerCommand.READY, {"service": "upper", "level": 1})
+    ready = w.worker_frames(Kind.READY, {"service": "upper", "level": 1})
     core.handle(w.identity, ready, T0)
-    with pytest.raises(RemoteError) as err:
-        parse_to_worker_frames(only(core.handle(b"replayer", ready, T0), b"replayer"))
-    assert err.value.code is ErrorCode.REPLAYED
+    assert core.handle(b"replayer", ready, T0) == []
+    assert core.handle(w.identity, ready, T0) == []  # not even on its own socket
     assert b"replayer" not in core.workers.workers
+    assert core.workers.listing()[0]["workers"] == 1
+    core.flush_audit(T0)
+    assert ("worker", "replayed") in [(r["action"], r["outcome"])
+                                      for r in core.store.audit_rows()]
 
 
 def test_broker_message_reflected_back_is_refused(core):
     w = attached(core)
     out = client(core).call("upper")
-    sealed = parse_to_worker_frames(only(out, w.identity))  # a REQUEST, sealed to the worker
-    with pytest.raises(RemoteError) as err:
-        parse_to_worker_frames(only(core.handle(
-            b"evil", worker_frames(w.session.sid, sealed), T0), b"evil"))
-    assert err.value.code is ErrorCode.BAD_REQUEST
+    request = only(out, w.identity)  # a REQUEST, sealed by the broker to the worker
+    assert clear_refusal(only(core.handle(b"evil", request, T0), b"evil")) == "bad-request"
 
 
 def test_worker_cannot_answer_a_request_it_was_not_given(core):
     w1, w2, ana = attached(core, "w1"), attached(core, "w2"), client(core)
     request = request_to(w1, ana.call("upper"))
-    out = w2.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "forged"})
+    out = w2.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "forged"})
     assert to(out, ana.identity) == []
-    out = w1.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "real"})
+    out = w1.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "real"})
     assert ana.answer(only(out, ana.identity)) == "real"
 
 
@@ -297,21 +311,21 @@ def test_heartbeats_keep_a_worker_attached_and_broker_heartbeats_it(core):
     w = attached(core)
     for i in range(1, 10):
         now = T0 + i * HEARTBEAT_INTERVAL
-        w.send(WorkerCommand.HEARTBEAT, {}, now)
+        w.send(Kind.HEARTBEAT, {}, now)
         out = core.tick(now + 0.01)
-        assert [w.opened(f)[0] for f in to(out, w.identity)] == [WorkerCommand.HEARTBEAT]
+        assert [w.opened(f)[0] for f in to(out, w.identity)] == [Kind.HEARTBEAT]
     assert core.workers.listing()[0]["workers"] == 1
 
 
 def test_late_worker_times_out_then_its_reply_is_dropped(core):
     w, ana = attached(core), client(core)
     request = request_to(w, ana.call("upper"))
-    w.send(WorkerCommand.HEARTBEAT, {}, T0 + 2.5)  # alive, just slow
-    w.send(WorkerCommand.HEARTBEAT, {}, T0 + 4.5)
+    w.send(Kind.HEARTBEAT, {}, T0 + 2.5)  # alive, just slow
+    w.send(Kind.HEARTBEAT, {}, T0 + 4.5)
     with pytest.raises(RemoteError) as err:
         ana.answer(only(core.tick(T0 + TIMEOUT + 0.01), ana.identity))
     assert err.value.code is ErrorCode.TIMEOUT
-    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "late"},
+    out = w.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "late"},
                  T0 + 6)
     assert to(out, ana.identity) == []
     assert request_to(w, ana.call("upper", now=T0 + 6))  # the worker is free again
@@ -326,12 +340,12 @@ def test_worker_that_heartbeats_but_never_answers_is_detached_as_wedged(core):
     now, to_worker = T0, []
     while now < T0 + TIMEOUT + WEDGED_GRACE + 1:  # heartbeats keep it "alive" throughout
         now += 0.5
-        w.send(WorkerCommand.HEARTBEAT, {}, now)
+        w.send(Kind.HEARTBEAT, {}, now)
         to_worker += [m for m in to(core.tick(now), w.identity)
-                      if w.opened(m)[0] is not WorkerCommand.HEARTBEAT]
+                      if w.opened(m)[0] is not Kind.HEARTBEAT]
     assert len(to_worker) == 1
     command, body = w.opened(to_worker[0])
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "timeout")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "timeout")
     with pytest.raises(RemoteError) as err:  # no worker left: fails fast, no hang
         ana.answer(only(ana.call("upper", now=now), ana.identity))
     assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE
@@ -340,13 +354,13 @@ def test_worker_that_heartbeats_but_never_answers_is_detached_as_wedged(core):
 def test_worker_error_code_is_passed_on_but_unknown_codes_are_not(core):
     w, ana = attached(core), client(core)
     request = request_to(w, ana.call("upper"))
-    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": False, "error": {
+    out = w.send(Kind.REPLY, {"id": request["id"], "ok": False, "error": {
         "code": "bad-request", "message": "text missing"}})
     with pytest.raises(RemoteError) as err:
         ana.answer(only(out, ana.identity))
     assert (err.value.code, err.value.message) == (ErrorCode.BAD_REQUEST, "text missing")
     request = request_to(w, ana.call("upper"))
-    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": False, "error": {
+    out = w.send(Kind.REPLY, {"id": request["id"], "ok": False, "error": {
         "code": "token-reused", "message": "scary"}})
     with pytest.raises(RemoteError) as err:
         ana.answer(only(out, ana.identity))
@@ -358,7 +372,7 @@ def test_retried_call_is_answered_once_on_the_retrying_socket(core):
     frames = ana.call_frames("upper")
     request = request_to(w, core.handle(b"req-socket-1", frames, T0))
     assert core.handle(b"req-socket-2", frames, T0 + 2.5) == []  # Lazy Pirate retry
-    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "x"})
+    out = w.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "x"})
     assert to(out, b"req-socket-1") == []
     assert ana.answer(only(out, b"req-socket-2")) == "x"
     again = only(core.handle(b"req-socket-3", frames, T0 + 3), b"req-socket-3")
@@ -369,7 +383,7 @@ def test_reply_for_a_caller_who_logged_out_is_dropped(core):
     w, ana = attached(core), client(core)
     request = request_to(w, ana.call("upper"))
     core.sessions.end(ana.session.sid)
-    out = w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "x"})
+    out = w.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "x"})
     assert to(out, ana.identity) == []
 
 
@@ -387,7 +401,7 @@ def test_worker_whose_session_ends_is_detached_and_its_call_fails(core):
 def test_worker_calls_are_audited_without_arguments(core):
     w, ana = attached(core), client(core)
     request = request_to(w, ana.call("upper", {"text": "secret text"}))
-    w.send(WorkerCommand.REPLY, {"id": request["id"], "ok": True, "result": "SECRET TEXT"})
+    w.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "SECRET TEXT"})
     core.flush_audit(T0)
     rows = core.store.audit_rows("ana")
     assert [(r["action"], r["outcome"]) for r in rows] == [("call:upper", "ok")]
@@ -414,12 +428,64 @@ def test_directory_lists_each_online_principal_once(core):
 
 
 def test_bad_worker_frames_do_not_stop_client_calls(core):
-    core.handle(b"x", [WORKER_PROTOCOL, b"garbage"], T0)
+    core.handle(b"x", [b"AG\x02\x02garbage" + bytes(30)], T0)
     ana = client(core)
     assert ana.answer(only(ana.call("echo", {"a": 1}), ana.identity)) == {"a": 1}
 
 
-def test_error_reply_body_is_json(core):
-    out = core.handle(b"x", [WORKER_PROTOCOL], T0)
-    frames = only(out, b"x")
-    assert frames[1] == Status.ERROR.value and decode_json(frames[2])["code"] == "bad-request"
+def test_worker_counters_are_its_own_not_the_callers(core):
+    """A worker's sequence and its agent's session requests do not collide (AGORA/2)."""
+    w = attached(core)
+    assert w.send(Kind.HEARTBEAT, {}, T0) == []
+    assert w.session.counter == 0  # the session request counter was never used
+    ana = client(core)
+    request = request_to(w, ana.call("upper"))
+    out = w.send(Kind.REPLY, {"id": request["id"], "ok": True, "result": "x"})
+    assert ana.answer(only(out, ana.identity)) == "x"
+
+
+# -- known-answer vectors (docs/vectors/worker.json) ----------------------------------------
+
+VECTOR_KEY = bytes(range(32))
+VECTOR_NONCE = bytes(range(100, 124))
+VECTOR_SID = bytes.fromhex("5e5510e1d00000000000000000000001")
+
+WORKER_VECTORS = [
+    ("worker.ready", Kind.READY, Sender.WORKER, 1,
+     {"service": "wordcount", "level": 2, "description": "counts words"}),
+    ("worker.broker.ready", Kind.READY, Sender.BROKER, 1, {"service": "wordcount", "level": 2}),
+    ("worker.broker.request", Kind.REQUEST, Sender.BROKER, 2,
+     {"id": "0011223344556677", "service": "wordcount", "args": {"text": "a b c"},
+      "caller": {"username": "ana.lima", "level": 3}, "timeout": 5.0}),
+    ("worker.reply", Kind.REPLY, Sender.WORKER, 2, {"id": "0011223344556677", "ok": True,
+                                                   "result": 3}),
+    ("worker.reply-error", Kind.REPLY, Sender.WORKER, 3,
+     {"id": "0011223344556677", "ok": False,
+      "error": {"code": "bad-request", "message": "text missing"}}),
+    ("worker.heartbeat", Kind.HEARTBEAT, Sender.WORKER, 4, {}),
+    ("worker.broker.heartbeat", Kind.HEARTBEAT, Sender.BROKER, 3, {}),
+    ("worker.disconnect", Kind.DISCONNECT, Sender.WORKER, 5, {}),
+    ("worker.broker.disconnect", Kind.DISCONNECT, Sender.BROKER, 4,
+     {"code": "forbidden", "message": "wordcount is offered at level 3"}),
+]
+
+
+def build_worker_vectors() -> list[dict]:
+    return [vector(name, VECTOR_KEY, Header(Channel.WORKER, kind, sender, VECTOR_SID, counter),
+                   encode_worker_body(kind, fields), VECTOR_NONCE, fields)
+            for name, kind, sender, counter, fields in WORKER_VECTORS]
+
+
+@pytest.mark.parametrize("v", load("worker"), ids=lambda v: v["name"])
+def test_worker_vector_body_codec_both_ways(v):
+    kind = Kind(v["header"]["kind"])
+    assert encode_worker_body(kind, v["fields"]).hex() == v["body"]
+    assert decode_worker_body(kind, bytes.fromhex(v["body"])) == v["fields"]
+
+
+def test_worker_vectors_cover_every_message_kind():
+    assert load("worker") == build_worker_vectors()
+
+
+if __name__ == "__main__":  # regenerate docs/vectors/worker.json (only when the format changes)
+    write("worker", build_worker_vectors())
