@@ -395,7 +395,7 @@ def test_malformed_request_gets_error_reply(world, frames):
     b"AG\x02" + bytes(27),
     b"AG\x02\x01\x04\x01" + b"no-such-session!" + bytes(8) + os.urandom(60),
     b"AG\x02\x01\x63\x01" + bytes(24) + os.urandom(60),  # unknown kind
-    b"AG\x02\x02\x04\x01" + bytes(24) + os.urandom(60),  # another channel
+    b"AG\x02\x05\x04\x01" + bytes(24) + os.urandom(60),  # a channel the broker does not serve
     b"AG\x02\x01\x07\x02" + bytes(24) + os.urandom(60),  # a reply sent to the broker
 ])
 def test_malformed_envelope_gets_a_clear_error(world, data):
