@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from agents.credentials import Credentials, CredentialsFile
+from agents.credentials import Credentials, CredentialsFile, check_new_password
 from agents.notices import NoticeStream
 from agents.peer import PeerNode, Receipt
 from agents.peer_protocol import PeerMessage
@@ -157,8 +157,7 @@ class Agent:
     def register(self, username: str, one_time_id: str, broker_fingerprint: str,
                  password: str, force: bool = False) -> Credentials:
         """Register this agent as ``username``; creates the credentials file."""
-        if not password:
-            raise LocalError("the password must not be empty")
+        check_new_password(password, username, one_time_id)
         if self.file.exists() and not force:
             raise LocalError(f"{self.file.path} already holds a registration "
                              "(use --force to replace it)")

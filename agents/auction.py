@@ -175,6 +175,7 @@ class AuctionWatcher:
             self._sub.setsockopt(zmq.SUBSCRIBE, b"")
             self._sub.connect(join.pub_endpoint)
         self._last_snapshot = 0.0
+        self.last_heard = time.monotonic()  # joining counts as hearing from it
 
     def serve(self, until: Callable[[AuctionView], bool] | None = None,
               timeout: float | None = None) -> AuctionView:
@@ -208,8 +209,16 @@ class AuctionWatcher:
                 break
         return self.view
 
+    def silent_for(self, now: float | None = None) -> float:
+        """Seconds since the last signed word from the auctioneer (heartbeats come every
+        HEARTBEAT_INTERVAL, so more than a few means it is gone or cut off)."""
+        return (time.monotonic() if now is None else now) - self.last_heard
+
     def _feed(self, data: bytes) -> bool:
+        heard = self.view.heard
         feed = self.view.feed(data)
+        if self.view.heard != heard:
+            self.last_heard = time.monotonic()
         for event in feed.events:
             if self.on_event:
                 self.on_event(event, self.view)
@@ -225,6 +234,7 @@ class AuctionWatcher:
             snapshot = self.client.snapshot()
             self.view.apply_snapshot(snapshot)
             self.snapshots += 1
+            self.last_heard = time.monotonic()
             if self.on_event:
                 self.on_event({"kind": "snapshot", "epoch": self.view.epoch}, self.view)
         except RemoteError as exc:

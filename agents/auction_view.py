@@ -71,6 +71,9 @@ class AuctionView:
         self.bids: deque[dict[str, Any]] = deque(maxlen=10)
         self.results: list[dict[str, Any]] = []
         self.dropped = 0
+        #: Datagrams whose signature checked out: proof the auctioneer is alive, even when
+        #: their content cannot be opened yet (a missed re-key).
+        self.heard = 0
         self.apply_snapshot(join.snapshot)
 
     # -- input ----------------------------------------------------------------------------
@@ -87,6 +90,7 @@ class AuctionView:
             self.dropped += 1
             log.info("dropped a datagram: %s", exc)
             return Feed()
+        self.heard += 1
         if (dgram.epoch, dgram.seq) <= (self.epoch, self.last_seq):
             return Feed()  # seen on the other path already, or a replay
         in_order = (dgram.epoch == self.epoch and dgram.seq == self.last_seq + 1) or \

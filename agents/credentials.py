@@ -27,6 +27,7 @@ from agora.crypto import (
     SALT_SIZE,
     SecretBox,
     b64,
+    normalize_one_time_id,
     open_sealed,
     password_key,
     seal,
@@ -36,6 +37,24 @@ from agora.errors import CredentialsMissing, LocalError, ProtocolError, WrongPas
 from agora.files import atomic_write, file_lock, private_dir
 
 FORMAT = "agora-credentials/1"
+#: A new password is at least this long: it is all that protects a copied credentials file.
+MIN_PASSWORD_LENGTH = 12
+
+
+class WeakPassword(LocalError):
+    """A new password too short, or one an attacker could guess from the enrollment."""
+
+
+def check_new_password(password: str, username: str = "", one_time_id: str = "") -> None:
+    """Refuse, with one line saying why, a new password that protects too little."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise WeakPassword(f"the password must be at least {MIN_PASSWORD_LENGTH} characters "
+                           f"(a passphrase of a few words is easiest to remember)")
+    folded = password.strip().casefold()
+    if username and folded == username.casefold():
+        raise WeakPassword("the password must not be your username")
+    if one_time_id and normalize_one_time_id(password) == normalize_one_time_id(one_time_id):
+        raise WeakPassword("the password must not be the one-time ID (it is on paper)")
 
 
 @dataclass
@@ -97,8 +116,7 @@ class CredentialsFile:
 
     def create(self, password: str, creds: Credentials) -> None:
         """Write a new file under ``password`` (fresh salt)."""
-        if not password:
-            raise LocalError("the password must not be empty")
+        check_new_password(password)
         salt = nacl.utils.random(SALT_SIZE)
         self._header = {"format": FORMAT, "kdf": "argon2id", "opslimit": KDF_OPSLIMIT,
                         "memlimit": KDF_MEMLIMIT, "salt": b64(salt)}

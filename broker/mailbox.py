@@ -90,6 +90,16 @@ def fetch(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"letters": letters, "more": len(letters) < len(rows)}
 
 
+def count(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """How many letters wait for the caller (``agora login`` says it)."""
+    db = ctx.core.store.db
+    _table(db)
+    waiting = db.execute("select count(*) from mailbox where recipient = ? and "
+                         "deposited_at >= ?",
+                         [ctx.session.username, ctx.now - MAILBOX_TTL]).fetchone()[0]
+    return {"waiting": waiting}
+
+
 def delete(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """Delete the caller's letters up to id ``upto`` (after the agent has kept them)."""
     upto = field(args, "upto", int)
@@ -107,4 +117,5 @@ def mailbox_services() -> list[Service]:
                 "offline collaborator", deposit),
         Service("mailbox_fetch", Level.PUBLIC, "your letters waiting at the broker", fetch),
         Service("mailbox_delete", Level.PUBLIC, "delete your letters up to an id", delete),
+        Service("mailbox_count", Level.PUBLIC, "how many letters wait for you", count),
     ]

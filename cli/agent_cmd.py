@@ -25,6 +25,8 @@ from cli.common import (
     default_home,
     password,
     print_json,
+    progress,
+    reads_stdin,
     user_errors,
 )
 
@@ -35,15 +37,21 @@ def make_agent(home: Path | None, broker: str | None, timeout: float = 2.5) -> A
 
 @contextlib.contextmanager
 def session(home: Path | None, broker: str | None, timeout: float = 2.5,
-            listen: bool = False) -> Iterator[Agent]:
+            listen: bool = False, secret: str | None = None,
+            quiet: bool = False) -> Iterator[Agent]:
     """A logged-in Agent for the duration of one command; always logged out and closed.
 
-    Only commands that wait for peers (listen, chat) pass ``listen=True``.
+    Only commands that wait for peers (listen, chat) pass ``listen=True``. ``secret`` is the
+    password when the command has read it already (STDIN_RULE); ``quiet`` (--json) turns
+    the spinner off.
     """
     agent = make_agent(home, broker, timeout)
     try:
-        agent.unlock(password())  # the person first, locally ...
-        agent.login(listen=listen)  # ... then the agent, to the broker
+        secret = secret if secret is not None else password()
+        with progress("Opening your credentials (Argon2id)…", quiet):
+            agent.unlock(secret)  # the person first, locally ...
+        with progress(f"Logging in to {agent.broker}…", quiet):
+            agent.login(listen=listen)  # ... then the agent, to the broker
         try:
             yield agent
         finally:
@@ -53,6 +61,7 @@ def session(home: Path | None, broker: str | None, timeout: float = 2.5,
         agent.close()
 
 
+@reads_stdin
 def register(
     username: Annotated[str, typer.Option(prompt=True, help="Username from the operator.")],
     one_time_id: Annotated[str, typer.Option(prompt="One-time ID",
@@ -69,13 +78,18 @@ def register(
     """Register this machine as you, with what the operator gave you face to face.
 
     Makes your key pair, checks the broker's key against the fingerprint, and stores
-    everything in a credentials file encrypted under a new password (asked twice).
+    everything in a credentials file encrypted under a new password (asked twice; at least
+    12 characters, not your username nor the one-time ID).
+
+    Without a terminal, options not given as options are read first, one line each.
     """
     with user_errors():
         agent = make_agent(home, broker, timeout)
+        secret = password(confirm=True, prompt="New password")
         try:
-            creds = agent.register(username, one_time_id, fingerprint,
-                                   password(confirm=True, prompt="New password"), force=force)
+            with progress("Registering: checking the broker's key, sealing your credentials "
+                          "(Argon2id)…", json_out):
+                creds = agent.register(username, one_time_id, fingerprint, secret, force=force)
         finally:
             agent.close()
         result = {"username": creds.username, "level": creds.level, "broker": creds.broker,
@@ -88,6 +102,7 @@ def register(
             console.print(f"Credentials: {agent.file.path}")
 
 
+@reads_stdin
 def login(
     home: HomeOption = None,  # type: ignore[assignment]
     broker: BrokerOption = None,
@@ -99,15 +114,20 @@ def login(
     Shows the session the broker opened (and the port it recorded for you); the session
     ends when the command does. `agora listen` keeps one open.
     """
-    with user_errors(), session(home, broker, timeout, listen=True) as agent:
+    with user_errors(), session(home, broker, timeout, listen=True, quiet=json_out) as agent:
         info = agent.info
         assert info is not None
+        waiting = agent.call("mailbox_count")["waiting"]
         if json_out:
-            print_json(info.to_dict())
-        else:
-            console.print(f"Logged in as [bold cyan]{info.username}[/] (level {info.level}, "
-                          f"{Level(info.level).label}); session {info.session}, "
-                          f"listening on port {info.port}; token rotated")
+            print_json({**info.to_dict(), "messages_waiting": waiting})
+            return
+        console.print(f"Logged in as [bold cyan]{info.username}[/] (level {info.level}, "
+                      f"{Level(info.level).label}); session {info.session}, "
+                      f"listening on port {info.port}; token rotated", soft_wrap=True)
+        if waiting:
+            console.print(f"{waiting} message{'s' if waiting != 1 else ''} left for you while "
+                          "you were offline; `agora listen` or `agora chat` shows them",
+                          highlight=False, soft_wrap=True)
 
 
 def whoami(
@@ -117,7 +137,7 @@ def whoami(
     json_out: JsonOption = False,
 ) -> None:
     """Show who the broker says you are: username, level and session."""
-    with user_errors(), session(home, broker, timeout) as agent:
+    with user_errors(), session(home, broker, timeout, quiet=json_out) as agent:
         me = agent.whoami()
         if json_out:
             print_json(me)

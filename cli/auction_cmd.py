@@ -37,6 +37,7 @@ from agora.protocol import (
     DEFAULT_MULTICAST_PORT,
     DEFAULT_MULTICAST_TTL,
     DEFAULT_SOFT_CLOSE,
+    HEARTBEAT_INTERVAL,
 )
 from cli import options
 from cli.agent_cmd import session
@@ -52,6 +53,7 @@ from cli.common import (
     fail,
     password,
     print_json,
+    progress,
     user_errors,
 )
 
@@ -150,12 +152,14 @@ def start(
 
 @contextlib.contextmanager
 def joined(home: Path | None, broker: str | None, timeout: float, auctioneer: str,
-           endpoint: str) -> Iterator[tuple[AuctionClient, JoinInfo]]:
+           endpoint: str, quiet: bool = False) -> Iterator[tuple[AuctionClient, JoinInfo]]:
     """Log in, look the auctioneer up at the broker, join; always cleaned up."""
-    with session(home, broker, timeout) as agent:
+    with session(home, broker, timeout, quiet=quiet) as agent:
         client = AuctionClient.for_agent(agent, auctioneer, endpoint, timeout=timeout)
         try:
-            yield client, client.join()
+            with progress(f"Waiting for the auctioneer at {endpoint}…", quiet):
+                info = client.join()
+            yield client, info
         finally:
             client.close()
 
@@ -184,7 +188,7 @@ def join(
     json_out: JsonOption = False,
 ) -> None:
     """Join the auction: prove your registered key, get the group (never printed: its key)."""
-    with user_errors(), joined(home, broker, timeout, auctioneer, endpoint) as (_, info):
+    with user_errors(), joined(home, broker, timeout, auctioneer, endpoint, json_out) as (_, info):
         if json_out:
             print_json(info.public())
             return
@@ -212,7 +216,7 @@ def bid(
     """Bid on the current item. Prints accepted (stored), or rejected and why."""
     with user_errors():
         cents = amount
-        with joined(home, broker, timeout, auctioneer, endpoint) as (client, info):
+        with joined(home, broker, timeout, auctioneer, endpoint, json_out) as (client, info):
             current = (info.snapshot.get("state") or {}).get("item")
             item_id = item or (current or {}).get("id")
             if not item_id:
@@ -249,7 +253,8 @@ def results(
     json_out: JsonOption = False,
 ) -> None:
     """List past items with their winners and prices, newest first."""
-    with user_errors(), joined(home, broker, timeout, auctioneer, endpoint) as (client, _):
+    with user_errors(), \
+            joined(home, broker, timeout, auctioneer, endpoint, json_out) as (client, _):
         rows = client.results()
         if json_out:
             print_json(rows)
@@ -261,14 +266,32 @@ def results(
         console.print(table)
 
 
-def render(view: AuctionView, now: float) -> Panel:
-    """The watch screen: current item, best bid, time left, last bids, last winner."""
+#: No signed word from the auctioneer for this long (heartbeats come every second): say so.
+SILENCE = 3 * HEARTBEAT_INTERVAL
+
+
+def json_line(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def silence_line(seconds: float) -> str:
+    return f"no word from the auctioneer for {seconds:.0f} s"
+
+
+def render(view: AuctionView, now: float, silent_for: float | None = None) -> Panel:
+    """The watch screen: current item, best bid, time left, last bids, last winner; when the
+    auctioneer has gone quiet, that instead of a countdown nobody is running."""
     parts: list[Any] = []
+    if silent_for is not None:
+        parts.append(f"[bold yellow]{silence_line(silent_for)}[/] — waiting for it to come "
+                     "back")
     if view.item:
         left = max(0.0, (view.closes_at or now) - now)
         best = view.best
+        clock = "time left unknown" if silent_for is not None else f"{left:.0f}s left"
         parts.append(f"[bold]{view.item['title']}[/] ({view.item['id']}) — {view.status}, "
-                     f"{left:.0f}s left")
+                     f"{clock}")
         parts.append(f"best bid: [bold green]{_money_text(best['amount'])}[/] by "
                      f"{best['bidder']}" if best else
                      f"no bids yet; starting at {_money_text(view.item['start_cents'])}")
@@ -302,9 +325,12 @@ def watch(
 ) -> None:
     """Watch the auction live: item, best bid, time left, last bids and each winner.
 
-    With --json, prints one JSON object per announcement instead (for scripts).
+    With --json, prints one JSON object per announcement instead (for scripts), plus
+    {"kind": "silent", "seconds": N} when the auctioneer has not been heard for a few
+    seconds and {"kind": "heard"} when it is back. Ctrl-C ends it (exit code 130).
     """
-    with user_errors(), joined(home, broker, timeout, auctioneer, endpoint) as (client, info):
+    with user_errors(), \
+            joined(home, broker, timeout, auctioneer, endpoint, json_out) as (client, info):
         closed = 0
 
         def done(view: AuctionView) -> bool:
@@ -315,27 +341,42 @@ def watch(
             if event.get("kind") == "closed":
                 closed += 1
             if json_out:
-                sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
-                sys.stdout.flush()
+                json_line(event)
 
         watcher = AuctionWatcher(client, info, on_event, interface)
         signal.signal(signal.SIGTERM, lambda *_: watcher.stop.set())
+        deadline = time.monotonic() + max_time if max_time else None
+        silent_shown = False
+
+        def step(live: Live | None) -> bool:
+            """Serve a quarter second; say once when the auctioneer falls silent, and when
+            it is back. False when the watch is over."""
+            nonlocal silent_shown
+            if watcher.stop.is_set() or done(watcher.view) or watcher.removed or \
+                    (deadline and time.monotonic() >= deadline):
+                return False
+            watcher.serve(done, 0.25)
+            silent = watcher.silent_for()
+            if (silent >= SILENCE) != silent_shown:
+                silent_shown = not silent_shown
+                if json_out:
+                    json_line({"kind": "silent", "seconds": round(silent)} if silent_shown
+                              else {"kind": "heard"})
+            if live is not None:
+                live.update(render(watcher.view, time.time(),
+                                   silent if silent_shown else None))
+            return True
+
         try:
             if json_out:
-                print(json.dumps({"kind": "joined", **info.public()}, sort_keys=True),
-                      flush=True)
-                watcher.serve(done, max_time or None)
+                json_line({"kind": "joined", **info.public()})
+                while step(None):
+                    pass
             else:
-                deadline = time.monotonic() + max_time if max_time else None
                 with Live(render(watcher.view, time.time()), console=console,
                           refresh_per_second=4) as live:
-                    while not watcher.stop.is_set() and not done(watcher.view):
-                        if deadline and time.monotonic() >= deadline:
-                            break
-                        watcher.serve(done, 0.25)
-                        live.update(render(watcher.view, time.time()))
-                        if watcher.removed:
-                            break
+                    while step(live):
+                        pass
                 for r in watcher.view.results:
                     console.print(_result_line(r))
         finally:

@@ -10,9 +10,9 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -70,23 +70,63 @@ def user_errors() -> Iterator[None]:
     except AgoraError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise typer.Exit(INTERRUPTED) from None  # Ctrl-C: the person knows; no error line
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+#: Exit code of a command ended with Ctrl-C (128 + SIGINT), the same for every command.
+INTERRUPTED = 130
+
+#: The one rule for standard input, quoted in the --help of every command that reads it.
+STDIN_RULE = ("Standard input: without a terminal, the password is its first line (a new "
+              "password: the first two lines, which must match), and the command's own "
+              "input follows; with AGORA_PASSWORD set, all of it is the command's input.")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reads_stdin(command: F) -> F:
+    """Append STDIN_RULE to a command's --help: the rule is written once, here."""
+    command.__doc__ = f"{(command.__doc__ or '').rstrip()}\n\n    {STDIN_RULE}\n"
+    return command
+
+
 def password(confirm: bool = False, prompt: str = "Password") -> str:
     """The password: AGORA_PASSWORD (for scripts), else asked without echo in a terminal,
-    else the first line of standard input (``echo "$PW" | agora login``)."""
+    else read from standard input by :data:`STDIN_RULE` (``echo "$PW" | agora login``)."""
     env = os.environ.get("AGORA_PASSWORD")
     if env:
         return env
     if not sys.stdin.isatty():
-        line = sys.stdin.readline().rstrip("\n")
+        line = _stdin_line()
         if not line:
             raise fail("no password: set AGORA_PASSWORD, pipe it on standard input, or run "
                        "in a terminal")
+        if confirm:
+            again = _stdin_line()
+            if not again:
+                raise fail("a new password is given twice: put it on the first two lines "
+                           "of standard input (or set AGORA_PASSWORD)")
+            if again != line:
+                raise fail("the two passwords differ; nothing was written")
         return line
     return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+
+
+def _stdin_line() -> str:
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@contextlib.contextmanager
+def progress(message: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner on stderr while a slow step runs, only when a person watches a terminal:
+    nothing when output is piped or ``quiet`` (--json)."""
+    if quiet or not (console.is_terminal and err_console.is_terminal):
+        yield
+        return
+    with err_console.status(message, spinner="dots"):
+        yield

@@ -23,8 +23,10 @@ from rich.markup import escape
 from agents.peer import Listener
 from agents.peer_protocol import PeerMessage
 from agora.errors import AgoraError, RemoteError
+from agora.protocol import MAILBOX_TTL
 from cli.agent_cmd import session
 from cli.common import (
+    INTERRUPTED,
     BrokerOption,
     HomeOption,
     JsonOption,
@@ -32,22 +34,38 @@ from cli.common import (
     console,
     err_console,
     fail,
+    password,
     print_json,
+    progress,
+    reads_stdin,
     user_errors,
 )
 
 
+class Stop(threading.Event):
+    """Set by SIGTERM or SIGINT; remembers whether it was Ctrl-C (SIGINT)."""
+
+    interrupted = False
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An Event set by SIGTERM / SIGINT, so long-running commands log out cleanly."""
-    stop = threading.Event()
-    handler = lambda signum, frame: stop.set()  # noqa: E731 - two signals, one action
+def stop_on_signals() -> Iterator[Stop]:
+    """A Stop set by SIGTERM / SIGINT, so long-running commands log out cleanly; Ctrl-C
+    then ends the command with exit code 130 and no error line (INTERRUPTED)."""
+    stop = Stop()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.interrupted = stop.interrupted or signum == signal.SIGINT
+        stop.set()
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield stop
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+    if stop.interrupted:
+        raise typer.Exit(INTERRUPTED)
 
 
 def show_peer_warnings() -> None:
@@ -81,7 +99,7 @@ def listen(
 ) -> None:
     """Log in and print peer messages as they arrive (sender, time, text).
 
-    Runs until Ctrl-C. Any number of collaborators can write to you at once;
+    Runs until Ctrl-C (exit code 130). Any number of collaborators can write to you at once;
     each message is end-to-end encrypted, checked against the sender's key in
     the broker's directory, and acknowledged to its sender. Messages left for
     you while you were offline are shown first. Bad or replayed messages are
@@ -102,6 +120,7 @@ def listen(
         listener.run()
 
 
+@reads_stdin
 def send(
     user: Annotated[str, typer.Argument(help="Username of the collaborator to write to.")],
     text: Annotated[str | None, typer.Argument(
@@ -117,30 +136,37 @@ def send(
     """Send one message to USER and wait for their acknowledgement.
 
     If USER is offline (or their session does not answer), the message is
-    left in the broker's mailbox, still end-to-end encrypted, and shown at
-    their next `agora listen`; with --no-queue that is an error instead.
-    Other errors: unknown user, no acknowledgement in time, mailbox full.
+    left in the broker's mailbox, still end-to-end encrypted, for 7 days:
+    `agora login` tells them it waits and `agora listen` or `agora chat`
+    shows it; with --no-queue that is an error instead. Other errors:
+    unknown user, no acknowledgement in time, mailbox full.
 
     Examples: `agora send bob.reis "lunch at noon?"`,
-    `echo hi | agora send bob.reis`.
+    `printf '%s\\n' "$PW" "lunch?" | agora send bob.reis`.
     """
+    secret = None
     if text is None or text == "-":
+        secret = password()  # STDIN_RULE: the password line comes first, then the text
         text = sys.stdin.read().rstrip("\n")
     if not text:
         raise fail("nothing to send: give the text as an argument or on stdin")
-    with user_errors(), session(home, broker, timeout) as agent:
-        receipt = agent.send(user, text, timeout, queue=not no_queue)
+    with user_errors(), session(home, broker, timeout, secret=secret, quiet=json_out) as agent:
+        with progress(f"Waiting for {user} to acknowledge…", json_out):
+            receipt = agent.send(user, text, timeout, queue=not no_queue)
         if json_out:
             print_json(receipt.to_dict())
         elif receipt.queued:
-            console.print(f"Not delivered now: {escape(receipt.reason)}. Left in the broker's "
-                          f"mailbox (end-to-end encrypted) for [bold cyan]{escape(receipt.to)}"
-                          "[/]'s next login.", highlight=False)
+            console.print(f"Not delivered now ({escape(receipt.reason)}): left in the "
+                          "broker's mailbox, end-to-end encrypted, for "
+                          f"{MAILBOX_TTL / 86400:g} days. [bold cyan]{escape(receipt.to)}[/] "
+                          "gets it at their next `agora listen` or `agora chat`; `agora "
+                          "login` tells them it waits.", highlight=False, soft_wrap=True)
         else:
             console.print(f"Delivered to [bold cyan]{escape(receipt.to)}[/] (message "
                           f"{receipt.seq}, {receipt.round_trip * 1000:.1f} ms)", highlight=False)
 
 
+@reads_stdin
 def chat(
     user: Annotated[str, typer.Argument(help="Username of the collaborator to talk to.")],
     home: HomeOption = None,  # type: ignore[assignment]
@@ -150,12 +176,14 @@ def chat(
     """Talk with USER: lines you type are sent, theirs appear as they arrive.
 
     Messages from other collaborators show up too, with their name. A line
-    that could not be delivered says why, and the chat goes on. Ctrl-D or
-    Ctrl-C ends it.
+    that could not be delivered says why, and the chat goes on. Ctrl-D ends
+    it (exit 0), Ctrl-C too (exit 130). USER must exist: a typo is refused
+    before the chat opens.
     """
     show_peer_warnings()
     with user_errors(), session(home, broker, timeout, listen=True) as agent, \
             stop_on_signals() as stop:
+        agent.call("lookup", {"username": user})  # unknown, revoked or flagged: say so now
         console.print(f"Chatting with [bold cyan]{escape(user)}[/] as {agent.username}; "
                       "Ctrl-D to end", highlight=False)
         stdin = sys.stdin.fileno()

@@ -42,10 +42,11 @@ def agora_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str
 class AgoraProcess:
     """A long-running ``agora`` process whose output lines are collected in the background."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str],
+                 stdin: int = subprocess.DEVNULL) -> None:
         self.args = args
         self.popen = subprocess.Popen(
-            [*agora_command(), *args], env=env, stdin=subprocess.DEVNULL,
+            [*agora_command(), *args], env=env, stdin=stdin,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout_lines: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 
 import pytest
@@ -118,7 +119,7 @@ def test_watch_shows_the_winner_and_results_list_it(deployment, tmp_path):
     closed = json.loads(watcher.expect(r'^{.*"kind": "closed".*').group(0))
     assert (closed["winner"], closed["price_cents"], closed["sold"]) == \
         ("ana.lima", 1000, True)
-    assert watcher.terminate() == 0
+    assert watcher.popen.wait(15) == 0  # --items 1: it stops by itself after one item
     results = deployment.auction("Bob Costa", "results", "--json", endpoint=endpoint)
     assert json.loads(results.stdout)[0]["winner"] == "ana.lima"
 
@@ -127,3 +128,43 @@ def test_unregistered_home_cannot_join(deployment, tmp_path):
     out = run_agora("auction", "join", "--home", str(tmp_path / "nobody"), "--broker",
                     deployment.endpoint, env=deployment.env)
     assert out.returncode == 1 and "no credentials" in out.stderr
+
+
+def test_watch_says_when_the_auctioneer_falls_silent_recovers_and_ctrl_c_is_130(deployment,
+                                                                               tmp_path):
+    items = tmp_path / "items"
+    items.mkdir()
+    ports = (free_tcp_port(), free_tcp_port(), free_udp_port())
+    group = random_group()
+    auctioneer = deployment.start_auctioneer(items, tmp_path / "data", ports, group)
+    watcher = deployment.start("auction", "watch", "--json", "--max-time", "60", "--home",
+                               deployment.homes["Bob Costa"][1], "--broker",
+                               deployment.endpoint, "--auctioneer", deployment.auctioneer[0],
+                               "--endpoint", f"tcp://127.0.0.1:{ports[0]}")
+    watcher.expect('"kind": "joined"')
+    auctioneer.kill()  # SIGKILL: its heartbeats stop
+    silent = json.loads(watcher.expect(r'^{"kind": "silent".*').group(0))
+    assert silent["seconds"] >= 3
+    deployment.start_auctioneer(items, tmp_path / "data", ports, group)
+    watcher.expect(r'^{"kind": "heard"}')
+    watcher.popen.send_signal(signal.SIGINT)
+    assert watcher.popen.wait(15) == 130
+    assert not any(line.startswith("error") for line in watcher.stderr_lines)
+
+
+def test_the_watch_screen_shows_silence_instead_of_a_countdown():
+    from rich.console import Console
+
+    from agents.auction_view import AuctionView
+    from cli.auction_cmd import render
+
+    view = AuctionView.__new__(AuctionView)  # a bare view: only what render reads
+    view.item = {"id": "vase", "title": "Blue vase", "start_cents": 1000}
+    view.status, view.closes_at, view.minimum, view.best, view.epoch = "open", 0.0, 1000, \
+        None, 1
+    view.bids, view.results = [], []
+    console = Console(width=100, record=True)
+    console.print(render(view, 100.0, silent_for=7.2))
+    text = console.export_text()
+    assert "no word from the auctioneer for 7 s — waiting for it to come back" in text
+    assert "time left unknown" in text and "s left" not in text

@@ -134,7 +134,7 @@ def test_password_can_be_piped_on_standard_input(broker, tmp_path):
 def test_unreachable_broker_is_one_line(tmp_path):
     result = invoke("register", "--username", "a", "--one-time-id", "b", "--fingerprint", "c",
                     "--timeout", "0.2",
-                    env={"AGORA_HOME": str(tmp_path), "AGORA_PASSWORD": "x",
+                    env={"AGORA_HOME": str(tmp_path), "AGORA_PASSWORD": PASSWORD,
                          "AGORA_BROKER": "tcp://127.0.0.1:9"})
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("error: broker unreachable at tcp://127.0.0.1:9")

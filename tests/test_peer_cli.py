@@ -49,7 +49,10 @@ def test_message_to_offline_user_waits_in_the_mailbox_until_they_listen(broker, 
     env = agora_env(AGORA_PASSWORD=PASSWORD, AGORA_BROKER=broker.endpoint)
     queued = run_agora("send", "bob.reis", "while you were out", "--home", ana_home, env=env)
     assert queued.returncode == 0, queued.stderr
-    assert "Left in the broker's mailbox" in queued.stdout
+    assert queued.stdout == (
+        "Not delivered now (bob.reis is offline (no listening session)): left in the broker's "
+        "mailbox, end-to-end encrypted, for 7 days. bob.reis gets it at their next `agora "
+        "listen` or `agora chat`; `agora login` tells them it waits.\n")
     listener = procs("listen", "--home", bob_home, "--json", env=env)
     assert json.loads(listener.expect(r"^\{.*listening.*").group(0))["listening"] == "bob.reis"
     msg = json.loads(listener.expect(r"^\{.*while you were out.*").group(0))
