@@ -8,6 +8,8 @@ asks the password (or reads AGORA_PASSWORD), opens the credentials locally first
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +17,9 @@ from typing import Annotated
 import typer
 
 from agents import Agent
-from agora.protocol import Level
+from agents.notices import Notice
+from agora.errors import AgoraError
+from agora.protocol import EndReason, Level, NoticeType
 from cli.common import (
     BrokerOption,
     HomeOption,
@@ -23,12 +27,20 @@ from cli.common import (
     TimeoutOption,
     console,
     default_home,
+    err_console,
     password,
     print_json,
     progress,
     reads_stdin,
     user_errors,
 )
+
+log = logging.getLogger("agora.cli")
+
+#: Exit code of a long-running command whose session the broker ended.
+SESSION_ENDED = 1
+#: Seconds a failed command waits for the session-ended notice that may explain it.
+SETTLE = 1.0
 
 
 def make_agent(home: Path | None, broker: str | None, timeout: float = 2.5) -> Agent:
@@ -59,6 +71,86 @@ def session(home: Path | None, broker: str | None, timeout: float = 2.5,
                 agent.logout()
     finally:
         agent.close()
+
+
+class SessionGuard:
+    """Follows the broker's notices while a long-running command works (listen, chat,
+    auction watch, worker), in a thread with its own socket (agents.notices).
+
+    When the broker ends the session (token reused, revoked, flagged, re-enrolled, another
+    session took its place...) it sets ``stop`` at once and keeps the notice, so the command
+    ends and says what happened in one line. A broker too old to push notices, or not
+    answering the subscription, only means the command is not told: it keeps working.
+    """
+
+    def __init__(self, agent: Agent, stop: threading.Event) -> None:
+        self.agent, self.stop = agent, stop
+        self.ended: Notice | None = None
+        self._ended = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="notices", daemon=True)
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Whether a session-ended notice came, waiting up to ``timeout`` for one."""
+        self._ended.wait(timeout)
+        return self.ended is not None
+
+    def start(self) -> SessionGuard:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        try:
+            stream = self.agent.subscribe()
+        except AgoraError as exc:
+            log.info("no session notices from the broker: %s", exc)
+            return
+        with stream:
+            while not self._done.is_set() and self.ended is None:
+                for notice in stream.poll(0.25):
+                    self._handle(notice)
+
+    def _handle(self, notice: Notice) -> None:
+        if not notice.authenticated:
+            return  # what the stream saw itself: a hint, never proof of anything
+        if notice.type == NoticeType.SESSION_ENDED.value and \
+                notice.reason != EndReason.LOGGED_OUT.value:
+            self.ended = notice
+            self._ended.set()
+            self.stop.set()
+        elif notice.type == NoticeType.NEW_LOGIN.value:
+            where = notice.fields.get("address") or "somewhere"
+            err_console.print(f"note: another session of yours logged in (from {where})",
+                              highlight=False, soft_wrap=True)
+        elif notice.type == NoticeType.LEVEL_CHANGED.value:
+            level = int(notice.fields.get("level", 0))
+            label = Level(level).label if 1 <= level <= 5 else "?"
+            err_console.print(f"note: the operator changed your level to {level} ({label})",
+                              highlight=False)
+
+
+@contextlib.contextmanager
+def ended_by_broker(agent: Agent, stop: threading.Event) -> Iterator[SessionGuard]:
+    """Run a long command under a SessionGuard; if the broker ended the session, say so in
+    one line on stderr (``your session was ended: ...``) and exit with SESSION_ENDED."""
+    guard = SessionGuard(agent, stop).start()
+    try:
+        yield guard
+    except AgoraError:
+        # The command's own next request may fail first (revoked, flagged...): the notice
+        # saying why was pushed at the same moment, so give it a moment to arrive.
+        if not guard.wait_ended(SETTLE):
+            raise
+    finally:
+        guard.close()
+    if guard.ended is not None:
+        err_console.print(f"your session was ended: {guard.ended.message}", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(SESSION_ENDED)
 
 
 @reads_stdin

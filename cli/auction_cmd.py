@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from agents import Agent
 from agents.auction import DEFAULT_AUCTIONEER, AuctionClient, AuctionWatcher
 from agents.auction_view import AuctionView, JoinInfo
 from agora.auction_wire import format_money
@@ -40,7 +41,7 @@ from agora.protocol import (
     HEARTBEAT_INTERVAL,
 )
 from cli import options
-from cli.agent_cmd import session
+from cli.agent_cmd import ended_by_broker, session
 from cli.broker_cmd import setup_logging
 from cli.common import (
     DEFAULT_HOME,
@@ -114,7 +115,6 @@ def start(
     the item files of --items one after another, moving each to done/ (or rejected/, with
     a .reason file). Killed and restarted, it resumes the open item with its bids.
     """
-    from agents import Agent
     from auctioneer.server import AuctioneerServer
 
     setup_logging(verbose)
@@ -154,14 +154,22 @@ def start(
 def joined(home: Path | None, broker: str | None, timeout: float, auctioneer: str,
            endpoint: str, quiet: bool = False) -> Iterator[tuple[AuctionClient, JoinInfo]]:
     """Log in, look the auctioneer up at the broker, join; always cleaned up."""
-    with session(home, broker, timeout, quiet=quiet) as agent:
-        client = AuctionClient.for_agent(agent, auctioneer, endpoint, timeout=timeout)
-        try:
-            with progress(f"Waiting for the auctioneer at {endpoint}…", quiet):
-                info = client.join()
-            yield client, info
-        finally:
-            client.close()
+    with session(home, broker, timeout, quiet=quiet) as agent, \
+            joined_as(agent, timeout, auctioneer, endpoint, quiet) as pair:
+        yield pair
+
+
+@contextlib.contextmanager
+def joined_as(agent: Agent, timeout: float, auctioneer: str, endpoint: str,
+              quiet: bool = False) -> Iterator[tuple[AuctionClient, JoinInfo]]:
+    """Join with a logged-in agent: look the auctioneer up at the broker, join."""
+    client = AuctionClient.for_agent(agent, auctioneer, endpoint, timeout=timeout)
+    try:
+        with progress(f"Waiting for the auctioneer at {endpoint}…", quiet):
+            info = client.join()
+        yield client, info
+    finally:
+        client.close()
 
 
 def _money_text(cents: int | None) -> str:
@@ -329,8 +337,8 @@ def watch(
     {"kind": "silent", "seconds": N} when the auctioneer has not been heard for a few
     seconds and {"kind": "heard"} when it is back. Ctrl-C ends it (exit code 130).
     """
-    with user_errors(), \
-            joined(home, broker, timeout, auctioneer, endpoint, json_out) as (client, info):
+    with user_errors(), session(home, broker, timeout, quiet=json_out) as agent, \
+            joined_as(agent, timeout, auctioneer, endpoint, json_out) as (client, info):
         closed = 0
 
         def done(view: AuctionView) -> bool:
@@ -368,17 +376,18 @@ def watch(
             return True
 
         try:
-            if json_out:
-                json_line({"kind": "joined", **info.public()})
-                while step(None):
-                    pass
-            else:
-                with Live(render(watcher.view, time.time()), console=console,
-                          refresh_per_second=4) as live:
-                    while step(live):
+            with ended_by_broker(agent, watcher.stop):
+                if json_out:
+                    json_line({"kind": "joined", **info.public()})
+                    while step(None):
                         pass
-                for r in watcher.view.results:
-                    console.print(_result_line(r))
+                else:
+                    with Live(render(watcher.view, time.time()), console=console,
+                              refresh_per_second=4) as live:
+                        while step(live):
+                            pass
+                    for r in watcher.view.results:
+                        console.print(_result_line(r))
         finally:
             watcher.close()
         if watcher.removed:

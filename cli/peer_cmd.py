@@ -24,7 +24,7 @@ from agents.peer import Listener
 from agents.peer_protocol import PeerMessage
 from agora.errors import AgoraError, RemoteError
 from agora.protocol import MAILBOX_TTL
-from cli.agent_cmd import session
+from cli.agent_cmd import ended_by_broker, session
 from cli.common import (
     INTERRUPTED,
     BrokerOption,
@@ -99,7 +99,9 @@ def listen(
 ) -> None:
     """Log in and print peer messages as they arrive (sender, time, text).
 
-    Runs until Ctrl-C (exit code 130). Any number of collaborators can write to you at once;
+    Runs until Ctrl-C (exit code 130), or until the broker ends the session (a stolen
+    token, revoked...): then one line says why, exit code 1. Any number of
+    collaborators can write to you at once;
     each message is end-to-end encrypted, checked against the sender's key in
     the broker's directory, and acknowledged to its sender. Messages left for
     you while you were offline are shown first. Bad or replayed messages are
@@ -107,7 +109,7 @@ def listen(
     """
     show_peer_warnings()
     with user_errors(), session(home, broker, timeout, listen=True) as agent, \
-            stop_on_signals() as stop:
+            stop_on_signals() as stop, ended_by_broker(agent, stop):
         info = agent.info
         assert info is not None
         listener = Listener(agent, lambda msg: print_message(msg, json_out), stop)
@@ -182,7 +184,7 @@ def chat(
     """
     show_peer_warnings()
     with user_errors(), session(home, broker, timeout, listen=True) as agent, \
-            stop_on_signals() as stop:
+            stop_on_signals() as stop, ended_by_broker(agent, stop):
         agent.call("lookup", {"username": user})  # unknown, revoked or flagged: say so now
         console.print(f"Chatting with [bold cyan]{escape(user)}[/] as {agent.username}; "
                       "Ctrl-D to end", highlight=False)

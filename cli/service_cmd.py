@@ -24,7 +24,7 @@ from rich.table import Table
 from agents.worker import ServiceWorker
 from agora.errors import LocalError
 from agora.protocol import Level
-from cli.agent_cmd import session
+from cli.agent_cmd import ended_by_broker, session
 from cli.common import (
     BrokerOption,
     HomeOption,
@@ -197,5 +197,6 @@ def run(
                           f"{agent.username} at {agent.broker}", flush=True)
 
             threading.Thread(target=announce, daemon=True).start()
-            worker.serve()
+            with ended_by_broker(agent, worker.stop):
+                worker.serve()
         console.print(f"worker {service} stopped after {worker.served} call(s)")

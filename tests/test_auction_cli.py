@@ -168,3 +168,22 @@ def test_the_watch_screen_shows_silence_instead_of_a_countdown():
     text = console.export_text()
     assert "no word from the auctioneer for 7 s — waiting for it to come back" in text
     assert "time left unknown" in text and "s left" not in text
+
+
+def test_watch_is_told_when_the_operator_revokes_the_watcher(deployment, tmp_path):
+    items = tmp_path / "items"
+    items.mkdir()
+    ports = (free_tcp_port(), free_tcp_port(), free_udp_port())
+    deployment.start_auctioneer(items, tmp_path / "data", ports, random_group())
+    username, home = deployment.register("Carla Dias")
+    watcher = deployment.start("auction", "watch", "--json", "--max-time", "60", "--home",
+                               home, "--broker", deployment.endpoint, "--auctioneer",
+                               deployment.auctioneer[0], "--endpoint",
+                               f"tcp://127.0.0.1:{ports[0]}")
+    watcher.expect('"kind": "joined"')
+    revoked = run_agora("admin", "revoke", username, "--data-dir",
+                        str(deployment.root / "broker"), env=deployment.env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert watcher.popen.wait(15) == 1
+    assert watcher.stderr_lines[-1:] == ["your session was ended: the operator revoked your "
+                                         "access"]
