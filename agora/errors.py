@@ -31,6 +31,10 @@ class CredentialsBusy(LocalError):
     """Another agora process holds the credentials lock for too long."""
 
 
+class NoBroker(LocalError):
+    """A directory that holds no broker: an operator command refuses instead of making one."""
+
+
 class MessageTooLarge(LocalError):
     """A message is over the size limit; it was not sent."""
 

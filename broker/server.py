@@ -14,7 +14,8 @@ from pathlib import Path
 
 import zmq
 
-from agora.files import private_dir
+from agora.errors import LocalError, NoBroker
+from agora.files import file_lock, private_dir
 from agora.keyfile import KeyPair, load_or_create
 from agora.protocol import DEFAULT_CALL_TIMEOUT
 from agora.sockets import bind_router
@@ -26,19 +27,45 @@ from broker.store import Store
 log = logging.getLogger("agora.broker")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+KEY_FILE = "broker.key"
+#: Held while a data directory is opened or created, so two processes make one key.
+LOCK_FILE = "broker.lock"
 POLL_MS = 100
 #: How often the core's timers run (heartbeats, call timeouts, expiry, audit flush).
 TICK_INTERVAL = 0.05
 
 
-def open_store(data_dir: Path) -> tuple[Store, KeyPair]:
-    """Open (creating if needed) the broker's data directory: database and key file."""
-    data_dir = private_dir(Path(data_dir))
-    db_path = data_dir / "broker.db"
-    store = Store(db_path)
-    for path in data_dir.glob("broker.db*"):
-        os.chmod(path, 0o600)
-    return store, load_or_create(data_dir / "broker.key")
+def open_store(data_dir: Path, create: bool = False) -> tuple[Store, KeyPair]:
+    """Open the broker's data directory: database and key file.
+
+    Only ``create=True`` (``agora broker start``, ``agora broker init``) makes a new one;
+    operator commands refuse a directory without a broker key (NoBroker), so a typo in
+    ``--data-dir`` never makes a second broker. Both run under the directory's lock file: an
+    operator command racing a starting broker waits for its key instead of making its own.
+    """
+    data_dir = Path(data_dir)
+    key_path, db_path = data_dir / KEY_FILE, data_dir / "broker.db"
+    if not create and not key_path.is_file():
+        raise NoBroker(f"no broker at {data_dir}: start one with `agora broker start "
+                       f"--data-dir {data_dir}` or `agora broker init`")
+    if create:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise LocalError(f"{data_dir} is not a directory")
+        private_dir(data_dir)
+    with file_lock(data_dir / LOCK_FILE):
+        keys = load_or_create(key_path)
+        store = Store(db_path)
+        for path in data_dir.glob("broker.db*"):
+            os.chmod(path, 0o600)
+    return store, keys
+
+
+def init_broker(data_dir: Path) -> tuple[KeyPair, bool]:
+    """Create a broker's data directory (key and database) if it holds none: (keys, created)."""
+    created = not (Path(data_dir) / KEY_FILE).is_file()
+    store, keys = open_store(data_dir, create=True)
+    store.db.close()
+    return keys, created
 
 
 class BrokerServer:
@@ -47,7 +74,7 @@ class BrokerServer:
     def __init__(self, data_dir: Path, endpoint: str = DEFAULT_ENDPOINT,
                  context: zmq.Context | None = None,
                  call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
-        self.store, self.keys = open_store(data_dir)
+        self.store, self.keys = open_store(data_dir, create=True)
         self.core = BrokerCore(self.store, self.keys,
                                builtin_services(NotesStore(self.store.db)), call_timeout)
         self.context = context or zmq.Context.instance()

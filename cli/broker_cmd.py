@@ -22,7 +22,7 @@ from rich.table import Table
 
 from agora.protocol import DEFAULT_CALL_TIMEOUT, DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
 from broker import admin
-from broker.server import DEFAULT_ENDPOINT, BrokerServer, open_store
+from broker.server import DEFAULT_ENDPOINT, BrokerServer, init_broker, open_store
 from broker.store import Store
 from cli import options
 from cli.common import (
@@ -90,6 +90,28 @@ def start(
             server.serve()
         finally:
             server.close()
+
+
+@broker_app.command("init")
+def init(
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+    json_out: JsonOption = False,
+) -> None:
+    """Create the broker's data directory (key pair and database) without starting it.
+
+    Operator commands (`agora admin ...`) refuse a directory that holds no broker; run this
+    (or `agora broker start`) first. On a directory that already holds one it changes
+    nothing and prints that broker's fingerprint.
+    """
+    with user_errors():
+        directory = data_dir or default_data_dir()
+        keys, created = init_broker(directory)
+        if json_out:
+            print_json({"data_dir": str(directory), "fingerprint": keys.fingerprint,
+                        "created": created})
+            return
+        what = "created" if created else "already holds a broker"
+        console.print(f"{directory}: {what}; fingerprint [bold]{keys.fingerprint}[/]")
 
 
 @admin_app.command("enroll")

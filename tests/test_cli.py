@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import threading
 
+import pytest
 from typer.testing import CliRunner
 
+from broker.server import init_broker
 from cli.app import app
 from tests.conftest import PASSWORD
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def broker_dir(tmp_path):
+    """tmp_path holds a broker, as after `agora broker init` (admin commands need one)."""
+    init_broker(tmp_path)
+    return tmp_path
 
 
 def invoke(*args: str, env: dict[str, str] | None = None):
@@ -67,6 +77,46 @@ def test_admin_list_json_holds_no_secrets(tmp_path):
     text = invoke("admin", "list", "--data-dir", str(tmp_path), "--json").stdout
     for word in ("one_time_id", "token", "symmetric", "hash"):
         assert word not in text
+
+
+def test_admin_on_a_directory_without_a_broker_refuses_and_creates_nothing(tmp_path):
+    typo = tmp_path / "brokr"
+    for args in (["list"], ["enroll", "--name", "Ana Lima", "--level", "2"],
+                 ["revoke", "ana.lima"], ["audit"]):
+        result = invoke("admin", *args, "--data-dir", str(typo))
+        assert result.exit_code == 1
+        assert result.stderr.strip() == (
+            f"error: no broker at {typo}: start one with `agora broker start --data-dir "
+            f"{typo}` or `agora broker init`")
+    assert not typo.exists()
+
+
+def test_broker_init_creates_a_broker_once(tmp_path):
+    first = json.loads(invoke("broker", "init", "--data-dir", str(tmp_path / "b"),
+                              "--json").stdout)
+    again = json.loads(invoke("broker", "init", "--data-dir", str(tmp_path / "b"),
+                              "--json").stdout)
+    assert (first["created"], again["created"]) == (True, False)
+    assert first["fingerprint"] == again["fingerprint"]
+    enrolled = json.loads(invoke("admin", "enroll", "--name", "Ana Lima", "--level", "2",
+                                 "--data-dir", str(tmp_path / "b"), "--json").stdout)
+    assert enrolled["fingerprint"] == first["fingerprint"]
+
+
+def test_processes_racing_to_create_a_broker_make_one_key(tmp_path):
+    fresh, barrier, fingerprints = tmp_path / "new", threading.Barrier(8), []
+
+    def create() -> None:
+        barrier.wait()
+        keys, _ = init_broker(fresh)
+        fingerprints.append(keys.fingerprint)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(fingerprints) == 8 and len(set(fingerprints)) == 1
 
 
 def test_register_login_whoami_through_cli(broker, tmp_path):

@@ -7,15 +7,24 @@ import json
 import threading
 import time
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from broker.server import init_broker
 from broker.store import Store
 from cli.app import app
 from cli.broker_cmd import principals_table
 from tests.conftest import PASSWORD
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def broker_dir(tmp_path):
+    """tmp_path holds a broker, as after `agora broker init` (admin commands need one)."""
+    init_broker(tmp_path)
+    return tmp_path
 
 
 def admin(data_dir, *args: str):
