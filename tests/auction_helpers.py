@@ -69,5 +69,11 @@ class Harness:
             now: float = T0) -> dict[str, Any]:
         return self.ask(client, Kind.BID, {"item": item_id, "amount": amount}, now)
 
+    def revoke(self, client: AuctionClient, now: float = T0) -> None:
+        """The operator revokes ``client``'s collaborator; the auctioneer learns of it."""
+        username, _ = self.registry.keys[client.public_key]
+        self.registry.keys[client.public_key] = (username, True)
+        self.core.check_members()
+
     def view(self, client: AuctionClient, now: float = T0) -> AuctionView:
         return AuctionView(self.join(client, now), client.private_key)

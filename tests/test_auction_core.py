@@ -388,3 +388,60 @@ def test_watch_screen_shows_item_best_bid_time_left_and_winner():
         view.feed(datagram)
     console.print(render(view, T0 + 31))
     assert "lamp: sold to ana for 12.50" in console.export_text()
+
+
+# -- a retried bid after a crash (defect 3), a revoked bidder (defect 4) ---------------------
+
+
+def test_bid_stored_before_a_crash_and_retried_after_restart_gets_its_acceptance(tmp_path):
+    first = Harness(tmp_path / "auction.db")
+    first.core.open_item(item(duration=60), "lamp.json", T0)
+    ana = first.bidder("ana")
+    first.join(ana)
+    frames = ana.frames(Kind.BID, {"item": "lamp", "amount": 1500}, T0 + 1)
+    first.core.handle(frames, T0 + 1)  # committed; the reply dies with the process
+    again = Harness(tmp_path / "auction.db", private_key=first.private_key,
+                    signing_key=first.signing_key, registry=first.registry, now=T0 + 2)
+    answer = ana.answer(again.core.handle(frames, T0 + 3), frames)  # the bidder's retry
+    assert answer == {"accepted": True, "item": "lamp", "amount": 1500,
+                      "closes_at": T0 + 60, "extended": False}
+    assert [b["amount_cents"] for b in again.store.bids("lamp")] == [1500]
+    assert refused(again.bid, ana, 1500, now=T0 + 4).code is ErrorCode.BID_TOO_LOW
+
+
+def test_revoked_bidder_stops_counting_at_once_and_the_next_valid_bid_wins(tmp_path):
+    h = Harness(tmp_path / "auction.db")
+    h.core.open_item(item(duration=30), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    view = h.view(ana)
+    h.join(bob)
+    h.bid(ana, 1000, now=T0 + 1)
+    h.bid(bob, 1500, now=T0 + 2)
+    h.revoke(bob, now=T0 + 3)
+    assert h.core.state(T0 + 3)["best"]["bidder"] == "ana"
+    assert h.bid(ana, 1100, now=T0 + 4)["accepted"]  # the minimum follows the valid best
+    restarted = Harness(tmp_path / "auction.db", private_key=h.private_key,
+                        signing_key=h.signing_key, registry=h.registry, now=T0 + 5)
+    assert restarted.core.lot.best.username == "ana"  # voided in the store, not only here
+    h.core.tick(T0 + 30)
+    for datagram in h.core.take_outbox():
+        view.feed(datagram)
+    assert (view.winner["winner"], view.winner["price_cents"]) == ("ana", 1100)
+    assert h.store.results()[0]["winner"] == "ana"
+
+
+def test_revoked_only_bidder_means_no_sale_announced_as_such():
+    h = Harness()
+    h.core.open_item(item(duration=30), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    view = h.view(ana)
+    h.join(bob)
+    h.bid(bob, 1500, now=T0 + 2)
+    h.revoke(bob, now=T0 + 3)
+    h.core.tick(T0 + 30)
+    events = [e for d in h.core.take_outbox() for e in view.feed(d).events]
+    voided = next(e for e in events if e["kind"] == "voided")
+    assert voided["bidders"] == ["bob"] and voided["best"] is None
+    closed = next(e for e in events if e["kind"] == "closed")
+    assert (closed["sold"], closed["winner"], closed["reason"]) == \
+        (False, None, "no valid bids (bidders revoked)")
