@@ -256,8 +256,9 @@ DEFAULT_AUCTION_PUB = "tcp://127.0.0.1:5561"
 DEFAULT_SOFT_CLOSE = 10.0
 #: Seconds between heartbeats: they let listeners notice a lost tail of announcements.
 HEARTBEAT_INTERVAL = 1.0
-#: Seconds between checks with the broker that every member's key is still good.
-MEMBER_CHECK_INTERVAL = 2.0
+#: The auctioneer fails closed (joins and bids refused with service-unavailable) once it
+#: has not heard from the broker (membership notices, heartbeats) for this many seconds.
+MEMBERSHIP_SILENCE_LIMIT = 10.0
 
 
 class Event(str, Enum):

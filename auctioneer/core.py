@@ -3,9 +3,15 @@
 ``handle(frames, now)`` answers one request from the ROUTER socket (JOIN, BID, SNAPSHOT,
 RESULTS); ``tick(now)`` runs the clock (closing, soft close, heartbeats, member checks);
 ``open_item(item, file, now)`` starts the next auction. Announcements it makes are signed
-datagrams collected in ``outbox`` for the publisher to send. Whether a key is registered
-and not revoked is asked through ``registry`` (the broker's ``key_status`` in production,
-a dict in tests), so everything here is tested without a network or a sleep.
+datagrams collected in ``outbox`` for the publisher to send.
+
+Who may take part is the broker's word, pushed, never asked for: the shell feeds
+``membership_snapshot`` (the whole valid membership at a version), ``member_changed`` (one
+pushed membership notice) and ``broker_heard`` (any authenticated word from the broker) in,
+and reads ``wants_snapshot`` out. The core never calls out, so a broker that is down cannot
+stall it; it fails closed instead: once the broker has been unheard-of for longer than
+MEMBERSHIP_SILENCE_LIMIT, joins and bids are refused with ``service-unavailable``.
+Everything here is tested without a network or a sleep.
 
 The auctioneer is the only judge of a bid, and a bid is acknowledged only after the store
 has committed it; ties go to the first one stored, because requests are handled one at a
@@ -16,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +35,7 @@ from agora.auction_wire import (
     seal_event,
     seal_reply,
 )
-from agora.crypto import PrivateKey, SigningKey, b64, new_symmetric_key
+from agora.crypto import PrivateKey, SigningKey, b64, new_symmetric_key, unb64
 from agora.envelope import (
     Header,
     ReplayGuard,
@@ -40,13 +45,13 @@ from agora.envelope import (
     open_envelope,
     peek,
 )
-from agora.errors import AgoraError, LocalError, ProtocolError, RemoteError
+from agora.errors import LocalError, ProtocolError, RemoteError
 from agora.protocol import (
     DEFAULT_SOFT_CLOSE,
     FRESHNESS_WINDOW,
     HEARTBEAT_INTERVAL,
     MAX_MESSAGE_SIZE,
-    MEMBER_CHECK_INTERVAL,
+    MEMBERSHIP_SILENCE_LIMIT,
     Channel,
     ErrorCode,
     Event,
@@ -69,16 +74,19 @@ REPLY_CACHE_SIZE = 10_000
 REPLAY_CONTEXTS = 100_000
 
 
-@dataclass(frozen=True)
-class KeyStatus:
-    """What the broker says about a public key."""
-
-    registered: bool
-    username: str | None = None
-    revoked: bool = False
+#: The broker's word for a member whose key is valid (membership notices and snapshots).
+REGISTERED = "registered"
 
 
-Registry = Callable[[bytes], KeyStatus]
+@dataclass
+class Roster:
+    """The broker's pushed membership: valid keys, and when the broker was last heard."""
+
+    version: int | None = None  # None until the first snapshot
+    heard_at: float | None = None
+    keys: dict[bytes, str] = field(default_factory=dict)  # valid key -> username
+    by_name: dict[str, bytes] = field(default_factory=dict)
+    gone: dict[bytes, str] = field(default_factory=dict)  # key -> state it left in
 
 
 @dataclass
@@ -90,7 +98,7 @@ class AuctionConfig:
     pub_endpoint: str
     soft_close: float = DEFAULT_SOFT_CLOSE
     heartbeat: float = HEARTBEAT_INTERVAL
-    member_check: float = MEMBER_CHECK_INTERVAL
+    silence_limit: float = MEMBERSHIP_SILENCE_LIMIT
 
 
 @dataclass
@@ -139,13 +147,15 @@ class Member:
 
 class AuctioneerCore:
     def __init__(self, private_key: PrivateKey, signing_key: SigningKey, store: AuctionStore,
-                 registry: Registry, config: AuctionConfig, now: float) -> None:
+                 config: AuctionConfig, now: float) -> None:
         self.private_key = private_key
         self._secret = bytes(private_key)
         self.signing_key = signing_key
         self.store = store
-        self.registry = registry
         self.config = config
+        self.roster = Roster()
+        #: Effect out: the shell should fetch the broker's membership snapshot and feed it.
+        self.wants_snapshot = True
         self.outbox: list[bytes] = []
         self.members: dict[bytes, Member] = {}
         for key, name in store.members().items():
@@ -159,7 +169,6 @@ class AuctioneerCore:
         # request slot -> (expiry, counter, reply), for exact retransmissions
         self._replies: OrderedDict[bytes, tuple[float, int, list[bytes]]] = OrderedDict()
         self._next_heartbeat = now
-        self._next_member_check = now + config.member_check
         self.epoch = 0
         self.seq = 0
         self.group_key = b""
@@ -243,9 +252,6 @@ class AuctioneerCore:
             self._next_heartbeat = now + self.config.heartbeat
             self.announce(Event.HEARTBEAT, item=lot.item.id if self.lot else None,
                           closes_at=self.lot.closes_at if self.lot else None, now=now)
-        if now >= self._next_member_check:
-            self._next_member_check = now + self.config.member_check
-            self.check_members()
         self._purge_replies(now)
         return finished
 
@@ -291,19 +297,77 @@ class AuctioneerCore:
 
     # -- members --------------------------------------------------------------------------
 
-    def check_members(self) -> None:
-        """Ask the broker about every member; drop the revoked and re-key without them."""
-        removed = []
-        for key in list(self.members):
-            try:
-                status = self.registry(key)
-            except AgoraError as exc:  # broker down: keep everyone, try again later
-                log.warning("cannot check members with the broker: %s", exc)
-                return
-            if not status.registered or status.revoked:
-                removed.append(key)
-        if removed:
-            self.remove_members(removed, "member revoked")
+    def broker_heard(self, now: float) -> None:
+        """Event: an authenticated message (a notice, a heartbeat) from the broker at ``now``."""
+        if self.roster.heard_at is None or now > self.roster.heard_at:
+            self.roster.heard_at = now
+
+    def membership_snapshot(self, version: int, members: list[dict[str, Any]],
+                            now: float) -> None:
+        """Event: the broker's whole valid membership at ``version`` (its ``membership``
+        service). Replaces what the core knew; joined members not in it are removed."""
+        keys, names = {}, {}
+        for m in members:
+            key = _key_of(m)
+            if key is not None and m.get("state") == REGISTERED and \
+                    isinstance(m.get("username"), str):
+                keys[key], names[m["username"]] = m["username"], key
+        self.roster = Roster(version, self.roster.heard_at, keys, names)
+        self.wants_snapshot = False
+        self.broker_heard(now)
+        log.info("membership from the broker: %d valid key(s) at version %d", len(keys),
+                 version)
+        gone = [key for key in self.members if key not in keys]
+        if gone:
+            self.remove_members(gone, "member no longer valid")
+
+    def member_changed(self, notice: dict[str, Any], now: float) -> None:
+        """Event: one ``membership`` notice the broker pushed (a member registered, was
+        revoked, flagged, re-enrolled, changed level...). A revoked member is removed at
+        once: its bids stop counting and the group is re-keyed without it."""
+        roster = self.roster
+        version, username = notice.get("version"), notice.get("username")
+        if not isinstance(version, int) or not isinstance(username, str):
+            log.warning("ignored a malformed membership notice")
+            return
+        self.broker_heard(now)
+        if roster.version is None:
+            self.wants_snapshot = True  # the snapshot will include it
+            return
+        if version <= roster.version:
+            return  # already in what we hold
+        if version > roster.version + 1:
+            self.wants_snapshot = True  # one was missed: the snapshot repairs it
+        roster.version = version
+        key, state = _key_of(notice), notice.get("state")
+        old = roster.by_name.pop(username, None)
+        if old is not None:
+            roster.keys.pop(old, None)
+            roster.gone[old] = str(state)
+        if key is not None and state == REGISTERED:
+            roster.keys[key], roster.by_name[username] = username, key
+            roster.gone.pop(key, None)
+        elif key is not None:
+            roster.gone[key] = str(state)
+        gone = [k for k in (old, key) if k is not None and k in self.members
+                and k not in roster.keys]
+        if gone:
+            self.remove_members(gone, f"member {state}")
+
+    def _vouch(self, public_key: bytes, now: float) -> str | None:
+        """The username of a valid key by the broker's pushed membership, or None. Fails
+        closed: service-unavailable when the broker has been unheard-of too long."""
+        roster = self.roster
+        if roster.version is None or roster.heard_at is None:
+            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, "the auctioneer has no "
+                              "membership from the broker yet; try again shortly")
+        silent = now - roster.heard_at
+        if silent > self.config.silence_limit:
+            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
+                              f"the auctioneer has not heard from the broker for "
+                              f"{silent:.0f}s (limit {self.config.silence_limit:g}s), so it "
+                              "cannot vouch for any key; try again later")
+        return roster.keys.get(public_key)
 
     def remove_members(self, keys: list[bytes], why: str) -> None:
         """Drop members at once: their bids stop counting, and a new group key goes to the
@@ -409,13 +473,14 @@ class AuctioneerCore:
         """The username behind an authenticated request, if it may be served at all: a
         registered, valid collaborator for JOIN, a joined member for everything else."""
         if kind == Kind.JOIN:
-            status = self._key_status(public_key)
-            if not status.registered or not status.username:
+            username = self._vouch(public_key, now)
+            if username is None:
+                if self.roster.gone.get(public_key) in ("revoked", "flagged"):
+                    raise RemoteError(ErrorCode.REVOKED, "this key's collaborator is "
+                                      f"{self.roster.gone[public_key]}")
                 raise RemoteError(ErrorCode.UNKNOWN_USER,
                                   "this key does not belong to a registered collaborator")
-            if status.revoked:
-                raise RemoteError(ErrorCode.REVOKED, f"{status.username} is revoked")
-            return status.username
+            return username
         if member is None:
             raise RemoteError(ErrorCode.NOT_JOINED, "this key has not joined the auction")
         return member.username
@@ -439,22 +504,13 @@ class AuctioneerCore:
                 "verify_key": b64(bytes(self.signing_key.verify_key)),
                 **self._snapshot(public_key, username, fields, header, now)}
 
-    def _key_status(self, public_key: bytes) -> KeyStatus:
-        """The broker's word on a key, now; fails closed when the broker cannot answer."""
-        try:
-            return self.registry(public_key)
-        except AgoraError as exc:
-            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
-                              f"cannot check your key with the broker now: {exc}") from None
-
-    def _check_bidder(self, public_key: bytes, username: str) -> None:
-        """Ask the broker about this bidder now, not at the next periodic check: a bid from a
-        key revoked a second ago must not win. Fails closed, like a join."""
-        status = self._key_status(public_key)
-        if not status.registered or status.revoked:
-            log.info("bid from revoked member %s refused", username)
+    def _check_bidder(self, public_key: bytes, username: str, now: float) -> None:
+        """The broker's latest word on this bidder (state, no call): a key revoked since it
+        joined is removed now if its notice has not done so already. Fails closed."""
+        if self._vouch(public_key, now) is None:
+            log.info("bid from no longer valid member %s refused", username)
             self.remove_members([public_key], "member revoked")
-            raise RemoteError(ErrorCode.REVOKED, f"{username} is revoked")
+            raise RemoteError(ErrorCode.REVOKED, f"{username} is no longer a valid member")
 
     def _snapshot(self, public_key: bytes, username: str, fields: dict[str, Any],
                   header: Header, now: float) -> dict[str, Any]:
@@ -467,7 +523,7 @@ class AuctioneerCore:
 
     def _bid(self, public_key: bytes, username: str, fields: dict[str, Any], header: Header,
              now: float) -> dict[str, Any]:
-        self._check_bidder(public_key, username)
+        self._check_bidder(public_key, username, now)
         stored = self.store.bid_of_request(public_key, header.context)
         if stored is not None:
             # A retry of a bid already stored (its reply lost, perhaps in a crash): the
@@ -504,3 +560,11 @@ class AuctioneerCore:
             self.announce(Event.EXTENDED, item=lot.item.id, closes_at=closes_at)
         return {"accepted": True, "item": lot.item.id, "amount": amount,
                 "closes_at": closes_at, "extended": extended}
+
+
+def _key_of(member: dict[str, Any]) -> bytes | None:
+    try:
+        value = member.get("public_key")
+        return unb64(value, 32) if isinstance(value, str) else None
+    except ProtocolError:
+        return None

@@ -8,8 +8,9 @@ Two threads, as the seed asks:
   multicast and, byte for byte, on the ZeroMQ PUB mirror.
 
 They share nothing but a queue of already signed datagrams. The auctioneer is a service
-principal of the broker: its logged-in :class:`~agents.agent.Agent` asks the broker's
-``key_status`` whether a joining key is registered and not revoked.
+principal of the broker: a third thread (:class:`~auctioneer.feed.MembershipFeed`) follows
+the membership the broker pushes, and the loop feeds it to the core between requests; no
+request ever waits for the broker.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import zmq
 
 from agents.agent import Agent
 from agora.auction_wire import clear_error
-from agora.crypto import PrivateKey, b64
-from agora.errors import AgoraError, RemoteError
+from agora.crypto import PrivateKey
+from agora.errors import AgoraError
 from agora.files import private_dir
 from agora.keyfile import load_or_create
 from agora.multicast import check_group, open_sender, send_datagram
@@ -41,7 +42,8 @@ from agora.protocol import (
     ErrorCode,
 )
 from agora.sockets import bind_router, make_socket
-from auctioneer.core import AuctionConfig, AuctioneerCore, KeyStatus
+from auctioneer.core import AuctionConfig, AuctioneerCore
+from auctioneer.feed import MembershipFeed
 from auctioneer.items import ItemFolder
 from auctioneer.store import AuctionStore
 
@@ -54,21 +56,6 @@ BATCH = 1000
 SCAN_INTERVAL = 0.5
 #: An item file changed this recently may still be being written; wait for it.
 SETTLE_TIME = 0.3
-
-
-class BrokerRegistry:
-    """``key_status`` through the auctioneer's own broker session."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def __call__(self, public_key: bytes) -> KeyStatus:
-        try:
-            answer = self.agent.call("key_status", {"public_key": b64(public_key)})
-        except RemoteError as exc:
-            raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, exc.message) from None
-        return KeyStatus(bool(answer.get("registered")), answer.get("username"),
-                         bool(answer.get("revoked")))
 
 
 class Publisher:
@@ -134,8 +121,9 @@ class AuctioneerServer:
         self.socket, self.endpoint = bind_router(self.context, endpoint)
         config = AuctionConfig(group, port, self.publisher.endpoint, soft_close)
         self.core = AuctioneerCore(PrivateKey(agent.credentials.private_key),
-                                   self.signing_key, self.store, BrokerRegistry(agent),
-                                   config, time.time())
+                                   self.signing_key, self.store, config, time.time())
+        # From here on the agent belongs to the feed's thread.
+        self.feed = MembershipFeed(agent)
         self.pause = pause
         self.stop = threading.Event()
         self._next_scan = 0.0
@@ -146,12 +134,15 @@ class AuctioneerServer:
                  self.publisher.endpoint)
         thread = threading.Thread(target=self.publisher.serve, name="publisher", daemon=True)
         thread.start()
+        feed = threading.Thread(target=self.feed.run, name="membership", daemon=True)
+        feed.start()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
             while not self.stop.is_set():
                 if poller.poll(POLL_MS):
                     self._serve_batch()
+                self._membership()
                 now = time.time()
                 self._tick(now)
                 if self.core.idle and now >= self._next_scan:
@@ -161,8 +152,34 @@ class AuctioneerServer:
         finally:
             self._flush()
             self.publisher.stop.set()
+            self.feed.stop.set()
             thread.join(timeout=5)
+            feed.join(timeout=5)
             log.info("auctioneer stopped")
+
+    def _membership(self) -> None:
+        """Feed the broker's pushed membership to the core (events in), and pass on the
+        core's wish for a fresh snapshot (effect out)."""
+        for _ in range(1000):
+            try:
+                event, value, at = self.feed.events.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                if event == "snapshot":
+                    self.core.membership_snapshot(int(value["version"]),
+                                                  list(value["members"]), at)
+                elif event == "changed":
+                    self.core.member_changed(value, at)
+                else:
+                    self.core.broker_heard(at)
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignored a malformed membership %s from the broker", event)
+            except Exception:
+                log.exception("internal error applying membership; still serving")
+        self._flush()
+        if self.core.wants_snapshot:
+            self.feed.want_snapshot.set()
 
     def _tick(self, now: float) -> None:
         """The core's clock, guarded as requests are: a bug in a timer costs that tick,

@@ -8,7 +8,7 @@ from agora.auction_wire import seal_request
 from agora.crypto import SigningKey
 from agora.envelope import peek, timestamp_counter
 from agora.errors import ProtocolError, RemoteError, UnauthenticatedRefusal
-from agora.protocol import ErrorCode, Kind
+from agora.protocol import MEMBERSHIP_SILENCE_LIMIT, ErrorCode, Kind
 from tests.auction_helpers import T0, Harness, item
 
 
@@ -36,7 +36,7 @@ def test_join_refuses_an_unregistered_key():
 def test_join_refuses_a_revoked_key():
     h = Harness()
     ana = h.bidder("ana")
-    h.registry.keys[ana.public_key] = ("ana", True)
+    h.revoke(ana)
     assert refused(h.join, ana).code is ErrorCode.REVOKED
 
 
@@ -54,7 +54,7 @@ def test_join_with_someone_elses_public_key_is_refused():
 def test_join_answer_from_another_key_is_not_believed():
     h, impostor = Harness(), Harness()
     ana = h.bidder("ana")
-    impostor.registry.keys[ana.public_key] = ("ana", False)
+    impostor.register(ana.public_key, "ana")
     frames = ana.frames(Kind.JOIN, {}, T0)
     reply = impostor.core.handle(frames, T0)
     with pytest.raises(UnauthenticatedRefusal):  # the impostor cannot even read the request
@@ -235,8 +235,7 @@ def test_revoked_member_gets_no_new_key_and_cannot_read_what_follows():
     h.core.open_item(item(duration=60), "lamp.json", T0)
     ana, bob = h.bidder("ana"), h.bidder("bob")
     ana_view, bob_view = h.view(ana), h.view(bob)
-    h.registry.keys[bob.public_key] = ("bob", True)
-    h.core.check_members()
+    h.revoke(bob)
     h.bid(ana, 1000, now=T0 + 1)
     outbox = h.core.take_outbox()
     for datagram in outbox:
@@ -248,19 +247,59 @@ def test_revoked_member_gets_no_new_key_and_cannot_read_what_follows():
     assert refused(h.ask, bob, Kind.SNAPSHOT, {}).code is ErrorCode.NOT_JOINED
 
 
-def test_bid_from_a_key_revoked_since_the_last_check_is_refused_and_rekeys_at_once():
+def test_pushed_revocation_removes_the_member_at_once_and_rekeys_without_asking():
     h = Harness()
     h.core.open_item(item(duration=60), "lamp.json", T0)
     ana, bob = h.bidder("ana"), h.bidder("bob")
     h.join(ana)
     h.join(bob)
     epoch = h.core.epoch
-    h.registry.keys[bob.public_key] = ("bob", True)  # revoked; no periodic check has run
-    assert refused(h.bid, bob, 5000, now=T0 + 1).code is ErrorCode.REVOKED
+    h.revoke(bob, now=T0 + 1)  # the broker's notice: no call, no periodic check
     assert h.core.epoch > epoch  # a new group key, without bob
     assert bob.public_key not in h.core.members
-    assert h.core.state(T0 + 1)["best"] is None
+    assert refused(h.bid, bob, 5000, now=T0 + 1).code is ErrorCode.NOT_JOINED
+    assert refused(h.join, bob, now=T0 + 1).code is ErrorCode.REVOKED
     assert h.bid(ana, 1000, now=T0 + 2)["accepted"]
+
+
+def test_bid_from_a_member_the_snapshot_no_longer_lists_is_refused():
+    h = Harness()
+    h.core.open_item(item(duration=60), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    h.join(ana)
+    h.join(bob)
+    h.registry.keys[bob.public_key] = ("bob", True)
+    h.registry.version += 5  # notices lost; the next one shows the gap
+    h.register(h.bidder("carl", registered=False).public_key, "carl", now=T0 + 1)
+    assert h.core.wants_snapshot  # effect out: the shell fetches the snapshot
+    h.core.membership_snapshot(h.registry.version, h.registry.snapshot(), T0 + 1)
+    assert not h.core.wants_snapshot and bob.public_key not in h.core.members
+    assert refused(h.bid, bob, 5000, now=T0 + 2).code is ErrorCode.NOT_JOINED
+
+
+def test_auctioneer_fails_closed_when_the_broker_is_unheard_of_too_long():
+    h = Harness()
+    h.core.open_item(item(duration=600), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    h.join(ana)
+    h.core.broker_heard(T0 + 1)
+    h.broker_silent = True  # the broker is down: no notice, no heartbeat
+    assert h.bid(ana, 1000, now=T0 + 1 + MEMBERSHIP_SILENCE_LIMIT)["accepted"]
+    late = T0 + 2 + MEMBERSHIP_SILENCE_LIMIT
+    err = refused(h.bid, ana, 1100, now=late)
+    assert err.code is ErrorCode.SERVICE_UNAVAILABLE
+    assert "not heard from the broker for 11s" in err.message
+    assert refused(h.join, bob, now=late).code is ErrorCode.SERVICE_UNAVAILABLE
+    assert h.ask(ana, Kind.SNAPSHOT, {}, late)["state"]["best"]["amount"] == 1000
+    h.broker_silent = False  # heard again: served again
+    assert h.bid(ana, 1100, now=late + 1)["accepted"]
+
+
+def test_auctioneer_serves_no_join_before_the_first_membership_snapshot():
+    h = Harness()
+    ana = h.bidder("ana")
+    h.core.roster.version = None  # as after a start, before the broker answered
+    assert refused(h.join, ana).code is ErrorCode.SERVICE_UNAVAILABLE
 
 
 def test_view_drops_duplicates_from_the_second_path():

@@ -33,7 +33,6 @@ class AuctionHarness:
             self.agent, self.items, tmp_path / "auctioneer", "tcp://127.0.0.1:0",
             "tcp://127.0.0.1:0", self.group, self.port, soft_close=0.5, pause=0.2,
             context=zctx)
-        self.server.core.config.member_check = 0.3
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
         self.thread.start()
 
@@ -199,3 +198,18 @@ def test_a_failing_timer_does_not_stop_the_auctioneer(auction):
     while not (auction.items / "done" / "01-lamp.json").exists():
         assert time.monotonic() < deadline, "the clock stopped after a failing tick"
         time.sleep(0.05)
+
+
+def test_auctioneer_fails_closed_when_the_broker_is_down(auction, broker):
+    ana = auction.client("Ana Lima")
+    assert ana.join().username == "ana.lima"  # membership arrived by push
+    auction.server.core.config.silence_limit = 0.5
+    broker.server.stop.set()  # the broker goes away (the fixture closes it later)
+    broker.thread.join(timeout=5)
+    time.sleep(1.0)
+    for request in (ana.join, lambda: ana.bid("lamp", 1000)):
+        with pytest.raises(RemoteError) as info:
+            request()
+        assert info.value.code is ErrorCode.SERVICE_UNAVAILABLE
+        assert "not heard from the broker" in info.value.message
+    assert ana.snapshot()["state"]["status"] == "idle"  # reads are still served

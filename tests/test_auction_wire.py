@@ -107,7 +107,7 @@ def test_a_spoofed_clear_refusal_does_not_end_a_watch(zctx):
         peek(frames[1]), ErrorCode.NOT_JOINED, "spoofed: you were removed"))
     ana = PrivateKey.generate()
     h = Harness(private_key=auctioneer)
-    h.registry.keys[bytes(ana.public_key)] = ("ana", False)
+    h.register(bytes(ana.public_key), "ana")
     join = h.join(AuctionClient(ana, bytes(auctioneer.public_key)))
     client = AuctionClient(ana, bytes(auctioneer.public_key), endpoint, zctx, timeout=2.0,
                            retries=1)
