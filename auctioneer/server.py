@@ -124,6 +124,9 @@ class AuctioneerServer:
                                    self.signing_key, self.store, config, time.time())
         # From here on the agent belongs to the feed's thread.
         self.feed = MembershipFeed(agent)
+        self._feed_thread = threading.Thread(target=self.feed.run, name="membership",
+                                             daemon=True)
+        self._feed_thread.start()
         self.pause = pause
         self.stop = threading.Event()
         self._next_scan = 0.0
@@ -134,15 +137,14 @@ class AuctioneerServer:
                  self.publisher.endpoint)
         thread = threading.Thread(target=self.publisher.serve, name="publisher", daemon=True)
         thread.start()
-        feed = threading.Thread(target=self.feed.run, name="membership", daemon=True)
-        feed.start()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
             while not self.stop.is_set():
-                if poller.poll(POLL_MS):
+                ready = poller.poll(POLL_MS)
+                self._membership()  # first: a join may follow its registration closely
+                if ready:
                     self._serve_batch()
-                self._membership()
                 now = time.time()
                 self._tick(now)
                 if self.core.idle and now >= self._next_scan:
@@ -154,8 +156,17 @@ class AuctioneerServer:
             self.publisher.stop.set()
             self.feed.stop.set()
             thread.join(timeout=5)
-            feed.join(timeout=5)
+            self._feed_thread.join(timeout=5)
             log.info("auctioneer stopped")
+
+    def wait_for_membership(self, timeout: float) -> bool:
+        """Apply the broker's first membership snapshot before serving, waiting up to
+        ``timeout`` seconds; False if it has not come (joins are refused until it does)."""
+        deadline = time.monotonic() + timeout
+        while self.core.roster.version is None and time.monotonic() < deadline:
+            self.stop.wait(0.05)
+            self._membership()
+        return self.core.roster.version is not None
 
     def _membership(self) -> None:
         """Feed the broker's pushed membership to the core (events in), and pass on the
@@ -253,6 +264,8 @@ class AuctioneerServer:
             self.publisher.queue.put(datagram)
 
     def close(self) -> None:
+        self.feed.stop.set()
+        self._feed_thread.join(timeout=5)
         self.socket.close(0)
         self.publisher.close()
         self.store.close()

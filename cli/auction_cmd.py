@@ -134,6 +134,10 @@ def start(
         except Exception as exc:  # zmq bind errors, bad interface...
             raise fail(f"cannot start auctioneer: {exc}") from None
 
+        if not server.wait_for_membership(10.0):
+            print("agora auctioneer: no membership from the broker yet; joins and bids are "
+                  "refused until it comes", file=sys.stderr, flush=True)
+
         def stop(signum: int, frame: object) -> None:
             server.stop.set()
 

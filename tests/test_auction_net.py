@@ -33,11 +33,17 @@ class AuctionHarness:
             self.agent, self.items, tmp_path / "auctioneer", "tcp://127.0.0.1:0",
             "tcp://127.0.0.1:0", self.group, self.port, soft_close=0.5, pause=0.2,
             context=zctx)
+        assert self.server.wait_for_membership(5.0)
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
         self.thread.start()
 
     def client(self, name: str) -> AuctionClient:
         agent = self.broker.agent(name)
+        # A new registration reaches the auctioneer by push (the broker's store poll, then a
+        # membership notice): wait for it rather than race it.
+        key, deadline = bytes(agent.private_key.public_key), time.monotonic() + 5
+        while key not in self.server.core.roster.keys and time.monotonic() < deadline:
+            time.sleep(0.02)
         return AuctionClient.for_agent(agent, self.agent.username, self.server.endpoint,
                                        timeout=2.0, retries=2)
 
