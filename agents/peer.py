@@ -44,6 +44,7 @@ from agents.peer_protocol import (
     Conversation,
     PeerEndpoint,
     PeerMessage,
+    Refused,
 )
 from agora.crypto import b64, unb64
 from agora.errors import (
@@ -54,6 +55,7 @@ from agora.errors import (
     PeerTimeout,
     ProtocolError,
     RemoteError,
+    UnauthenticatedRefusal,
 )
 from agora.files import atomic_write
 from agora.protocol import ErrorCode
@@ -162,7 +164,7 @@ class PeerNode:
             return  # closed already (the peer said BYE while we waited)
         if say_bye:
             try:
-                sock.send_multipart(conversation.bye(now), zmq.NOBLOCK)
+                sock.send(conversation.bye(now)[0], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the peer is gone already; nothing to tell it
         self.poller.unregister(sock)
@@ -236,24 +238,31 @@ class PeerNode:
             self._drop("a bad conversation request", exc)
             self._reply(identity, self.core.refuse(ErrorCode.BAD_REQUEST, str(exc)))
             return
+        what = f"a conversation request from {hello.sender[:64]!r}"
         try:
             entry = self.agent.call("lookup", {"username": hello.sender})
-            conversation = self.core.accept(hello, unb64(entry["public_key"], 32), now)
-        except AgoraError as exc:
-            self._drop(f"a conversation request from {hello.sender[:64]!r}", exc)
+            directory_key = unb64(entry["public_key"], 32)
+        except AgoraError as exc:  # refused before the HELLO proved anything: in clear
+            self._drop(what, exc)
             if isinstance(exc, RemoteError):  # the directory refused (unknown, revoked...)
                 code, message = exc.code, exc.message
-            elif isinstance(exc, ProtocolError):  # the HELLO does not fit the sender's key
+            elif isinstance(exc, ProtocolError):
                 code, message = ErrorCode.BAD_REQUEST, str(exc)
             else:  # the broker is unreachable: the key cannot be checked
                 code, message = ErrorCode.SERVICE_UNAVAILABLE, "directory unavailable; try again"
             self._reply(identity, self.core.refuse(code, message))
             return
+        try:
+            conversation = self.core.accept(hello, directory_key, now)
+        except Refused as exc:
+            self._drop(what, exc)
+            self._reply(identity, exc.frames)
+            return
         sock = self._pair()
         sock.bind("tcp://127.0.0.1:*")
         port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         self._add(sock, conversation, now)
-        self._reply(identity, self.core.welcome(conversation, port, now))
+        self._reply(identity, self.core.welcome(conversation, hello, port))
         log.info("conversation %s with %s opened on port %d", conversation.short_id,
                  conversation.peer, port)
 
@@ -279,7 +288,7 @@ class PeerNode:
             return True
         for reply in replies:
             try:
-                sock.send_multipart(reply, zmq.NOBLOCK)
+                sock.send(reply[0], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.info("could not acknowledge %s: %s", conversation.peer, exc.strerror)
         for event in events:
@@ -357,7 +366,7 @@ class PeerNode:
         started = time.monotonic()
         seq, _, frames = conversation.message(text, time.time(), msg_id)
         try:
-            sock.send_multipart(frames)
+            sock.send(frames[0])
         except zmq.Again:
             raise PeerTimeout(f"{conversation.peer} is not taking messages "
                               f"(send timed out after {timeout:g}s)") from None
@@ -397,6 +406,8 @@ class PeerNode:
         now = time.time()
         try:
             conversation, port = self.core.welcome_received(pending, answer, now)
+        except UnauthenticatedRefusal:
+            raise  # reported as it came, in clear: never taken for an answer
         except ProtocolError as exc:
             raise PeerError(f"{peer} answered with something invalid: {exc}") from None
         sock = self._pair()

@@ -1,85 +1,103 @@
 """The peer-to-peer message protocol without sockets (sans-I/O): docs/PROTOCOL.md section 5.
 
-Two pieces:
+Every sealed peer message is one AGORA/2 envelope (:mod:`agora.envelope`) under the box key
+of the two agents' key pairs, computed once per peer (:meth:`PeerEndpoint.key_for`) and kept.
 
-- :class:`PeerEndpoint` is one agent's side of conversation set-up. The initiator builds a
-  HELLO (:meth:`~PeerEndpoint.hello`) for the listener's inbox; the listener parses it
-  (:meth:`~PeerEndpoint.parse_hello`), looks the sender up in the broker's directory, and
-  accepts it (:meth:`~PeerEndpoint.accept`) only if the key in the HELLO is the directory's
-  key for that username; it answers WELCOME with the port of a PAIR socket for this one
-  conversation. HELLO and WELCOME are sealed with NaCl Box between the two key pairs, so
-  each side proves it holds the private key the directory names.
-- :class:`Conversation` is the state of one conversation: one precomputed Box, a sending
-  sequence number, the highest sequence number received, and the message ids recently
-  seen from the peer. :meth:`~Conversation.handle` turns a PAIR message into events
-  (:class:`PeerMessage`, :class:`Acked`, :class:`Closed`) and the replies (ACKs) to send.
+- :class:`PeerEndpoint` is one agent's side of conversation set-up on the listener's inbox.
+  The initiator builds a HELLO (:meth:`~PeerEndpoint.hello`); the listener splits it
+  (:meth:`~PeerEndpoint.parse_hello`), looks the sender up in the broker's directory and
+  accepts it (:meth:`~PeerEndpoint.accept`) only if the key it presents is the directory's
+  key, the envelope opens under it, it names both agents, is fresh and was never seen. Its
+  answer is WELCOME (the port of a PAIR for this one conversation) or a refusal: sealed
+  (Kind.REFUSED) once the HELLO proved its key, clear (Kind.ERROR) before.
+- :class:`Conversation` is the state of one conversation: its key, a sending sequence
+  number, a :class:`~agora.envelope.ReplayGuard` with window 0 over the peer's sequence
+  numbers (TCP keeps a conversation in order) and the message ids recently seen from the
+  peer. :meth:`~Conversation.handle` turns a PAIR message into events (:class:`PeerMessage`,
+  :class:`Acked`, :class:`Closed`) and the replies (ACKs) to send.
+- Letters, for the broker's offline mailbox: :meth:`PeerEndpoint.letter` seals one,
+  :meth:`PeerEndpoint.open_letter` checks it (names, age, an id never seen before).
 
-Every message on a PAIR is ``[PEER_PROTOCOL, Box(nonce || ciphertext)]`` of::
+Frames (no ZeroMQ routing frames, no empty delimiter)::
 
-    kind (1) | direction (1) | conversation id (16) | seq (8, big endian) | sent_at (8, double)
-    MESSAGE body: message id (16) | UTF-8 text;  ACK and BYE: empty
+    HELLO       [sender username, sender public key, envelope]   (two clear key hints)
+    WELCOME, REFUSED, ERROR, MESSAGE, ACK, BYE, and a letter: [envelope]
 
-A *letter* is a message left in the broker's offline mailbox for a collaborator who is not
-listening: ``Box(sender -> recipient)`` of::
+Envelope headers (channel, kind, sender, context, counter) and bodies::
 
-    kind LETTER (1) | message id (16) | sent_at (8, double) | len (1) | sender |
-    len (1) | recipient | UTF-8 text
+    HELLO    PEER  HELLO    INITIATOR conversation id  ms timestamp  name(sender) name(listener)
+    WELCOME  PEER  WELCOME  ACCEPTOR  conversation id  HELLO's       port (u16)
+    REFUSED  PEER  REFUSED  ACCEPTOR  conversation id  HELLO's       JSON {"code","message"}
+    ERROR    PEER  ERROR    ACCEPTOR  HELLO's or 0s    HELLO's or 0  JSON, in clear
+    MESSAGE  PEER  MESSAGE  own role  conversation id  seq           id (16) sent_at ms (u64) text
+    ACK      PEER  ACK      own role  conversation id  acked seq     empty
+    BYE      PEER  BYE      own role  conversation id  seq           empty
+    letter   LETTER LETTER  INITIATOR message id       ms timestamp  name(sender) name(to) text
 
-:meth:`PeerEndpoint.letter` seals one; :meth:`PeerEndpoint.open_letter` checks it (names,
-age, and a message id never seen before, remembered for MAILBOX_TTL).
+    name(x) = len (u8, 1-64) | UTF-8 username
 
 The clock is always passed in; nothing here sleeps, binds or connects.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
-from agora.crypto import (
-    Box,
-    PrivateKey,
-    b64,
-    constant_time_equal,
-    open_sealed,
-    public_key_from_bytes,
+from agora.crypto import constant_time_equal
+from agora.envelope import (
+    CONTEXT_SIZE,
+    NO_CONTEXT,
+    Header,
+    ReplayGuard,
+    box_key,
+    clear,
+    is_fresh,
+    open_clear,
+    open_envelope,
+    peek,
+    public_key,
     seal,
-    unb64,
+    timestamp_counter,
 )
-from agora.errors import MessageTooLarge, ProtocolError, RemoteError
+from agora.errors import (
+    MessageTooLarge,
+    ProtocolError,
+    RemoteError,
+    UnauthenticatedRefusal,
+)
 from agora.protocol import (
     FRESHNESS_WINDOW,
     MAILBOX_TTL,
+    MAX_MESSAGE_SIZE,
     MAX_PEER_TEXT,
-    PEER_PROTOCOL,
+    Channel,
     ErrorCode,
-    PeerCommand,
-    PeerKind,
+    Kind,
+    Sender,
 )
-from agora.wire import decode_json, encode_json, open_with_header
-from agora.wire import field as body_field
 
-HEADER = struct.Struct(">BB16sQd")
-LETTER_HEADER = struct.Struct(">B16sd")
-CONVERSATION_ID_SIZE = 16
+CONVERSATION_ID_SIZE = CONTEXT_SIZE
 MESSAGE_ID_SIZE = 16
+#: message id (16) | sent_at in ms (u64): the fixed start of a MESSAGE body.
+MESSAGE_HEAD = struct.Struct(">16sQ")
+PORT = struct.Struct(">H")
 #: Message ids remembered per peer, to recognise a retransmission through a new conversation.
 RECENT_IDS_PER_PEER = 1024
 MAX_USERNAME_BYTES = 64
-#: Bound on remembered conversation ids (each is kept for twice the freshness window).
+#: Bound on remembered HELLOs (each is kept for twice the freshness window).
 MAX_SEEN_HELLOS = 100_000
-
-
-class Role(IntEnum):
-    """Which end of the conversation a message comes from (sealed, so it cannot be reflected)."""
-
-    INITIATOR = 0
-    ACCEPTOR = 1
+#: Box keys kept (one per peer key); the least recently used is recomputed when needed.
+MAX_BOX_KEYS = 4096
+#: Roles on a conversation: ours -> the one that must have sealed what we receive.
+OTHER = {Sender.INITIATOR: Sender.ACCEPTOR, Sender.ACCEPTOR: Sender.INITIATOR}
+_PAIR_KINDS = frozenset({Kind.MESSAGE, Kind.ACK, Kind.BYE})
+_ANSWER_KINDS = frozenset({Kind.WELCOME, Kind.REFUSED})
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,17 @@ class Closed:
 Event = PeerMessage | Acked | Closed
 
 
+class Refused(RemoteError):
+    """The listener refuses a HELLO; ``frames`` is the answer to send (sealed REFUSED once
+    the HELLO proved its key, clear ERROR before)."""
+
+    def __init__(self, code: ErrorCode, message: str, frames: list[bytes]) -> None:
+        super().__init__(code, message)
+        self.frames = frames
+
+
+# -- bodies (docs/PROTOCOL.md 5.3, 5.4, 5.7; vectors in docs/vectors/peer.json, letter.json) --
+
 def encode_text(text: str) -> bytes:
     """UTF-8 bytes of a message text; MessageTooLarge (nothing is sent) over the limit."""
     data = text.encode("utf-8")
@@ -130,6 +159,83 @@ def _decode_text(data: bytes) -> str:
         raise ProtocolError("message text is not UTF-8") from None
 
 
+def _name(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    if not 0 < len(raw) <= MAX_USERNAME_BYTES:
+        raise ProtocolError("username must be 1-64 bytes")
+    return bytes([len(raw)]) + raw
+
+
+def _unname(data: bytes) -> tuple[str, bytes]:
+    if not data or not 0 < data[0] <= MAX_USERNAME_BYTES or len(data) < 1 + data[0]:
+        raise ProtocolError("name is truncated or out of range")
+    end = 1 + data[0]
+    try:
+        return data[1:end].decode("utf-8"), data[end:]
+    except UnicodeDecodeError:
+        raise ProtocolError("name is not UTF-8") from None
+
+
+def encode_names(sender: str, recipient: str) -> bytes:
+    """The HELLO body, and the start of a letter's: who writes to whom."""
+    return _name(sender) + _name(recipient)
+
+
+def decode_names(body: bytes) -> tuple[str, str, bytes]:
+    """(sender, recipient, what follows) of a HELLO or letter body."""
+    sender, rest = _unname(body)
+    recipient, rest = _unname(rest)
+    return sender, recipient, rest
+
+
+def encode_welcome(port: int) -> bytes:
+    return PORT.pack(port)
+
+
+def decode_welcome(body: bytes) -> int:
+    if len(body) != PORT.size or not (port := PORT.unpack(body)[0]):
+        raise ProtocolError("WELCOME body is not a port")
+    return port
+
+
+def encode_message(msg_id: bytes, sent_at_ms: int, text: bytes) -> bytes:
+    return MESSAGE_HEAD.pack(msg_id, sent_at_ms) + text
+
+
+def decode_message(body: bytes) -> tuple[bytes, int, str]:
+    """(message id, sent_at in ms, text) of a MESSAGE body."""
+    if len(body) < MESSAGE_HEAD.size:
+        raise ProtocolError("message has no message id")
+    msg_id, sent_at = MESSAGE_HEAD.unpack_from(body)
+    return msg_id, sent_at, _decode_text(body[MESSAGE_HEAD.size:])
+
+
+def encode_refusal(code: ErrorCode, message: str) -> bytes:
+    return json.dumps({"code": code.value, "message": message[:300]},
+                      separators=(",", ":")).encode()
+
+
+def decode_refusal(body: bytes) -> tuple[str, str]:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("refusal body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("refusal body is not a JSON object")
+    return str(obj.get("code", ErrorCode.BAD_REQUEST.value)), str(obj.get("message", ""))[:300]
+
+
+def encode_letter(sender: str, recipient: str, text: bytes) -> bytes:
+    return encode_names(sender, recipient) + text
+
+
+def decode_letter(body: bytes) -> tuple[str, str, str]:
+    sender, recipient, rest = decode_names(body)
+    return sender, recipient, _decode_text(rest)
+
+
+# -- conversations ------------------------------------------------------------------------------
+
 class RecentIds:
     """A bounded set of message ids, oldest forgotten first."""
 
@@ -142,34 +248,41 @@ class RecentIds:
         if msg_id in self._ids:
             return False
         self._ids[msg_id] = None
-        while len(self._ids) > self.limit:
+        if len(self._ids) > self.limit:
             self._ids.popitem(last=False)
         return True
 
 
-@dataclass
+def _conversation_guard() -> ReplayGuard:
+    # One context (this conversation), window 0: TCP keeps a conversation in order, so a
+    # sequence number not above the highest accepted is a duplicate, replay or reordering.
+    return ReplayGuard(ttl=math.inf, max_contexts=1, window=0)
+
+
+@dataclass(eq=False)
 class Conversation:
     """One conversation with one peer, from this side's point of view."""
 
     peer: str
     peer_key: bytes
     conversation_id: bytes
-    role: Role
-    box: Box
+    role: Sender  # ours: INITIATOR or ACCEPTOR
+    key: bytes  # the box key of the two key pairs
     created: float
     last_active: float
     recent_ids: RecentIds = field(default_factory=RecentIds)
     send_seq: int = 0  # the last sequence number we sent
-    recv_seq: int = 0  # the highest sequence number accepted from the peer
     acked: int = 0  # the highest of our sequence numbers the peer acknowledged
+    received: int = 0  # messages (MESSAGE, BYE) accepted from the peer
+    guard: ReplayGuard = field(default_factory=_conversation_guard)
 
     @property
     def short_id(self) -> str:
         return self.conversation_id.hex()[:8]
 
-    def _seal(self, kind: PeerKind, seq: int, body: bytes, now: float) -> list[bytes]:
-        header = HEADER.pack(kind, self.role, self.conversation_id, seq, now)
-        return [PEER_PROTOCOL, seal(self.box, header + body)]
+    def _seal(self, kind: Kind, counter: int, body: bytes) -> bytes:
+        return seal(self.key, Header(Channel.PEER, kind, self.role, self.conversation_id,
+                                     counter), body)
 
     def message(self, text: str, now: float, msg_id: bytes | None = None,
                 ) -> tuple[int, bytes, list[bytes]]:
@@ -182,12 +295,12 @@ class Conversation:
         msg_id = msg_id or os.urandom(MESSAGE_ID_SIZE)
         self.send_seq += 1
         self.last_active = now
-        return self.send_seq, msg_id, self._seal(PeerKind.MESSAGE, self.send_seq,
-                                                 msg_id + data, now)
+        body = MESSAGE_HEAD.pack(msg_id, int(now * 1000)) + data
+        return self.send_seq, msg_id, [self._seal(Kind.MESSAGE, self.send_seq, body)]
 
     def bye(self, now: float) -> list[bytes]:
         self.send_seq += 1
-        return self._seal(PeerKind.BYE, self.send_seq, b"", now)
+        return [self._seal(Kind.BYE, self.send_seq, b"")]
 
     def handle(self, frames: list[bytes], now: float) -> tuple[list[Event], list[list[bytes]]]:
         """Check one PAIR message; return its events and the replies to send.
@@ -195,77 +308,92 @@ class Conversation:
         Raises ProtocolError (drop it, keep the conversation) for anything not from the
         peer, not for this conversation, reflected, replayed, reordered or malformed.
         """
-        if len(frames) != 2 or frames[0] != PEER_PROTOCOL:
-            raise ProtocolError("not an agora peer message")
-        (kind, direction, conversation_id, seq, sent_at), body = open_with_header(
-            self.box, frames[1], HEADER, "peer message")
-        if direction != 1 - self.role:  # only the other end's direction is valid here
-            raise ProtocolError("message reflected back to its sender")
-        if not constant_time_equal(conversation_id, self.conversation_id):
-            raise ProtocolError("message belongs to another conversation")
-        if kind == PeerKind.ACK:
+        if len(frames) != 1:
+            raise ProtocolError("a conversation message is one frame")
+        data = frames[0]
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise ProtocolError("message is over the size limit")
+        header, body = open_envelope(self.key, data, Channel.PEER, OTHER[self.role],
+                                     _PAIR_KINDS, self.conversation_id)
+        seq = header.counter
+        if header.kind == Kind.ACK:
+            # Idempotent, so no replay memory: a replayed ACK moves nothing.
             if not 0 < seq <= self.send_seq:
                 raise ProtocolError(f"acknowledgement of message {seq}, never sent")
-            self.acked = max(self.acked, seq)
+            if seq > self.acked:
+                self.acked = seq
             self.last_active = now
             return [Acked(seq)], []
-        if kind not in (PeerKind.MESSAGE, PeerKind.BYE):
-            raise ProtocolError(f"unknown peer message kind {kind}")
-        # TCP keeps a conversation in order, so anything not above the highest sequence
-        # number accepted is a duplicate, a replay or a reordering: a window of zero.
-        if seq <= self.recv_seq:
-            raise ProtocolError(f"message {seq} replayed or reordered (last accepted "
-                                f"{self.recv_seq})")
-        if kind == PeerKind.BYE:
-            self.recv_seq = seq
-            return [Closed()], []
-        if len(body) < MESSAGE_ID_SIZE:
-            raise ProtocolError("message has no message id")
-        text = _decode_text(body[MESSAGE_ID_SIZE:])
-        if not math.isfinite(sent_at):
-            raise ProtocolError("message time is not a number")
-        self.recv_seq = seq
+        if header.kind == Kind.MESSAGE:
+            msg_id, sent_at, text = decode_message(body)
+        if not self.guard.admit(self.conversation_id, seq, now):
+            raise ProtocolError(f"message {seq} replayed or reordered")
+        self.received += 1
         self.last_active = now
-        ack = self._seal(PeerKind.ACK, seq, b"", now)
-        if not self.recent_ids.add(body[:MESSAGE_ID_SIZE]):
+        if header.kind == Kind.BYE:
+            return [Closed()], []
+        ack = [self._seal(Kind.ACK, seq, b"")]
+        if not self.recent_ids.add(msg_id):
             return [], [ack]  # a retransmission we already showed: acknowledge it only
-        return [PeerMessage(self.peer, text, sent_at, now, seq, self.short_id)], [ack]
+        return [PeerMessage(self.peer, text, sent_at / 1000, now, seq, self.short_id)], [ack]
 
+
+# -- set-up -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Hello:
-    """A parsed, not yet verified, conversation request."""
+    """A split HELLO whose key hint is a usable key; not yet checked against the directory."""
 
     sender: str
     sender_key: bytes
-    sealed: bytes
+    envelope: bytes
+    header: Header
+    key: bytes  # the box key with sender_key: kept only once the directory vouched for it
 
 
 @dataclass(frozen=True)
 class PendingHello:
-    """What the initiator keeps between sending HELLO and receiving WELCOME."""
+    """What the initiator keeps between sending HELLO and receiving the answer."""
 
     peer: str
     peer_key: bytes
     conversation_id: bytes
-    box: Box
+    counter: int
+    key: bytes
     frames: list[bytes]
 
 
 class PeerEndpoint:
-    """One agent's side of conversation set-up. Identity comes from its own key pair."""
+    """One agent's side of conversation set-up and letters. Identity: its own key pair."""
 
-    def __init__(self, username: str, private_key: PrivateKey,
+    def __init__(self, username: str, private_key: Any,
                  hello_window: float = FRESHNESS_WINDOW) -> None:
         self.username = username
-        self.private_key = private_key
+        self._secret = bytes(private_key)
         self.public_key = bytes(private_key.public_key)
         self.hello_window = hello_window
-        #: Conversation ids accepted recently (expiry time): a replayed HELLO is refused.
-        self._seen_hellos: OrderedDict[bytes, float] = OrderedDict()
+        #: HELLOs accepted recently (context = conversation id, counter = its timestamp);
+        #: only HELLOs that authenticated, are fresh and match the directory enter it.
+        self.hellos = ReplayGuard(ttl=2 * hello_window, max_contexts=MAX_SEEN_HELLOS)
+        self._keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._recent_ids: dict[str, RecentIds] = {}
         #: Letter ids accepted (hex -> sent_at), kept MAILBOX_TTL; the shell persists it.
         self.seen_letters: dict[str, float] = {}
+
+    def key_for(self, peer_key: bytes) -> bytes:
+        """The box key with ``peer_key`` (BadKey for an unusable key): computed once per
+        peer and kept. Call it only with a key the directory vouched for."""
+        key = self._keys.get(peer_key)
+        if key is None:
+            key = box_key(self._secret, peer_key)
+        self._remember(peer_key, key)
+        return key
+
+    def _remember(self, peer_key: bytes, key: bytes) -> None:
+        self._keys[peer_key] = key
+        self._keys.move_to_end(peer_key)
+        if len(self._keys) > MAX_BOX_KEYS:
+            self._keys.popitem(last=False)
 
     def _recent(self, peer: str) -> RecentIds:
         # Shared by all conversations with one peer, so a retransmission that arrives on a
@@ -275,102 +403,143 @@ class PeerEndpoint:
     # -- initiator --------------------------------------------------------------------------
 
     def hello(self, peer: str, peer_key: bytes, now: float) -> PendingHello:
-        box = Box(self.private_key, public_key_from_bytes(peer_key))
+        """A HELLO for ``peer`` (``peer_key`` from the directory), and what to keep."""
+        key = self.key_for(peer_key)
         conversation_id = os.urandom(CONVERSATION_ID_SIZE)
-        sealed = seal(box, encode_json({"from": self.username, "to": peer,
-                                        "conversation": b64(conversation_id), "ts": now}))
-        frames = [PEER_PROTOCOL, PeerCommand.HELLO.value, self.username.encode("utf-8"),
-                  self.public_key, sealed]
-        return PendingHello(peer, peer_key, conversation_id, box, frames)
+        counter = timestamp_counter(now)
+        envelope = seal(key, Header(Channel.PEER, Kind.HELLO, Sender.INITIATOR,
+                                    conversation_id, counter), encode_names(self.username, peer))
+        frames = [self.username.encode("utf-8"), self.public_key, envelope]
+        return PendingHello(peer, peer_key, conversation_id, counter, key, frames)
 
     def welcome_received(self, pending: PendingHello, frames: list[bytes], now: float,
                          ) -> tuple[Conversation, int]:
         """Check the listener's answer; return the conversation and its PAIR port.
 
-        Raises RemoteError for a REFUSE, ProtocolError for anything not sealed by the peer.
+        Raises RemoteError for a sealed refusal, UnauthenticatedRefusal for a clear one
+        (anyone could have sent it: report it, never act on it), ProtocolError for anything
+        else not sealed by the peer for this HELLO.
         """
-        if len(frames) < 2 or frames[0] != PEER_PROTOCOL:
-            raise ProtocolError("answer to HELLO is not an agora peer message")
-        if frames[1] == PeerCommand.REFUSE.value and len(frames) == 3:
-            body = decode_json(frames[2])
-            raise RemoteError(str(body.get("code", "internal")),
-                              f"{pending.peer} refused the conversation: "
-                              f"{str(body.get('message', ''))[:200]}")
-        if frames[1] != PeerCommand.WELCOME.value or len(frames) != 3:
-            raise ProtocolError("answer to HELLO is neither WELCOME nor REFUSE")
-        body = decode_json(open_sealed(pending.box, frames[2]))
-        conversation_id = unb64(body_field(body, "conversation", str), CONVERSATION_ID_SIZE)
-        if not constant_time_equal(conversation_id, pending.conversation_id):
-            raise ProtocolError("WELCOME answers another conversation")
-        port = body_field(body, "port", int)
-        if not 0 < port < 65536:
-            raise ProtocolError("WELCOME port out of range")
-        conversation = Conversation(pending.peer, pending.peer_key, conversation_id,
-                                    Role.INITIATOR, pending.box, now, now,
+        if len(frames) != 1:
+            raise ProtocolError("answer to HELLO is not one frame")
+        data = frames[0]
+        if peek(data).kind == Kind.ERROR:
+            _, body = open_clear(data, Channel.PEER, Sender.ACCEPTOR, {Kind.ERROR})
+            code, message = decode_refusal(body)
+            raise UnauthenticatedRefusal(code, f"{pending.peer} refused the conversation: "
+                                         f"{message}")
+        header, body = open_envelope(pending.key, data, Channel.PEER, Sender.ACCEPTOR,
+                                     _ANSWER_KINDS, pending.conversation_id)
+        if header.counter != pending.counter:
+            raise ProtocolError("answer is for another HELLO")
+        if header.kind == Kind.REFUSED:
+            code, message = decode_refusal(body)
+            raise RemoteError(code, f"{pending.peer} refused the conversation: {message}")
+        port = decode_welcome(body)
+        conversation = Conversation(pending.peer, pending.peer_key, pending.conversation_id,
+                                    Sender.INITIATOR, pending.key, now, now,
                                     self._recent(pending.peer))
         return conversation, port
 
     # -- listener ---------------------------------------------------------------------------
 
     @staticmethod
-    def parse_hello(frames: list[bytes]) -> Hello:
-        """Split a HELLO (routing identity removed); cheap checks only, before any look-up."""
-        if len(frames) != 5 or frames[0] != PEER_PROTOCOL:
-            raise ProtocolError("not an agora conversation request")
-        if frames[1] != PeerCommand.HELLO.value:
-            raise ProtocolError("unexpected command on the inbox")
-        raw_name, key, sealed = frames[2], frames[3], frames[4]
+    def refuse(code: ErrorCode, message: str, context: bytes = NO_CONTEXT,
+               counter: int = 0) -> list[bytes]:
+        """A clear refusal (Kind.ERROR), for a HELLO that did not prove its key."""
+        return [clear(Header(Channel.PEER, Kind.ERROR, Sender.ACCEPTOR, context, counter),
+                      encode_refusal(code, message))]
+
+    def parse_hello(self, frames: list[bytes]) -> Hello:
+        """Split a HELLO (routing identity removed); cheap checks only, before any look-up.
+
+        ProtocolError (answer a clear ``bad-request``) for anything that is not a HELLO with
+        a usable key hint: BadKey for a malformed, all-zero or low-order key.
+        """
+        if len(frames) != 3:
+            if frames and frames[0] == b"":
+                raise ProtocolError("the inbox takes no empty delimiter frame (use a DEALER)")
+            raise ProtocolError("a conversation request is three frames")
+        raw_name, key, envelope = frames
+        if sum(map(len, frames)) > MAX_MESSAGE_SIZE:
+            raise ProtocolError("conversation request is over the size limit")
         if not 0 < len(raw_name) <= MAX_USERNAME_BYTES:
             raise ProtocolError("username length out of range")
         try:
             sender = raw_name.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("username is not UTF-8") from None
-        public_key_from_bytes(key)
-        return Hello(sender, key, sealed)
+        header = peek(envelope)
+        if (header.channel, header.kind, header.sender) != (Channel.PEER, Kind.HELLO,
+                                                             Sender.INITIATOR):
+            raise ProtocolError("not a conversation request")
+        public_key(key)
+        # A low-order key is refused here, before any look-up.
+        shared = self._keys.get(key) or box_key(self._secret, key)
+        return Hello(sender, key, envelope, header, shared)
 
     def accept(self, hello: Hello, directory_key: bytes, now: float) -> Conversation:
         """Verify a HELLO against the key the directory holds for its sender.
 
-        Raises RemoteError (refuse, with a reason the initiator may see) or ProtocolError.
+        Raises :class:`Refused` carrying the answer: clear before the HELLO proved its key
+        (``bad-credentials``, ``bad-request``), sealed after (``bad-request``, ``stale``,
+        ``replayed``, ``too-many-attempts``).
         """
-        if not constant_time_equal(hello.sender_key, directory_key):
-            raise RemoteError(ErrorCode.BAD_CREDENTIALS, f"the key presented is not "
-                              f"{hello.sender}'s key in the directory")
-        box = Box(self.private_key, public_key_from_bytes(hello.sender_key))
-        body = decode_json(open_sealed(box, hello.sealed))
-        if body.get("from") != hello.sender or body.get("to") != self.username:
-            raise ProtocolError("HELLO names another sender or recipient")
-        ts = body_field(body, "ts", (int, float))
-        if not abs(now - ts) <= self.hello_window:
-            raise RemoteError(ErrorCode.STALE, "conversation request is too old or in the "
-                              "future (check the clock)")
-        conversation_id = unb64(body_field(body, "conversation", str), CONVERSATION_ID_SIZE)
-        self._purge_hellos(now)
-        if conversation_id in self._seen_hellos:
-            raise RemoteError(ErrorCode.REPLAYED, "conversation request replayed")
-        self._seen_hellos[conversation_id] = now + 2 * self.hello_window
-        while len(self._seen_hellos) > MAX_SEEN_HELLOS:
-            self._seen_hellos.popitem(last=False)
-        return Conversation(hello.sender, hello.sender_key, conversation_id, Role.ACCEPTOR,
-                            box, now, now, self._recent(hello.sender))
+        context, counter = hello.header.context, hello.header.counter
 
-    def _purge_hellos(self, now: float) -> None:
-        while self._seen_hellos:
-            conversation_id, expiry = next(iter(self._seen_hellos.items()))
-            if expiry >= now:
-                break
-            del self._seen_hellos[conversation_id]
+        def clear_refusal(code: ErrorCode, message: str) -> Refused:
+            return Refused(code, message, self.refuse(code, message, context, counter))
+
+        if not constant_time_equal(hello.sender_key, directory_key):
+            raise clear_refusal(ErrorCode.BAD_CREDENTIALS, f"the key presented is not "
+                                f"{hello.sender}'s key in the directory")
+        key = hello.key
+        self._remember(hello.sender_key, key)  # the directory vouched for this key
+        try:
+            _, body = open_envelope(key, hello.envelope, Channel.PEER, Sender.INITIATOR,
+                                    {Kind.HELLO})
+        except ProtocolError as exc:
+            raise clear_refusal(ErrorCode.BAD_REQUEST, str(exc)) from None
+
+        def refusal(code: ErrorCode, message: str) -> Refused:
+            return Refused(code, message, [seal(key, Header(
+                Channel.PEER, Kind.REFUSED, Sender.ACCEPTOR, context, counter),
+                encode_refusal(code, message))])
+
+        try:
+            sender, recipient, rest = decode_names(body)
+        except ProtocolError as exc:
+            raise refusal(ErrorCode.BAD_REQUEST, str(exc)) from None
+        if sender != hello.sender or recipient != self.username or rest:
+            raise refusal(ErrorCode.BAD_REQUEST, "HELLO names another sender or recipient")
+        if not is_fresh(counter, now, self.hello_window):
+            raise refusal(ErrorCode.STALE, "conversation request is too old or in the "
+                          "future (check the clock)")
+        admitted = self.hellos.admit(context, counter, now)
+        if admitted is None:
+            raise refusal(ErrorCode.TOO_MANY_ATTEMPTS, "too many conversation requests; "
+                          "try again later")
+        if not admitted:
+            raise refusal(ErrorCode.REPLAYED, "conversation request replayed")
+        return Conversation(hello.sender, hello.sender_key, context, Sender.ACCEPTOR, key,
+                            now, now, self._recent(hello.sender))
+
+    @staticmethod
+    def welcome(conversation: Conversation, hello: Hello, port: int) -> list[bytes]:
+        """The WELCOME answering ``hello``: the port of the conversation's PAIR."""
+        return [seal(conversation.key, Header(Channel.PEER, Kind.WELCOME, Sender.ACCEPTOR,
+                                              conversation.conversation_id,
+                                              hello.header.counter), encode_welcome(port))]
 
     # -- letters (offline mailbox) ----------------------------------------------------------
 
     def letter(self, recipient: str, recipient_key: bytes, text: str, now: float,
                msg_id: bytes | None = None) -> bytes:
         """Seal ``text`` for ``recipient``'s mailbox; only they can open it, only from us."""
-        data = encode_text(text)
-        box = Box(self.private_key, public_key_from_bytes(recipient_key))
-        return seal(box, LETTER_HEADER.pack(PeerKind.LETTER, msg_id or os.urandom(
-            MESSAGE_ID_SIZE), now) + _name(self.username) + _name(recipient) + data)
+        body = encode_letter(self.username, recipient, encode_text(text))
+        return seal(self.key_for(recipient_key), Header(
+            Channel.LETTER, Kind.LETTER, Sender.INITIATOR, msg_id or os.urandom(MESSAGE_ID_SIZE),
+            timestamp_counter(now)), body)
 
     def open_letter(self, sender: str, sender_key: bytes, sealed: bytes, now: float,
                     ) -> PeerMessage | None:
@@ -379,24 +548,27 @@ class PeerEndpoint:
         ``sender_key`` comes from the directory: a letter the broker (or anyone) attributes
         to the wrong sender does not open. Raises ProtocolError for a letter that is
         forged, for someone else, too old to be checked for replay, or replayed.
+
+        Letter ids are remembered in :attr:`seen_letters`, not in a ReplayGuard: each letter
+        is a context of its own with one counter, and the memory must outlive the process
+        (the shell keeps it in the agent's home), which the in-memory guard does not.
         """
-        plain = open_sealed(Box(self.private_key, public_key_from_bytes(sender_key)), sealed)
-        if len(plain) < LETTER_HEADER.size + 2:
-            raise ProtocolError("letter too short")
-        kind, msg_id, sent_at = LETTER_HEADER.unpack_from(plain)
-        if kind != PeerKind.LETTER:
-            raise ProtocolError("not a letter")
-        named_sender, rest = _unname(plain[LETTER_HEADER.size:])
-        named_recipient, data = _unname(rest)
+        if len(sealed) > MAX_MESSAGE_SIZE:
+            raise ProtocolError("letter is over the size limit")
+        header, body = open_envelope(self.key_for(sender_key), sealed, Channel.LETTER,
+                                     Sender.INITIATOR, {Kind.LETTER})
+        named_sender, named_recipient, text = decode_letter(body)
         if named_sender != sender or named_recipient != self.username:
             raise ProtocolError("letter names another sender or recipient")
-        if not (math.isfinite(sent_at)
-                and now - MAILBOX_TTL <= sent_at <= now + self.hello_window):
+        counter = header.counter
+        if not (is_fresh(counter, now, MAILBOX_TTL)
+                and counter <= timestamp_counter(now + self.hello_window)):
             raise ProtocolError("letter is too old (or from the future) to check for replay")
-        text = _decode_text(data)
         self._forget_letters(now)
+        msg_id = header.context
         if msg_id.hex() in self.seen_letters:
             raise ProtocolError("letter replayed")
+        sent_at = counter / 1000
         self.seen_letters[msg_id.hex()] = sent_at
         if not self._recent(sender).add(msg_id):
             return None  # it came through a conversation already
@@ -407,29 +579,8 @@ class PeerEndpoint:
         for key in [k for k, t in self.seen_letters.items() if t < now - MAILBOX_TTL]:
             del self.seen_letters[key]
 
-    @staticmethod
-    def welcome(conversation: Conversation, port: int, now: float) -> list[bytes]:
-        return [PEER_PROTOCOL, PeerCommand.WELCOME.value, seal(conversation.box, encode_json(
-            {"conversation": b64(conversation.conversation_id), "port": port, "ts": now}))]
 
-    @staticmethod
-    def refuse(code: ErrorCode, message: str) -> list[bytes]:
-        return [PEER_PROTOCOL, PeerCommand.REFUSE.value,
-                encode_json({"code": code.value, "message": message})]
-
-
-def _name(name: str) -> bytes:
-    raw = name.encode("utf-8")
-    if len(raw) > MAX_USERNAME_BYTES:
-        raise ProtocolError("username too long")
-    return bytes([len(raw)]) + raw
-
-
-def _unname(data: bytes) -> tuple[str, bytes]:
-    if not data or len(data) < 1 + data[0]:
-        raise ProtocolError("letter is truncated")
-    end = 1 + data[0]
-    try:
-        return data[1:end].decode("utf-8"), data[end:]
-    except UnicodeDecodeError:
-        raise ProtocolError("name in letter is not UTF-8") from None
+__all__ = [
+    "Acked", "Closed", "Conversation", "Event", "Hello", "PeerEndpoint",
+    "PeerMessage", "PendingHello", "Refused",
+]

@@ -13,9 +13,6 @@ from enum import Enum, IntEnum
 #: First frame of every client <-> broker message (cf. "MDPC01" in 7/MDP).
 CLIENT_PROTOCOL = b"AGORA01C"
 
-#: First frame of every agent <-> agent message (docs/PROTOCOL.md section 5).
-PEER_PROTOCOL = b"AGORA01P"
-
 # -- AGORA/2 envelope (docs/PROTOCOL.md section 2, agora/envelope.py) ----------------------
 
 class Channel(IntEnum):
@@ -146,7 +143,7 @@ class Command(bytes, Enum):
     LOGIN = b"\x03"  # pre-auth: TOKEN_n -> TOKEN_n+1 and a session
 
 
-#: Largest text of one peer message, in UTF-8 bytes; the sealed envelope adds 90 bytes.
+#: Largest text of one peer message, in UTF-8 bytes; its envelope adds 94 bytes (AGORA/2).
 MAX_PEER_TEXT = 64 * 1024
 #: Largest sealed letter the broker's offline mailbox accepts (text + names + envelope).
 MAX_LETTER_SIZE = MAX_PEER_TEXT + 512
@@ -154,21 +151,6 @@ MAX_LETTER_SIZE = MAX_PEER_TEXT + 512
 MAILBOX_TTL = 7 * 24 * 3600.0
 
 
-class PeerCommand(bytes, Enum):
-    """Second frame of a message on a listener's inbox: conversation set-up."""
-
-    HELLO = b"\x01"  # initiator -> listener: open a conversation
-    WELCOME = b"\x02"  # listener -> initiator: the conversation's PAIR port
-    REFUSE = b"\x03"  # listener -> initiator: no conversation, and why
-
-
-class PeerKind(IntEnum):
-    """First byte inside a sealed message on a conversation PAIR (hidden from observers)."""
-
-    MESSAGE = 1
-    ACK = 2
-    BYE = 3
-    LETTER = 4  # a message left in the broker's offline mailbox
 
 
 

@@ -1,9 +1,10 @@
 """The offline mailbox: letters for collaborators who are not listening, kept by the broker.
 
-A letter is sealed by its sender with NaCl Box (sender's key -> recipient's key) before it
-reaches the broker, so the broker stores ciphertext it cannot read or forge; it records only
-who deposited it (from the session, never from the request), for whom, when and its size.
-The recipient's agent fetches its letters when it starts listening (and every little while
+A letter is one AGORA/2 envelope (channel LETTER) sealed by its sender under the box key of
+the sender's and the recipient's key pairs before it reaches the broker, so the broker stores
+ciphertext it cannot read or forge (it checks only that the clear header says LETTER). It
+records only who deposited it (from the session, never from the request), for whom, when and
+its size. The recipient's agent fetches its letters when it starts listening (and every little while
 after), opens them with the sender's key from the directory, and then deletes them.
 
 Bounded: at most MAILBOX_MAX_LETTERS letters and MAILBOX_MAX_BYTES bytes per recipient, each
@@ -20,8 +21,9 @@ from typing import Any
 import sqlite_utils
 
 from agora.crypto import b64, unb64
+from agora.envelope import MIN_SEALED, peek
 from agora.errors import ProtocolError, RemoteError
-from agora.protocol import MAILBOX_TTL, MAX_LETTER_SIZE, ErrorCode, Level
+from agora.protocol import MAILBOX_TTL, MAX_LETTER_SIZE, Channel, ErrorCode, Kind, Level
 from agora.wire import field
 from broker.core import CallContext, Service
 from broker.store import refuse_unavailable
@@ -49,8 +51,11 @@ def deposit(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     sealed = unb64(field(args, "sealed", str))
     if len(sealed) > MAX_LETTER_SIZE:
         raise RemoteError(ErrorCode.TOO_LARGE, f"letter is over {MAX_LETTER_SIZE} bytes")
-    if len(sealed) < 40:  # nonce + MAC: anything shorter cannot be a Box
+    if len(sealed) < MIN_SEALED:
         raise ProtocolError("letter is too short to be sealed")
+    header = peek(sealed)  # the broker cannot open it, but can refuse what is no letter
+    if (header.channel, header.kind) != (Channel.LETTER, Kind.LETTER):
+        raise ProtocolError("not a letter (AGORA/2 channel LETTER, kind LETTER)")
     row = ctx.core.store.get(recipient)
     if row is None or row["public_key"] is None:
         raise RemoteError(ErrorCode.UNKNOWN_USER, f"unknown user {recipient[:64]!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_letter_attributed_to_another_sender_is_dropped(broker, ana_and_offline_
     bob.login(PASSWORD)
     with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob) as inbox:
         inbox.wait_for(1, timeout=0.5)
-    assert inbox.received == [] and "could not be decrypted" in caplog.text
+    assert inbox.received == [] and "could not be authenticated" in caplog.text
 
 
 def test_full_mailbox_refuses_more_letters(broker, ana_and_offline_bob, monkeypatch):
@@ -99,10 +100,22 @@ def test_oversized_letter_is_refused(ana_and_offline_bob):
 
 
 def test_letter_for_unknown_user_is_refused(ana_and_offline_bob):
+    ana, bob = ana_and_offline_bob
+    letter = ana.peer.core.letter("nobody", bytes(bob.private_key.public_key), "hi",
+                                  time.time())
+    with pytest.raises(RemoteError) as exc:
+        ana.call("mailbox_deposit", {"to": "nobody", "sealed": b64(letter)})
+    assert exc.value.code is ErrorCode.UNKNOWN_USER
+
+
+@pytest.mark.parametrize("junk", [bytes(100), b"AG\x02\x03\x16\x04" + bytes(94)],
+                         ids=["not-an-envelope", "a-peer-message"])
+def test_deposit_that_is_not_a_letter_envelope_is_refused(broker, ana_and_offline_bob, junk):
     ana, _ = ana_and_offline_bob
     with pytest.raises(RemoteError) as exc:
-        ana.call("mailbox_deposit", {"to": "nobody", "sealed": b64(bytes(100))})
-    assert exc.value.code is ErrorCode.UNKNOWN_USER
+        ana.call("mailbox_deposit", {"to": "bob.reis", "sealed": b64(junk)})
+    assert exc.value.code is ErrorCode.BAD_REQUEST
+    assert not broker.admin.db["mailbox"].exists()
 
 
 def test_letters_can_only_be_fetched_by_their_recipient(broker, ana_and_offline_bob):

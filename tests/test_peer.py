@@ -16,8 +16,9 @@ import zmq
 from agents import Agent
 from agents.peer import Listener
 from agents.peer_protocol import PeerEndpoint
-from agora.errors import LocalError, PeerOffline, PeerTimeout, RemoteError
-from agora.protocol import MAX_MESSAGE_SIZE, PEER_PROTOCOL, ErrorCode
+from agora.envelope import open_clear
+from agora.errors import LocalError, PeerOffline, PeerTimeout, RemoteError, UnauthenticatedRefusal
+from agora.protocol import MAX_MESSAGE_SIZE, Channel, ErrorCode, Kind, Sender
 from tests.conftest import PASSWORD
 
 
@@ -190,7 +191,9 @@ def test_garbage_on_the_inbox_is_refused_and_the_listener_keeps_running(zctx, an
         ana.send("bob.reis", "still there?")
         inbox.wait_for(1)
     dealer.close(0)
-    assert refusal[:2] == [PEER_PROTOCOL, b"\x03"] and b"bad-request" in refusal[2]
+    [envelope] = refusal  # a clear ERROR: the request proved nothing, so nothing is sealed
+    _, body = open_clear(envelope, Channel.PEER, Sender.ACCEPTOR, {Kind.ERROR})
+    assert b"bad-request" in body
     assert [m.text for m in inbox.received] == ["still there?"]
     assert bob.peer.dropped == 1 and "dropped a bad conversation request" in caplog.text
 
@@ -199,7 +202,7 @@ def test_oversized_message_on_the_inbox_is_dropped(zctx, ana_bob):
     ana, bob = ana_bob
     with Listening(bob) as inbox:
         dealer = raw_dealer(zctx, bob.info.port)
-        dealer.send_multipart([PEER_PROTOCOL, b"\x01", b"x" * (MAX_MESSAGE_SIZE + 1)])
+        dealer.send_multipart([b"ana.lima", bytes(32), b"x" * (MAX_MESSAGE_SIZE + 1)])
         time.sleep(0.1)
         ana.send("bob.reis", "after the big one")
         inbox.wait_for(1)
@@ -213,18 +216,18 @@ def test_conversation_request_with_a_key_not_the_senders_is_refused(zctx, broker
     mallory = broker.agent("Mallory")
     impostor = PeerEndpoint("ana.lima", mallory.private_key)  # ana's name, mallory's key
     with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob), \
-            pytest.raises(RemoteError) as exc:
+            pytest.raises(UnauthenticatedRefusal) as exc:  # in clear: it proved no key
         raw_hello(zctx, impostor, bob)
-    assert exc.value.code is ErrorCode.BAD_CREDENTIALS
+    assert exc.value.code == ErrorCode.BAD_CREDENTIALS
     assert bob.peer.conversations == {} and "not ana.lima's key" in caplog.text
 
 
 def test_revoked_sender_is_refused(zctx, broker):
     bob, ana = broker.agent("Bob Reis"), broker.agent("Ana Lima")
     broker.admin.revoke("ana.lima", time.time())
-    with Listening(bob), pytest.raises(RemoteError) as exc:
+    with Listening(bob), pytest.raises(UnauthenticatedRefusal) as exc:
         raw_hello(zctx, PeerEndpoint("ana.lima", ana.private_key), bob)
-    assert exc.value.code is ErrorCode.REVOKED
+    assert exc.value.code == ErrorCode.REVOKED
 
 
 def test_send_to_yourself_is_refused(ana_bob):
@@ -240,7 +243,7 @@ def test_bad_input_on_a_conversation_is_dropped_and_good_messages_still_arrive(z
         conversation, pair = raw_conversation(zctx, ana, bob)
         _, _, first = conversation.message("one", time.time())
         _, _, second = conversation.message("two", time.time())
-        tampered = [first[0], first[1][:-1] + bytes([first[1][-1] ^ 1])]
+        tampered = [first[0][:-1] + bytes([first[0][-1] ^ 1])]
         for frames in ([b"garbage"], tampered, first, first, second):  # 'first' twice: replay
             pair.send_multipart(frames)
         inbox.wait_for(2)
@@ -248,14 +251,14 @@ def test_bad_input_on_a_conversation_is_dropped_and_good_messages_still_arrive(z
     pair.close(0)
     assert [m.text for m in inbox.received] == ["one", "two"]
     assert bob.peer.dropped == 3
-    assert "replayed or reordered" in caplog.text and "could not be decrypted" in caplog.text
+    assert "replayed or reordered" in caplog.text and "could not be authenticated" in caplog.text
 
 
 def test_oversized_message_on_a_conversation_is_dropped(zctx, ana_bob):
     ana, bob = ana_bob
     with Listening(bob) as inbox:
         conversation, pair = raw_conversation(zctx, ana, bob)
-        pair.send_multipart([PEER_PROTOCOL, b"x" * (MAX_MESSAGE_SIZE + 1)])
+        pair.send(b"x" * (MAX_MESSAGE_SIZE + 1))
         time.sleep(0.1)
         ana.send("bob.reis", "after the big one")
         inbox.wait_for(1)

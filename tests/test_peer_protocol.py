@@ -9,23 +9,16 @@ from __future__ import annotations
 import pytest
 
 from agents.peer_protocol import (
-    HEADER,
     Acked,
     Closed,
     PeerEndpoint,
     PeerMessage,
-    Role,
+    Refused,
 )
-from agora.crypto import PrivateKey, seal
-from agora.errors import MessageTooLarge, ProtocolError, RemoteError
-from agora.protocol import (
-    MAILBOX_TTL,
-    MAX_PEER_TEXT,
-    PEER_PROTOCOL,
-    ErrorCode,
-    PeerCommand,
-    PeerKind,
-)
+from agora.crypto import PrivateKey
+from agora.envelope import Header, seal
+from agora.errors import MessageTooLarge, ProtocolError, RemoteError, UnauthenticatedRefusal
+from agora.protocol import MAILBOX_TTL, MAX_PEER_TEXT, Channel, ErrorCode, Kind, Sender
 
 NOW = 1_800_000_000.0
 
@@ -44,7 +37,7 @@ class Pair:
         hello = self.bob.parse_hello(pending.frames)
         bob_side = self.bob.accept(hello, self.directory[hello.sender], now)
         ana_side, port = self.ana.welcome_received(
-            pending, self.bob.welcome(bob_side, 4242, now), now)
+            pending, self.bob.welcome(bob_side, hello, 4242), now)
         assert port == 4242
         return ana_side, bob_side
 
@@ -99,41 +92,40 @@ def test_message_from_another_conversation_is_rejected(pair):
     ana_1, _ = pair.connect()
     _, bob_2 = pair.connect()  # same two keys, so the same Box key: only the id differs
     _, _, frames = ana_1.message("for conversation 1", NOW)
-    with pytest.raises(ProtocolError, match="another conversation"):
+    with pytest.raises(ProtocolError, match="another context"):
         bob_2.handle(frames, NOW)
 
 
 def test_tampered_message_is_rejected(pair):
     ana, bob = pair.connect()
     _, _, frames = ana.message("pay 10", NOW)
-    tampered = bytearray(frames[1])
+    tampered = bytearray(frames[0])
     tampered[-1] ^= 1
-    with pytest.raises(ProtocolError, match="could not be decrypted"):
-        bob.handle([PEER_PROTOCOL, bytes(tampered)], NOW)
+    with pytest.raises(ProtocolError, match="could not be authenticated"):
+        bob.handle([bytes(tampered)], NOW)
 
 
 def test_message_sealed_by_a_third_key_is_rejected(pair):
     _, bob = pair.connect()
     mallory = PeerEndpoint("mallory", pair.keys["mallory"])
-    forged = mallory.hello("bob", pair.directory["bob"], NOW)  # a Box mallory -> bob
-    header = HEADER.pack(PeerKind.MESSAGE, Role.INITIATOR, bob.conversation_id, 1, NOW)
-    frames = [PEER_PROTOCOL, seal(forged.box, header + bytes(16) + b"hi")]
-    with pytest.raises(ProtocolError, match="could not be decrypted"):
-        bob.handle(frames, NOW)
+    key = mallory.key_for(pair.directory["bob"])  # the box key mallory <-> bob
+    header = Header(Channel.PEER, Kind.MESSAGE, Sender.INITIATOR, bob.conversation_id, 1)
+    with pytest.raises(ProtocolError, match="could not be authenticated"):
+        bob.handle([seal(key, header, bytes(24) + b"hi")], NOW)
 
 
 def test_garbage_frames_are_rejected(pair):
     _, bob = pair.connect()
-    for frames in ([b"junk"], [b"NOTAGORA", b"x" * 80], [PEER_PROTOCOL, b"short"],
-                   [PEER_PROTOCOL, b"x" * 80, b"extra"]):
+    for frames in ([b"junk"], [b"AGORA01P", b"x" * 80], [b"AG\x02short"], [b"AG\x02" + bytes(80)],
+                   [], [b"x" * 80, b"extra"]):
         with pytest.raises(ProtocolError):
             bob.handle(frames, NOW)
-    assert bob.recv_seq == 0
+    assert bob.received == 0
 
 
 def test_acknowledgement_of_unsent_message_is_rejected(pair):
     ana, bob = pair.connect()
-    bogus_ack = ana._seal(PeerKind.ACK, 7, b"", NOW)  # bob has sent nothing
+    bogus_ack = [ana._seal(Kind.ACK, 7, b"")]  # bob has sent nothing
     with pytest.raises(ProtocolError, match="never sent"):
         bob.handle(bogus_ack, NOW)
     assert bob.acked == 0
@@ -161,63 +153,123 @@ def test_oversized_text_is_refused_before_sending(pair):
     assert ana.send_seq == 0
 
 
-def test_hello_with_a_key_that_is_not_the_senders_is_refused(pair):
+def refusal_of(endpoint: PeerEndpoint, frames: list[bytes], directory_key: bytes,
+               now: float = NOW) -> Refused:
+    with pytest.raises(Refused) as exc:
+        endpoint.accept(endpoint.parse_hello(frames), directory_key, now)
+    return exc.value
+
+
+def test_hello_with_a_key_that_is_not_the_senders_is_refused_in_clear(pair):
     mallory = PeerEndpoint("ana", pair.keys["mallory"])  # claims to be ana
-    hello = pair.bob.parse_hello(mallory.hello("bob", pair.directory["bob"], NOW).frames)
-    with pytest.raises(RemoteError) as exc:
-        pair.bob.accept(hello, pair.directory["ana"], NOW)
-    assert exc.value.code is ErrorCode.BAD_CREDENTIALS
+    pending = mallory.hello("bob", pair.directory["bob"], NOW)
+    refused = refusal_of(pair.bob, pending.frames, pair.directory["ana"])
+    assert refused.code is ErrorCode.BAD_CREDENTIALS
+    with pytest.raises(UnauthenticatedRefusal) as exc:  # nothing proved: sent in clear
+        mallory.welcome_received(pending, refused.frames, NOW)
+    assert exc.value.code == ErrorCode.BAD_CREDENTIALS
 
 
-def test_replayed_hello_is_refused(pair):
+def test_replayed_hello_is_refused_sealed(pair):
     pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
-    hello = pair.bob.parse_hello(pending.frames)
-    pair.bob.accept(hello, pair.directory["ana"], NOW)
-    with pytest.raises(RemoteError) as exc:
-        pair.bob.accept(hello, pair.directory["ana"], NOW + 1)
+    pair.bob.accept(pair.bob.parse_hello(pending.frames), pair.directory["ana"], NOW)
+    refused = refusal_of(pair.bob, pending.frames, pair.directory["ana"], NOW + 1)
+    with pytest.raises(RemoteError) as exc:  # sealed: the initiator can trust the code
+        pair.ana.welcome_received(pending, refused.frames, NOW + 1)
+    assert not isinstance(exc.value, UnauthenticatedRefusal)
     assert exc.value.code is ErrorCode.REPLAYED
 
 
 def test_stale_hello_is_refused(pair):
     pending = pair.ana.hello("bob", pair.directory["bob"], NOW - 3600)
-    with pytest.raises(RemoteError) as exc:
-        pair.bob.accept(pair.bob.parse_hello(pending.frames), pair.directory["ana"], NOW)
-    assert exc.value.code is ErrorCode.STALE
+    assert refusal_of(pair.bob, pending.frames, pair.directory["ana"]).code is ErrorCode.STALE
 
 
-def test_hello_for_another_recipient_is_rejected(pair):
+def test_stale_hello_does_not_enter_the_replay_guard(pair):
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW - 3600)
+    refusal_of(pair.bob, pending.frames, pair.directory["ana"])
+    assert len(pair.bob.hellos) == 0
+
+
+def test_hello_that_does_not_open_does_not_enter_the_replay_guard(pair):
+    mallory = PeerEndpoint("ana", pair.keys["mallory"])
+    frames = mallory.hello("bob", pair.directory["bob"], NOW).frames
+    frames[1] = pair.directory["ana"]  # ana's key as the hint, sealed with mallory's
+    assert refusal_of(pair.bob, frames, pair.directory["ana"]).code is ErrorCode.BAD_REQUEST
+    assert len(pair.bob.hellos) == 0
+
+
+def test_hello_for_another_recipient_is_refused(pair):
     carol = PeerEndpoint("carol", pair.keys["bob"])  # same key, other name: not for carol
     pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
-    with pytest.raises(ProtocolError, match="another sender or recipient"):
-        carol.accept(carol.parse_hello(pending.frames), pair.directory["ana"], NOW)
+    refused = refusal_of(carol, pending.frames, pair.directory["ana"])
+    assert refused.code is ErrorCode.BAD_REQUEST and "another sender or recipient" in str(
+        refused)
+
+
+def test_hello_naming_another_sender_is_refused(pair):
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    frames = [b"mallory", *pending.frames[1:]]  # ana's key and envelope, another name
+    assert refusal_of(pair.bob, frames, pair.directory["ana"]).code is ErrorCode.BAD_REQUEST
 
 
 @pytest.mark.parametrize("frames", [
     [b"junk"],
-    [PEER_PROTOCOL, PeerCommand.WELCOME.value, b"ana", bytes(32), b"x"],
-    [PEER_PROTOCOL, PeerCommand.HELLO.value, b"", bytes(32), b"x"],
-    [PEER_PROTOCOL, PeerCommand.HELLO.value, b"ana", b"short key", b"x"],
-    [PEER_PROTOCOL, PeerCommand.HELLO.value, b"\xff\xfe", bytes(32), b"x"],
-])
+    [b"", b"ana", bytes(range(32)), b"AG\x02" + bytes(80)],  # an empty delimiter
+    [b"", bytes(range(32)), b"AG\x02\x03\x14\x04" + bytes(80)],
+    [b"ana", b"short key", b"AG\x02\x03\x14\x04" + bytes(80)],
+    [b"\xff\xfe", bytes(range(32)), b"AG\x02\x03\x14\x04" + bytes(80)],
+    [b"ana", bytes(range(32)), b"AG\x02\x03\x15\x05" + bytes(80)],  # a WELCOME
+    [b"ana", bytes(range(32)), b"AGORA01P"],
+], ids=["one-frame", "delimiter", "no-name", "short-key", "name-not-utf8", "welcome",
+        "agora1"])
 def test_malformed_hello_is_rejected(pair, frames):
     with pytest.raises(ProtocolError):
         pair.bob.parse_hello(frames)
 
 
-def test_refusal_reaches_the_initiator_as_a_remote_error(pair):
+def test_empty_delimiter_on_the_inbox_is_refused_with_a_reason(pair):
     pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
-    refusal = pair.bob.refuse(ErrorCode.BAD_CREDENTIALS, "not your key")
-    with pytest.raises(RemoteError) as exc:
-        pair.ana.welcome_received(pending, refusal, NOW)
-    assert exc.value.code is ErrorCode.BAD_CREDENTIALS
+    with pytest.raises(ProtocolError, match="no empty delimiter"):
+        pair.bob.parse_hello([b"", *pending.frames])
+
+
+def test_clear_refusal_is_reported_as_unauthenticated_never_as_an_answer(pair):
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    forged = pair.bob.refuse(ErrorCode.BAD_CREDENTIALS, "not your key",
+                             pending.conversation_id, pending.counter)
+    with pytest.raises(UnauthenticatedRefusal) as exc:
+        pair.ana.welcome_received(pending, forged, NOW)
+    assert exc.value.code == ErrorCode.BAD_CREDENTIALS and not isinstance(exc.value,
+                                                                          RemoteError)
 
 
 def test_welcome_for_another_conversation_is_rejected(pair):
     first = pair.ana.hello("bob", pair.directory["bob"], NOW)
     second = pair.ana.hello("bob", pair.directory["bob"], NOW)
-    bob_side = pair.bob.accept(pair.bob.parse_hello(second.frames), pair.directory["ana"], NOW)
-    with pytest.raises(ProtocolError, match="another conversation"):
-        pair.ana.welcome_received(first, pair.bob.welcome(bob_side, 4242, NOW), NOW)
+    hello = pair.bob.parse_hello(second.frames)
+    bob_side = pair.bob.accept(hello, pair.directory["ana"], NOW)
+    with pytest.raises(ProtocolError, match="another context"):
+        pair.ana.welcome_received(first, pair.bob.welcome(bob_side, hello, 4242), NOW)
+
+
+def test_hello_reflected_to_the_initiator_is_rejected(pair):
+    pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
+    with pytest.raises(ProtocolError, match="reflected"):
+        pair.ana.welcome_received(pending, pending.frames[2:], NOW)
+
+
+def test_box_key_is_computed_once_per_peer(pair, monkeypatch):
+    import agents.peer_protocol as core
+
+    calls = []
+    real = core.box_key
+    monkeypatch.setattr(core, "box_key", lambda *a: calls.append(1) or real(*a))
+    for _ in range(3):
+        pair.connect()
+    pair.ana.letter("bob", pair.directory["bob"], "x", NOW)
+    # ana: once for bob; bob: once for ana, in its first parse_hello
+    assert len(calls) == 2
 
 
 # -- letters (offline mailbox) ----------------------------------------------------------------
@@ -234,7 +286,7 @@ def test_letter_opens_once_for_its_recipient(pair):
 def test_letter_attributed_to_another_sender_does_not_open(pair):
     sealed = PeerEndpoint("mallory", pair.keys["mallory"]).letter(
         "bob", pair.directory["bob"], "it's ana, really", NOW)
-    with pytest.raises(ProtocolError, match="could not be decrypted"):
+    with pytest.raises(ProtocolError, match="could not be authenticated"):
         pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW)
 
 
@@ -254,8 +306,8 @@ def test_letter_older_than_the_mailbox_lifetime_is_rejected(pair):
 def test_conversation_message_is_not_accepted_as_a_letter(pair):
     ana, _ = pair.connect()
     _, _, frames = ana.message("in a conversation", NOW)
-    with pytest.raises(ProtocolError):
-        pair.bob.open_letter("ana", pair.directory["ana"], frames[1], NOW)
+    with pytest.raises(ProtocolError, match="another agora channel"):
+        pair.bob.open_letter("ana", pair.directory["ana"], frames[0], NOW)
 
 
 def test_letter_already_received_in_a_conversation_is_not_shown_again(pair):
