@@ -295,7 +295,7 @@ class Conversation:
         msg_id = msg_id or os.urandom(MESSAGE_ID_SIZE)
         self.send_seq += 1
         self.last_active = now
-        body = MESSAGE_HEAD.pack(msg_id, int(now * 1000)) + data
+        body = encode_message(msg_id, int(now * 1000), data)
         return self.send_seq, msg_id, [self._seal(Kind.MESSAGE, self.send_seq, body)]
 
     def bye(self, now: float) -> list[bytes]:

@@ -19,6 +19,8 @@ from agora.crypto import PrivateKey
 from agora.envelope import Header, seal
 from agora.errors import MessageTooLarge, ProtocolError, RemoteError, UnauthenticatedRefusal
 from agora.protocol import MAILBOX_TTL, MAX_PEER_TEXT, Channel, ErrorCode, Kind, Sender
+from tests.peer_vectors import ANA, BOB, CODECS, KEY, letter_vectors, peer_vectors
+from tests.vectors import load
 
 NOW = 1_800_000_000.0
 
@@ -316,3 +318,30 @@ def test_letter_already_received_in_a_conversation_is_not_shown_again(pair):
     bob.handle(frames, NOW)
     sealed = pair.ana.letter("bob", pair.directory["bob"], "sent twice", NOW, msg_id)
     assert pair.bob.open_letter("ana", pair.directory["ana"], sealed, NOW) is None
+
+
+# -- known-answer vectors (docs/vectors/peer.json, letter.json) -------------------------------
+
+@pytest.mark.parametrize("file", ["peer", "letter"])
+def test_published_vectors_are_what_the_encoders_make(file):
+    built = peer_vectors() if file == "peer" else letter_vectors()
+    assert load(file) == built
+
+
+@pytest.mark.parametrize("v", load("peer") + load("letter"), ids=lambda v: v["name"])
+def test_vector_bodies_encode_and_decode_both_ways(v):
+    encode, decode = CODECS[v["header"]["kind"]]
+    assert encode(v["fields"]).hex() == v["body"]
+    assert decode(bytes.fromhex(v["body"])) == v["fields"]
+
+
+def test_vector_key_is_the_box_key_both_ends_compute():
+    ana = PeerEndpoint("ana.lima", ANA)
+    bob = PeerEndpoint("bob.reis", BOB)
+    assert ana.key_for(bytes(BOB.public_key)) == bob.key_for(bytes(ANA.public_key)) == KEY
+    assert {v["key"] for v in load("peer") + load("letter")} == {KEY.hex()}
+
+
+def test_every_sealed_peer_kind_has_a_vector():
+    kinds = {v["header"]["kind"] for v in load("peer")}
+    assert kinds == {Kind.HELLO, Kind.WELCOME, Kind.REFUSED, Kind.MESSAGE, Kind.ACK, Kind.BYE}
