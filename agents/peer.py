@@ -250,7 +250,8 @@ class PeerNode:
                 code, message = ErrorCode.BAD_REQUEST, str(exc)
             else:  # the broker is unreachable: the key cannot be checked
                 code, message = ErrorCode.SERVICE_UNAVAILABLE, "directory unavailable; try again"
-            self._reply(identity, self.core.refuse(code, message))
+            self._reply(identity, self.core.refuse(code, message, hello.header.context,
+                                                   hello.header.counter))
             return
         try:
             conversation = self.core.accept(hello, directory_key, now)

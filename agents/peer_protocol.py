@@ -96,7 +96,9 @@ MAX_SEEN_HELLOS = 100_000
 MAX_BOX_KEYS = 4096
 #: Roles on a conversation: ours -> the one that must have sealed what we receive.
 OTHER = {Sender.INITIATOR: Sender.ACCEPTOR, Sender.ACCEPTOR: Sender.INITIATOR}
-_PAIR_KINDS = frozenset({Kind.MESSAGE, Kind.ACK, Kind.BYE})
+# Plain ints on the hot path (an IntEnum member costs an attribute look-up and a hash).
+_PEER, _MESSAGE, _ACK, _BYE = int(Channel.PEER), int(Kind.MESSAGE), int(Kind.ACK), int(Kind.BYE)
+_PAIR_KINDS = frozenset({_MESSAGE, _ACK, _BYE})
 _ANSWER_KINDS = frozenset({Kind.WELCOME, Kind.REFUSED})
 
 
@@ -276,13 +278,15 @@ class Conversation:
     received: int = 0  # messages (MESSAGE, BYE) accepted from the peer
     guard: ReplayGuard = field(default_factory=_conversation_guard)
 
+    def __post_init__(self) -> None:
+        self._me, self._other = int(self.role), int(OTHER[self.role])
+
     @property
     def short_id(self) -> str:
         return self.conversation_id.hex()[:8]
 
-    def _seal(self, kind: Kind, counter: int, body: bytes) -> bytes:
-        return seal(self.key, Header(Channel.PEER, kind, self.role, self.conversation_id,
-                                     counter), body)
+    def _seal(self, kind: int, counter: int, body: bytes) -> bytes:
+        return seal(self.key, Header(_PEER, kind, self._me, self.conversation_id, counter), body)
 
     def message(self, text: str, now: float, msg_id: bytes | None = None,
                 ) -> tuple[int, bytes, list[bytes]]:
@@ -296,11 +300,11 @@ class Conversation:
         self.send_seq += 1
         self.last_active = now
         body = encode_message(msg_id, int(now * 1000), data)
-        return self.send_seq, msg_id, [self._seal(Kind.MESSAGE, self.send_seq, body)]
+        return self.send_seq, msg_id, [self._seal(_MESSAGE, self.send_seq, body)]
 
     def bye(self, now: float) -> list[bytes]:
         self.send_seq += 1
-        return [self._seal(Kind.BYE, self.send_seq, b"")]
+        return [self._seal(_BYE, self.send_seq, b"")]
 
     def handle(self, frames: list[bytes], now: float) -> tuple[list[Event], list[list[bytes]]]:
         """Check one PAIR message; return its events and the replies to send.
@@ -313,10 +317,10 @@ class Conversation:
         data = frames[0]
         if len(data) > MAX_MESSAGE_SIZE:
             raise ProtocolError("message is over the size limit")
-        header, body = open_envelope(self.key, data, Channel.PEER, OTHER[self.role],
-                                     _PAIR_KINDS, self.conversation_id)
-        seq = header.counter
-        if header.kind == Kind.ACK:
+        header, body = open_envelope(self.key, data, _PEER, self._other, _PAIR_KINDS,
+                                     self.conversation_id)
+        seq, kind = header.counter, header.kind
+        if kind == _ACK:
             # Idempotent, so no replay memory: a replayed ACK moves nothing.
             if not 0 < seq <= self.send_seq:
                 raise ProtocolError(f"acknowledgement of message {seq}, never sent")
@@ -324,15 +328,15 @@ class Conversation:
                 self.acked = seq
             self.last_active = now
             return [Acked(seq)], []
-        if header.kind == Kind.MESSAGE:
+        if kind == _MESSAGE:
             msg_id, sent_at, text = decode_message(body)
         if not self.guard.admit(self.conversation_id, seq, now):
             raise ProtocolError(f"message {seq} replayed or reordered")
         self.received += 1
         self.last_active = now
-        if header.kind == Kind.BYE:
+        if kind == _BYE:
             return [Closed()], []
-        ack = [self._seal(Kind.ACK, seq, b"")]
+        ack = [self._seal(_ACK, seq, b"")]
         if not self.recent_ids.add(msg_id):
             return [], [ack]  # a retransmission we already showed: acknowledge it only
         return [PeerMessage(self.peer, text, sent_at / 1000, now, seq, self.short_id)], [ack]
