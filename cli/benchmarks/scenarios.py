@@ -23,6 +23,8 @@ from agents import Agent
 from agents.auction import AuctionClient, AuctionWatcher
 from agents.auction_view import AuctionView
 from agents.peer import Listener
+from agents.peer_protocol import MESSAGE_HEAD
+from agora.envelope import MIN_SEALED
 from agora.errors import RemoteError
 from agora.multicast import open_receiver, open_sender, recv_datagram
 from agora.protocol import ErrorCode, Level
@@ -243,8 +245,9 @@ def peers(setup: Setup) -> list[Row]:
     listener = Listener(receiver, lambda msg: None)
     listening = threading.Thread(target=listener.run, daemon=True)
     listening.start()
-    # Payloads the size of a sealed message and of its acknowledgement.
-    raw = PairEcho(setup.lab.context, b"x" * (len(PEER_TEXT) + 90), b"x" * 74)
+    # Payloads the size of a MESSAGE envelope and of its ACK (AGORA/2, one frame each).
+    raw = PairEcho(setup.lab.context, b"x" * (MIN_SEALED + MESSAGE_HEAD.size + len(PEER_TEXT)),
+                   b"x" * MIN_SEALED)
     try:
         def send() -> None:
             sender.send(receiver.username, PEER_TEXT, queue=False)
