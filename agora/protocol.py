@@ -151,10 +151,6 @@ MAX_LETTER_SIZE = MAX_PEER_TEXT + 512
 MAILBOX_TTL = 7 * 24 * 3600.0
 
 
-
-
-
-
 class Status(bytes, Enum):
     """Third frame of a broker reply."""
 
