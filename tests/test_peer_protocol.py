@@ -172,6 +172,14 @@ def test_hello_with_a_key_that_is_not_the_senders_is_refused_in_clear(pair):
     assert exc.value.code == ErrorCode.BAD_CREDENTIALS
 
 
+def test_hello_from_a_key_not_in_the_directory_leaves_nothing_remembered(pair):
+    mallory = PeerEndpoint("ana", pair.keys["mallory"])
+    refusal_of(pair.bob, mallory.hello("bob", pair.directory["bob"], NOW).frames,
+               pair.directory["ana"])
+    assert len(pair.bob.hellos) == 0
+    assert pair.directory["mallory"] not in pair.bob._keys  # no box key kept for it
+
+
 def test_replayed_hello_is_refused_sealed(pair):
     pending = pair.ana.hello("bob", pair.directory["bob"], NOW)
     pair.bob.accept(pair.bob.parse_hello(pending.frames), pair.directory["ana"], NOW)
