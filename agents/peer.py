@@ -275,6 +275,8 @@ class PeerNode:
 
     def _on_pair(self, sock: zmq.Socket) -> bool:
         """Handle one message waiting on a conversation PAIR; False if none was waiting."""
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return False  # cheaper than a receive that raises zmq.Again (the drain's last try)
         try:
             frames = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
