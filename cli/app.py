@@ -42,6 +42,7 @@ app.command("send", rich_help_panel=COLLABORATOR)(peer_cmd.send)
 app.command("chat", rich_help_panel=COLLABORATOR)(peer_cmd.chat)
 app.add_typer(auction_app, name="auction", rich_help_panel=COLLABORATOR)
 # Web consoles (cli.ui_cmd): `agora ui` for a collaborator, `agora admin ui` for the operator.
+app.command("ui", rich_help_panel=COLLABORATOR)(ui_cmd.ui)
 admin_app.command("ui")(ui_cmd.admin_ui)
 app.add_typer(service_cmd.worker_app, name="worker", rich_help_panel=SERVICE)
 app.add_typer(auctioneer_app, name="auctioneer", rich_help_panel=SERVICE)

@@ -30,7 +30,7 @@ def make_collab(broker):
     return collab_app, console, console.close
 
 
-CONSOLES = {"operator": make_operator}
+CONSOLES = {"operator": make_operator, "collab": make_collab}
 
 
 @pytest.fixture(params=sorted(CONSOLES))
