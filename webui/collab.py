@@ -52,8 +52,9 @@ from webui.security import Access, PageError, page_error, read_action, render_pa
 log = logging.getLogger("agora.ui")
 
 ACTIONS = frozenset({"bid", "send", "call", "refresh"})
-#: Seconds between checks that the broker still knows this session (and who is online).
-SESSION_CHECK = 1.0
+#: Seconds between checks that the broker still knows this session (and who is online);
+#: each is one audited ``directory`` call, so not much more often than this.
+SESSION_CHECK = 3.0
 #: Seconds without any announcement (heartbeats come every second) before the page says
 #: the auctioneer has gone silent.
 SILENT_AFTER = 3.5

@@ -10,6 +10,8 @@ event streams first (so nothing keeps the server waiting), then the server, then
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import sys
 import webbrowser
@@ -64,15 +66,36 @@ def run_console(sock: socket.socket, access: Access, app: ASGIApp, hub: EventHub
     print(f"{name} ready at {access.url}", flush=True)
     print("Open that address (it carries this console's access token; keep it to "
           "yourself). Ctrl-C stops.", file=sys.stderr, flush=True)
-    if open_browser:
+    if open_browser and _has_display():
         try:
             webbrowser.open(access.url)
         except webbrowser.Error:
             log.info("no browser to open")
+    # uvicorn re-raises the signal that stopped it once it is done; this handler takes it
+    # (and any signal before uvicorn's own are in place), so the console's threads still
+    # stop and the session is logged out, and the exit code is 0.
+    previous = {sig: signal.signal(sig, lambda signum, frame: _stop(server))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:
         hub.close()
         sock.close()
-        if on_stop is not None:
-            on_stop()
+        try:
+            if on_stop is not None:
+                on_stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _has_display() -> bool:
+    """A graphical browser can open here (not over plain SSH, where it would take the
+    terminal over with a text browser)."""
+    return sys.platform != "linux" or bool(os.environ.get("DISPLAY")
+                                           or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _stop(server: ConsoleServer) -> None:
+    server.hub.close()
+    server.should_exit = True

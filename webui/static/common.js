@@ -78,9 +78,9 @@ const agora = (() => {
 
   // A one-line message in `node`: kind is "ok", "bad" or "warn".
   function notice(node, text, kind) {
-    node.className = `notice ${kind}`;
+    node.classList.remove("ok", "bad", "warn", "hidden");
+    node.classList.add("notice", kind);
     node.textContent = text;
-    node.classList.remove("hidden");
   }
 
   function live(node, on) {
