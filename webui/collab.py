@@ -213,11 +213,12 @@ class AuctionFollower:
 
     def _lookup_key(self) -> bytes:
         if self._key is None:
-            future = self.console.agent_thread.submit(
-                lambda agent: auctioneer_key(agent, self.auctioneer))
             try:
+                future = self.console.agent_thread.submit(
+                    lambda agent: auctioneer_key(agent, self.auctioneer))
                 self._key = future.result(JOB_TIMEOUT)
-            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            except (PageError, concurrent.futures.TimeoutError,
+                    concurrent.futures.CancelledError):
                 raise LocalError("the broker did not say who the auctioneer is") from None
         return self._key
 
@@ -380,6 +381,9 @@ class CollabConsole:
             self.auction.close()
         self.agent_thread.stop.set()
         self.agent_thread.thread.join(timeout=10)
+        if self.agent_thread.thread.is_alive():
+            log.warning("the agent thread did not stop; not logging out")
+            return
         if self.signed_in:
             with contextlib.suppress(Exception):
                 self.agent.logout()
