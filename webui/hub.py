@@ -28,7 +28,7 @@ class EventHub:
     def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
         self.queue_size = queue_size
         self._lock = threading.Lock()
-        self._streams: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = set()
+        self._streams: set[_Stream] = set()
         self.closed = False
 
     def publish(self, kind: str, data: Any = None) -> None:
@@ -43,9 +43,9 @@ class EventHub:
     def _fan_out(self, event: dict[str, Any] | None) -> None:
         with self._lock:
             streams = list(self._streams)
-        for loop, queue in streams:
+        for stream in streams:
             with contextlib.suppress(RuntimeError):  # that loop has already stopped
-                loop.call_soon_threadsafe(_offer, queue, event)
+                stream.loop.call_soon_threadsafe(stream.offer, event)
 
     @property
     def streams(self) -> int:
@@ -54,19 +54,21 @@ class EventHub:
 
     async def events(self, hello: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """``hello`` first, then every published event until the hub closes."""
-        entry = (asyncio.get_running_loop(), asyncio.Queue(self.queue_size))
+        stream = _Stream(asyncio.get_running_loop(), self.queue_size)
         with self._lock:
-            self._streams.add(entry)
+            self._streams.add(stream)
         try:
             yield hello
             while not self.closed:
-                event = await entry[1].get()
+                event = await stream.queue.get()
                 if event is None:
                     return
+                if event is RESYNC:
+                    stream.resync_pending = False
                 yield event
         finally:
             with self._lock:
-                self._streams.discard(entry)
+                self._streams.discard(stream)
 
     def response(self, hello: dict[str, Any]) -> EventSourceResponse:
         async def stream() -> AsyncIterator[ServerSentEvent]:
@@ -77,15 +79,30 @@ class EventHub:
                                    headers={"Cache-Control": "no-store"})
 
 
-def _offer(queue: asyncio.Queue, event: dict[str, Any] | None) -> None:
-    if event is None:
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait(None)
-        return
-    if queue.full():
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait({"kind": "resync", "data": None})
-        return
-    queue.put_nowait(event)
+RESYNC: dict[str, Any] = {"kind": "resync", "data": None}
+
+
+class _Stream:
+    """One open page's queue; touched only from its own event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(size)
+        self.resync_pending = False
+
+    def offer(self, event: dict[str, Any] | None) -> None:
+        if event is None:  # the hub closed: nothing else matters
+            self._clear()
+            self.queue.put_nowait(None)
+        elif self.resync_pending:
+            pass  # the page reloads its whole state when it reaches the resync
+        elif self.queue.full():
+            self._clear()
+            self.resync_pending = True
+            self.queue.put_nowait(RESYNC)
+        else:
+            self.queue.put_nowait(event)
+
+    def _clear(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
