@@ -129,3 +129,20 @@ def test_admin_ui_refuses_a_directory_without_a_broker(tmp_path):
     assert out.stderr.strip() == f"error: {tmp_path / 'none'} holds no broker database; give " \
         "the broker's --data-dir (or AGORA_BROKER_DIR)"
     assert not (tmp_path / "none").exists()
+
+
+def test_a_revocation_is_lifted_only_by_restore_confirmed(operator, broker):
+    client, access, _ = operator
+    broker.agent("Gil Reis")
+    assert post(client, access, {"action": "revoke", "username": "gil.reis"}).status_code == 200
+    again = post(client, access, {"action": "reenroll", "username": "gil.reis",
+                                  "confirm": "gil.reis"})
+    assert again.status_code == 400 and "restore" in again.json()["error"]
+    unconfirmed = post(client, access, {"action": "restore", "username": "gil.reis"})
+    assert unconfirmed.json() == {"error": "restoring gil.reis needs confirmation: type the "
+                                  "username"}
+    restored = post(client, access, {"action": "restore", "username": "gil.reis",
+                                     "confirm": "gil.reis"})
+    assert restored.status_code == 200 and restored.json()["one_time_id"]
+    (row,) = client.get("/api/state").json()["principals"]
+    assert not row["revoked"]

@@ -2,9 +2,10 @@
 
 Principals with level, kind and state (flagged ones stand out), enroll (the one-time ID and
 fingerprint shown once, in the answer, never in the page's state), set-level, revoke,
-re-enroll (confirmed by typing the username), and the audit trail with filters. Every change
-goes through :mod:`broker.admin`, the functions ``agora admin`` uses, on this process's own
-connection to the store, so a running broker picks it up as it does any operator change.
+re-enroll and restore (confirmed by typing the username), and the audit trail with
+filters. Every change goes through :mod:`broker.admin`, the functions ``agora admin`` uses,
+on this process's own connection to the store, so a running broker picks it up as it does
+any operator change.
 
 A watcher thread asks SQLite every half second whether another connection (the broker, an
 ``agora admin`` command) committed, and tells the open pages, which then reload.
@@ -30,7 +31,7 @@ from webui.assets import STATIC_DIR, template
 from webui.hub import EventHub
 from webui.security import Access, PageError, page_error, read_action, render_page, text_param
 
-ACTIONS = frozenset({"enroll", "set-level", "revoke", "reenroll"})
+ACTIONS = frozenset({"enroll", "set-level", "revoke", "reenroll", "restore"})
 #: Seconds between checks for changes made by other connections.
 WATCH_INTERVAL = 0.5
 DECISIONS = ("", "ok", "refused")
@@ -84,7 +85,8 @@ class OperatorConsole:
                 result = admin.enroll(self.store, self.keys, text_param(params, "name", 100),
                                       text_param(params, "level", 20),
                                       text_param(params, "kind", 20, required=False)
-                                      or "person")
+                                      or "person",
+                                      allow_similar=params.get("allow_similar") in (True, "on"))
                 message = (f"enrolled {result['name']} as {result['username']}: hand over "
                            "the one-time ID and fingerprint in person")
             elif action == "set-level":
@@ -95,14 +97,17 @@ class OperatorConsole:
                 username = text_param(params, "username", 64)
                 admin.revoke(self.store, username)
                 result, message = {}, f"{username} revoked: their sessions end now"
-            else:  # reenroll
+            else:  # reenroll, restore: a new one-time ID, confirmed by typing the username
                 username = text_param(params, "username", 64)
+                doing = "re-enrolling" if action == "reenroll" else "restoring"
                 if text_param(params, "confirm", 64, required=False) != username:
-                    raise PageError(400, f"re-enrolling {username} needs confirmation: type "
-                                    "the username")
-                result = admin.reenroll(self.store, self.keys, username)
-                message = (f"{username} re-enrolled: their old keys no longer work; hand over "
-                           "the new one-time ID in person")
+                    raise PageError(400, f"{doing} {username} needs confirmation: type the "
+                                    "username")
+                issue = admin.reenroll if action == "reenroll" else admin.restore
+                result = issue(self.store, self.keys, username)
+                done = "re-enrolled" if action == "reenroll" else "revocation lifted"
+                message = (f"{username} {done}: their old keys no longer work; hand over the "
+                           "new one-time ID in person")
         self.hub.publish("changed")
         return {"ok": True, "message": message, **result}
 

@@ -65,10 +65,15 @@
       el("button", { type: "button", class: "danger", disabled: p.revoked, onclick: () =>
         ask(`Revoke ${p.username}? Their sessions end at once and they can no longer log in.`,
             "revoke", p.username, false) }, "revoke"),
-      el("button", { type: "button", class: "plain", onclick: () =>
-        ask(`Re-enroll ${p.username}? Their keys stop working; they need a new one-time ID ` +
-            "handed over in person. Type the username to confirm.", "reenroll", p.username, true) },
-        "re-enroll"));
+      p.revoked ?
+        el("button", { type: "button", class: "plain", onclick: () =>
+          ask(`Restore ${p.username}? This lifts the revocation: they get a new one-time ID ` +
+              "handed over in person. Type the username to confirm.", "restore", p.username, true) },
+          "restore") :
+        el("button", { type: "button", class: "plain", onclick: () =>
+          ask(`Re-enroll ${p.username}? Their keys stop working; they need a new one-time ID ` +
+              "handed over in person. Type the username to confirm.", "reenroll", p.username, true) },
+          "re-enroll"));
     const cls = p.flagged ? "flagged" : p.revoked ? "revoked" : "";
     return el("tr", { class: cls, "data-username": p.username },
       el("td", { class: "mono" }, p.username), el("td", { class: "hide-narrow" }, p.name),
