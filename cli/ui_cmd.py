@@ -62,13 +62,14 @@ def admin_ui(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
-        directory = data_dir or default_data_dir()
-        if not (directory / "broker.db").exists():
-            raise fail(f"{directory} holds no broker database; give the broker's "
-                       "--data-dir (or AGORA_BROKER_DIR)")
-        sock, bound = _bind(port)
-        access, hub = Access(bound), EventHub()
-        console = OperatorConsole(directory, hub)
+        hub = EventHub()
+        console = OperatorConsole(data_dir or default_data_dir(), hub)  # NoBroker: one line
+        try:
+            sock, bound = _bind(port)
+        except BaseException:
+            console.close()
+            raise
+        access = Access(bound)
         console.start()
         run_console(sock, access, operator_app(console, access), hub,
                     "agora admin ui", not no_browser, console.close)
