@@ -28,35 +28,38 @@ from agents.peer import PeerNode, Receipt
 from agents.peer_protocol import PeerMessage
 from agents.transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, BrokerConnection
 from agora.crypto import (
-    Box,
     PrivateKey,
-    SecretBox,
     b64,
     constant_time_equal,
     fingerprint,
     new_symmetric_key,
     normalize_fingerprint,
-    open_sealed,
-    public_key_from_bytes,
-    seal,
     unb64,
 )
-from agora.errors import LocalError, ProtocolError, RemoteError
-from agora.protocol import FRESHNESS_WINDOW, MAX_MESSAGE_SIZE, Command, ErrorCode, Kind
+from agora.envelope import box_key, peek, seal, timestamp_counter
+from agora.errors import LocalError, RemoteError, WrongPassword
+from agora.protocol import MAX_MESSAGE_SIZE, ErrorCode, Kind
 from agora.sockets import bind_router
 from agora.wire import (
-    decode_json,
+    broker_key_request,
+    decode_grant,
     encode_call,
-    encode_json,
-    field,
+    encode_login,
+    encode_register,
+    encode_username,
+    login_context,
+    open_broker_key_reply,
+    open_preauth_reply,
     open_session_reply,
-    parse_reply,
-    request_frames,
+    register_context,
+    request_header,
     seal_session_request,
 )
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 CREDENTIALS_NAME = "credentials.json"
+#: A registration sent but not yet confirmed: its keys, kept until the broker answers.
+PENDING_REGISTRATION_NAME = "registration.pending.json"
 
 
 @dataclass(frozen=True)
@@ -148,15 +151,18 @@ class Agent:
     # -- registration ---------------------------------------------------------------------
 
     def fetch_broker_key(self) -> bytes:
-        body = parse_reply(self.connection.request(request_frames(Command.BROKER_KEY)),
-                           Command.BROKER_KEY)
-        if len(body) != 1 or len(body[0]) != 32:
-            raise ProtocolError("broker key reply is malformed")
-        return body[0]
+        """The key the broker says is its own (unauthenticated: check its fingerprint)."""
+        return open_broker_key_reply(self.connection.request(broker_key_request()))
 
     def register(self, username: str, one_time_id: str, broker_fingerprint: str,
                  password: str, force: bool = False) -> Credentials:
-        """Register this agent as ``username``; creates the credentials file."""
+        """Register this agent as ``username``; creates the credentials file.
+
+        The key pair and symmetric key are written (encrypted under the password, 0600,
+        atomically) to a pending file *before* the request is sent and kept until the broker
+        confirms: if its reply is lost, running this again with the same one-time ID and
+        password re-sends the same keys and the broker completes the same registration.
+        """
         check_new_password(password, username, one_time_id)
         if self.file.exists() and not force:
             raise LocalError(f"{self.file.path} already holds a registration "
@@ -169,23 +175,50 @@ class Agent:
             raise LocalError(f"broker key fingerprint mismatch at {self.broker}: expected "
                              f"{normalize_fingerprint(broker_fingerprint)}, got "
                              f"{fingerprint(broker_key)}; not registering")
-        private_key = PrivateKey.generate()
-        symmetric_key = new_symmetric_key()
-        plain = encode_json({"username": username, "one_time_id": one_time_id,
-                             "symmetric_key": b64(symmetric_key), "ts": time.time()})
-        sealed = seal(Box(private_key, public_key_from_bytes(broker_key)), plain)
-        body = parse_reply(self.connection.request(request_frames(
-            Command.REGISTER, bytes(private_key.public_key), sealed)), Command.REGISTER)
-        answer = decode_json(open_sealed(SecretBox(symmetric_key), _one(body)))
-        creds = Credentials(
-            username=field(answer, "username", str), broker=self.broker,
-            broker_public_key=broker_key, private_key=bytes(private_key),
-            symmetric_key=symmetric_key, token=unb64(field(answer, "token", str), 32),
-            level=field(answer, "level", int), kind=field(answer, "kind", str))
+        pending_file = CredentialsFile(self.home / PENDING_REGISTRATION_NAME)
         with self.file.lock():
-            self.file.create(password, creds)
-        self.credentials = creds
-        return creds
+            pending = self._pending_registration(pending_file, password, username, broker_key)
+            if pending is None:
+                pending = Credentials(
+                    username=username, broker=self.broker, broker_public_key=broker_key,
+                    private_key=bytes(PrivateKey.generate()),
+                    symmetric_key=new_symmetric_key(), token=b"", level=0)
+                pending_file.create(password, pending)  # before anything is sent
+            private_key = PrivateKey(pending.private_key)
+            client_key = bytes(private_key.public_key)
+            header = request_header(Kind.REGISTER, register_context(client_key),
+                                    _next_counter(pending, "register_counter"))
+            pending_file.save(pending)  # the counter, so a retry never reuses it
+            box = box_key(pending.private_key, broker_key)
+            envelope = seal(box, header, encode_register(pending.symmetric_key, username,
+                                                         one_time_id))
+            body = open_preauth_reply(self.connection.request([client_key, envelope]), header,
+                                      pending.symmetric_key, box)
+            token, _, _, info = decode_grant(body, with_session=False)
+            pending.username, pending.token = info["username"], token
+            pending.level, pending.kind = info["level"], info["kind"]
+            pending.broker = self.broker
+            pending_file.save(pending)
+            self.file.take_over(pending_file)
+        self.credentials = pending
+        return pending
+
+    @staticmethod
+    def _pending_registration(pending_file: CredentialsFile, password: str, username: str,
+                              broker_key: bytes) -> Credentials | None:
+        """The keys of an earlier, unconfirmed registration of ``username`` at this broker."""
+        if not pending_file.exists():
+            return None
+        try:
+            pending = pending_file.open(password)
+        except WrongPassword:
+            raise LocalError("an unfinished registration is waiting here under another "
+                             "password: give the password you chose then") from None
+        except LocalError:
+            return None  # damaged: start afresh
+        if pending.username != username or pending.broker_public_key != broker_key:
+            return None
+        return pending
 
     # -- login ----------------------------------------------------------------------------
 
@@ -213,38 +246,44 @@ class Agent:
         with self.file.lock():
             creds = self.file.reload()
             self.credentials = creds
-            recovered = False
-            pending = creds.pending_login
-            if pending and time.time() - pending["ts"] < FRESHNESS_WINDOW - 5:
-                sealed, recovered = unb64(pending["sealed"]), True
-            else:
-                sealed = seal(SecretBox(creds.symmetric_key), encode_json(
-                    {"token": b64(creds.token), "port": port, "listen": listen,
-                     "ts": time.time()}))
-                # Written before sending: if this process dies with the reply in flight, the
-                # next one re-sends these exact bytes instead of presenting an old token.
-                creds.pending_login = {"sealed": b64(sealed), "ts": time.time()}
+            frames = _pending_frames(creds.pending_login)
+            recovered = frames is not None
+            if frames is None:
+                frames = self._login_frames(creds, port, listen)
+                # Written before sending and kept until the broker answers (however late):
+                # if the reply is lost, the next try re-sends these exact bytes, which the
+                # broker answers again, instead of presenting a token it already rotated.
+                creds.pending_login = {"frames": [b64(f) for f in frames], "ts": time.time()}
                 self.file.save(creds)
+            header = peek(frames[-1])
             try:
-                body = parse_reply(self.connection.request(request_frames(
-                    Command.LOGIN, creds.username.encode(), sealed)), Command.LOGIN)
-            except RemoteError:
-                creds.pending_login = None
-                self.file.save(creds)
+                body = open_preauth_reply(self.connection.request(frames), header,
+                                          creds.symmetric_key, creds.symmetric_key)
+            except RemoteError as exc:
+                if exc.authenticated:  # the broker's own word: this request is finished
+                    creds.pending_login = None
+                    self.file.save(creds)
+                    if recovered and exc.code in (ErrorCode.STALE, ErrorCode.REPLAYED):
+                        # The kept request never reached the broker in time: a new one.
+                        return self.login(listen=listen)
                 raise
-            answer = decode_json(open_sealed(SecretBox(creds.symmetric_key), _one(body)))
-            creds.token = unb64(field(answer, "token", str), 32)
-            creds.level = field(answer, "level", int)
+            token, sid, session_key, info = decode_grant(body, with_session=True)
+            creds.token, creds.level = token, info["level"]
             creds.pending_login = None
             self.file.save(creds)
-        self.session = _Session(unb64(field(answer, "session", str), 16),
-                                unb64(field(answer, "session_key", str), 32))
+        self.session = _Session(sid, session_key)
         self.info = SessionInfo(creds.username, creds.level, creds.kind,
                                 self.session.sid.hex()[:8], port)
         if recovered:
             # The recovered reply recorded an earlier process's port: log in once more.
             return self.login(listen=listen)
         return self.info
+
+    def _login_frames(self, creds: Credentials, port: int, listen: bool) -> list[bytes]:
+        header = request_header(Kind.LOGIN, login_context(creds.username),
+                                _next_counter(creds, "login_counter"))
+        return [encode_username(creds.username),
+                seal(creds.symmetric_key, header, encode_login(creds.token, port, listen))]
 
     def _bind_inbox(self) -> int:
         if self.inbox is None:
@@ -326,10 +365,21 @@ class Agent:
         return self.peer.messages(stop, timeout)
 
 
-def _one(body: list[bytes]) -> bytes:
-    if len(body) != 1:
-        raise ProtocolError("expected a one-frame reply")
-    return body[0]
+def _next_counter(creds: Credentials, name: str) -> int:
+    """A request counter: the millisecond timestamp, but always above the last one this
+    credentials file used (two logins in one millisecond must not look like a replay).
+    The caller saves ``creds``, under the file's lock."""
+    counter = max(timestamp_counter(time.time()), int(creds.extra.get(name, 0)) + 1)
+    creds.extra[name] = counter
+    return counter
+
+
+def _pending_frames(pending: dict[str, Any] | None) -> list[bytes] | None:
+    """The frames of a login sent but not answered (None if there is none, or if it was
+    written by an AGORA/1 agent)."""
+    if not pending or not isinstance(pending.get("frames"), list):
+        return None
+    return [unb64(f) for f in pending["frames"]]
 
 
 __all__ = ["Agent", "SessionInfo", "DEFAULT_BROKER", "MAX_MESSAGE_SIZE"]

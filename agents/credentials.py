@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,6 +157,17 @@ class CredentialsFile:
             raise LocalError("credentials are locked; open them with the password first")
         doc = dict(self._header, box=b64(seal(self._box, creds.to_json())))
         atomic_write(self.path, json.dumps(doc, indent=1).encode())
+
+    def take_over(self, other: CredentialsFile) -> None:
+        """Atomically move ``other``'s file (saved, unlocked) to this path, key included:
+        how a pending registration becomes the credentials without a second Argon2id."""
+        os.replace(other.path, self.path)
+        self._box, self._header = other._box, other._header
+        other._box = other._header = None
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
     def _read(self) -> tuple[dict[str, Any], bytes]:
         if not self.path.exists():

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from enum import Enum, IntEnum
 
-#: First frame of every client <-> broker message (cf. "MDPC01" in 7/MDP).
-CLIENT_PROTOCOL = b"AGORA01C"
-
 # -- AGORA/2 envelope (docs/PROTOCOL.md section 2, agora/envelope.py) ----------------------
 
 class Channel(IntEnum):
@@ -133,14 +130,6 @@ HEARTBEAT_LIVENESS = 3
 DEFAULT_CALL_TIMEOUT = 5.0
 #: Requests queued per service while all its workers are busy; more are refused at once.
 MAX_QUEUED_REQUESTS = 1000
-
-
-class Command(bytes, Enum):
-    """Second frame of a client message: what the client asks for."""
-
-    BROKER_KEY = b"\x01"  # pre-auth: fetch the broker's public key
-    REGISTER = b"\x02"  # pre-auth: one-time ID -> TOKEN_1
-    LOGIN = b"\x03"  # pre-auth: TOKEN_n -> TOKEN_n+1 and a session
 
 
 #: Largest text of one peer message, in UTF-8 bytes; its envelope adds 94 bytes (AGORA/2).

@@ -1,16 +1,11 @@
-"""Frame codecs for the client <-> broker protocol (see docs/PROTOCOL.md, section 3).
+"""Codecs for the client <-> broker channel (docs/PROTOCOL.md, section 3) and the worker
+channel (section 4). Plain functions, no sockets.
 
-Plain functions, no sockets. A request is::
-
-    Frame 0: "AGORA01C"          protocol signature
-    Frame 1: command             one byte, agora.protocol.Command
-    Frames 2+: command body
-
-and a reply is ``[signature, command, status, body...]``. An ERROR body is a JSON object
-``{"code": ..., "message": ...}``.
-
-Session requests (CALL, LOGOUT) and their replies are AGORA/2: one envelope each
-(:mod:`agora.envelope`), see the client channel section below.
+Client messages are AGORA/2: every request and reply is one envelope
+(:mod:`agora.envelope`, channel CLIENT), REGISTER and LOGIN preceded by one clear key-hint
+frame; the layouts are in the comments of the client sections below. A refusal body is a
+JSON object ``{"code": ..., "message": ...}``, sealed (Kind.REFUSED) when the request
+authenticated, in clear (Kind.ERROR) when it did not.
 
 Worker messages (docs/PROTOCOL.md, section 4.3) are AGORA/2: one frame, one envelope
 (agora/envelope.py) on Channel.WORKER under the worker's session key, context = the
@@ -31,6 +26,7 @@ from agora.envelope import (
     NO_CONTEXT,
     Header,
     clear,
+    context_id,
     open_clear,
     open_envelope,
     peek,
@@ -38,13 +34,10 @@ from agora.envelope import (
 )
 from agora.errors import ProtocolError, RemoteError, UnauthenticatedRefusal
 from agora.protocol import (
-    CLIENT_PROTOCOL,
     Channel,
-    Command,
     ErrorCode,
     Kind,
     Sender,
-    Status,
 )
 
 
@@ -69,44 +62,6 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProtocolError(f"field {name!r} missing or of the wrong type")
     return value
-
-
-# -- outer frames -------------------------------------------------------------------------
-
-def request_frames(command: Command, *body: bytes) -> list[bytes]:
-    return [CLIENT_PROTOCOL, command.value, *body]
-
-
-def parse_request(frames: list[bytes]) -> tuple[Command, list[bytes]]:
-    """Split a client request (without routing envelope) into command and body frames."""
-    if len(frames) < 2 or frames[0] != CLIENT_PROTOCOL:
-        raise ProtocolError("not an agora client message")
-    try:
-        command = Command(frames[1])
-    except ValueError:
-        raise ProtocolError("unknown command") from None
-    return command, frames[2:]
-
-
-def ok_reply(command: Command, *body: bytes) -> list[bytes]:
-    return [CLIENT_PROTOCOL, command.value, Status.OK.value, *body]
-
-
-def error_reply(command: Command | None, code: ErrorCode, message: str) -> list[bytes]:
-    cmd = command.value if command is not None else b"\x00"
-    return [CLIENT_PROTOCOL, cmd, Status.ERROR.value,
-            encode_json({"code": code.value, "message": message})]
-
-
-def parse_reply(frames: list[bytes], command: Command) -> list[bytes]:
-    """Body frames of an OK reply to ``command``; raise RemoteError for an ERROR reply."""
-    if len(frames) < 3 or frames[0] != CLIENT_PROTOCOL:
-        raise ProtocolError("broker reply is not an agora message")
-    if frames[2] == Status.ERROR.value:
-        raise remote_error(frames[3] if len(frames) > 3 else b"{}")
-    if frames[1] != command.value or frames[2] != Status.OK.value:
-        raise ProtocolError("broker reply does not match the request")
-    return frames[3:]
 
 
 def remote_error(body: bytes) -> RemoteError:
@@ -247,6 +202,161 @@ def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int
         raise ProtocolError("RESULT body is not valid JSON") from None
 
 
+# -- client channel, pre-authentication: BROKER_KEY, REGISTER, LOGIN -----------------------
+#
+# BROKER_KEY: request and reply in clear (one frame; the reply's body is the 32-byte key).
+# REGISTER:   [client public key (32, clear key hint), envelope] - the broker needs the key to
+#             compute the Box key before it can open anything. Sealed under
+#             box_key(client private, broker public); context register_context(client key),
+#             counter = the request's millisecond timestamp. Body:
+#             symmetric key (32) | username length (1) | username | one-time ID (UTF-8).
+#             RESULT sealed under the new symmetric key: TOKEN_1 (32) | JSON {"username",
+#             "level", "kind"}; REFUSED sealed under the Box key.
+# LOGIN:      [username (UTF-8, clear key hint), envelope] - the broker needs the username to
+#             find the symmetric key. Sealed under the symmetric key; context
+#             login_context(username), counter = millisecond timestamp. Body:
+#             TOKEN_n (32) | port (2, big endian; 0 = none) | flags (1; bit 0 = listening).
+#             RESULT: TOKEN_n+1 (32) | session id (16) | session key (32) | JSON {"username",
+#             "level", "kind"}; REFUSED under the symmetric key.
+# Replies carry the request's context and counter; a clear Kind.ERROR answers what could not
+# be authenticated.
+
+LOGIN_LISTENING = 0x01
+_LOGIN = struct.Struct(">32sHB")
+MAX_USERNAME = 64
+
+
+def request_header(kind: Kind, context: bytes = NO_CONTEXT, counter: int = 0) -> Header:
+    return Header(Channel.CLIENT, kind, Sender.CLIENT, context, counter)
+
+
+def reply_header(kind: Kind, request: Header) -> Header:
+    """The header of the broker's answer to ``request``: same context and counter."""
+    return Header(Channel.CLIENT, kind, Sender.BROKER, request.context, request.counter)
+
+
+def broker_key_request() -> list[bytes]:
+    return [clear(request_header(Kind.BROKER_KEY), b"")]
+
+
+def broker_key_reply(public_key: bytes) -> bytes:
+    return clear(Header(Channel.CLIENT, Kind.BROKER_KEY, Sender.BROKER, NO_CONTEXT, 0),
+                 public_key)
+
+
+def open_broker_key_reply(frames: list[bytes]) -> bytes:
+    """The broker's public key from its BROKER_KEY reply (unauthenticated: check the
+    fingerprint you were given face to face before using it)."""
+    if len(frames) != 1:
+        raise ProtocolError("broker key reply must be one frame")
+    raise_if_clear_error(frames[0])
+    _, body = open_clear(frames[0], Channel.CLIENT, Sender.BROKER, (Kind.BROKER_KEY,))
+    if len(body) != 32:
+        raise ProtocolError("broker key reply is malformed")
+    return body
+
+
+def register_context(client_public_key: bytes) -> bytes:
+    return context_id(b"register", client_public_key)
+
+
+def login_context(username: str) -> bytes:
+    return context_id(b"login", username.encode("utf-8"))
+
+
+def encode_username(username: str) -> bytes:
+    raw = username.encode("utf-8")
+    if not 0 < len(raw) <= MAX_USERNAME:
+        raise ValueError("username must be 1-64 bytes of UTF-8")
+    return raw
+
+
+def decode_username(raw: bytes) -> str:
+    """A username from the wire: 1-64 bytes of UTF-8; ProtocolError otherwise."""
+    if not 0 < len(raw) <= MAX_USERNAME:
+        raise ProtocolError("username length out of range")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("username is not UTF-8") from None
+
+
+def encode_register(symmetric_key: bytes, username: str, one_time_id: str) -> bytes:
+    name = encode_username(username)
+    return symmetric_key + bytes((len(name),)) + name + one_time_id.encode("utf-8")
+
+
+def decode_register(body: bytes) -> tuple[bytes, str, str]:
+    """Symmetric key, username and one-time ID (as typed) of a REGISTER body."""
+    if len(body) < 34 or len(body) < 33 + body[32]:
+        raise ProtocolError("REGISTER body is truncated")
+    size = body[32]
+    username = decode_username(body[33:33 + size])
+    try:
+        one_time_id = body[33 + size:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("one-time ID is not UTF-8") from None
+    return body[:32], username, one_time_id
+
+
+def encode_login(token: bytes, port: int, listening: bool) -> bytes:
+    if listening and not 0 < port <= 65535:
+        raise ValueError("a listening session needs a port 1-65535")
+    return _LOGIN.pack(token, port, LOGIN_LISTENING if listening else 0)
+
+
+def decode_login(body: bytes) -> tuple[bytes, int, bool]:
+    """TOKEN_n, port and listening flag of a LOGIN body."""
+    if len(body) != _LOGIN.size:
+        raise ProtocolError(f"LOGIN body must be {_LOGIN.size} bytes")
+    token, port, flags = _LOGIN.unpack(body)
+    if flags & ~LOGIN_LISTENING:
+        raise ProtocolError("LOGIN flags: unknown bits set")
+    listening = bool(flags & LOGIN_LISTENING)
+    if listening and port == 0:
+        raise ProtocolError("a listening session needs a port")
+    return token, port, listening
+
+
+def encode_grant(token: bytes, info: dict[str, Any], sid: bytes = b"",
+                 session_key: bytes = b"") -> bytes:
+    """A REGISTER result (token | JSON) or a LOGIN result (token | sid | key | JSON)."""
+    return token + sid + session_key + compact_json(info)
+
+
+def decode_grant(body: bytes, with_session: bool) -> tuple[bytes, bytes, bytes, dict[str, Any]]:
+    """Token, session id, session key (empty for REGISTER) and info of a grant."""
+    fixed = 32 + (48 if with_session else 0)
+    if len(body) < fixed:
+        raise ProtocolError("grant is truncated")
+    info = decode_json(body[fixed:])
+    for name, kind in (("username", str), ("level", int), ("kind", str)):
+        field(info, name, kind)
+    if with_session:
+        return body[:32], body[32:48], body[48:80], info
+    return body[:32], b"", b"", info
+
+
+def open_preauth_reply(frames: list[bytes], request: Header, result_key: bytes,
+                       refusal_key: bytes) -> bytes:
+    """The RESULT body answering pre-auth ``request``; RemoteError for a refusal (sealed
+    under ``refusal_key``, or in clear: unauthenticated)."""
+    if len(frames) != 1:
+        raise ProtocolError("broker reply must be one frame")
+    data = frames[0]
+    raise_if_clear_error(data)
+    kind = data[4] if len(data) > 4 else -1
+    key = refusal_key if kind == Kind.REFUSED else result_key
+    header, body = open_envelope(key, data, Channel.CLIENT, Sender.BROKER, SESSION_REPLIES,
+                                 request.context)
+    if header.counter != request.counter:
+        raise ProtocolError("reply does not answer this request")
+    if header.kind == Kind.REFUSED:
+        raise decode_refusal(body)
+    return body
+
+
+# -- worker messages ----------------------------------------------------------------------
 # -- worker messages (docs/PROTOCOL.md 4.3) ------------------------------------------------
 
 #: What a worker may send, and what the broker may send, sealed on Channel.WORKER.

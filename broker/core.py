@@ -9,10 +9,11 @@ AGORA/2 envelopes on Channel.WORKER come from service workers and go to
 :class:`broker.workers.WorkerRegistry`; a CALL to a worker-served service is answered later,
 from ``handle`` (the worker's REPLY) or ``tick`` (timeout, dead worker).
 
-Only the commands in ``self._commands`` exist; of those, BROKER_KEY, REGISTER and LOGIN are
-accepted before authentication and can change nothing but the row of the principal whose
-secret (one-time ID, symmetric key) they prove. Everything else travels inside a SESSION
-envelope, and the identity it acts for is always the session's, never one the request names.
+Client requests are AGORA/2 envelopes (docs/PROTOCOL.md section 3). Only the kinds in the
+two dispatch tables exist: BROKER_KEY, REGISTER and LOGIN before authentication (they can
+change nothing but the row of the principal whose secret they prove), and the session
+requests, found by their header's context (the session id), sealed under the session key;
+the identity a session request acts for is always the session's, never one it names.
 """
 
 from __future__ import annotations
@@ -24,26 +25,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from agora.crypto import (
-    Box,
-    SecretBox,
-    b64,
     constant_time_equal,
     hash_secret,
     new_symmetric_key,
     new_token,
     normalize_one_time_id,
-    open_sealed,
-    public_key_from_bytes,
-    seal,
-    unb64,
 )
 from agora.envelope import (
     HEADER_SIZE,
     NO_CONTEXT,
     NONCE_SIZE,
     Header,
+    ReplayGuard,
+    box_key,
+    is_fresh,
     open_envelope,
     peek,
+    seal,
 )
 from agora.errors import ProtocolError, RemoteError
 from agora.keyfile import KeyPair
@@ -51,7 +49,6 @@ from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
     FRESHNESS_WINDOW,
     Channel,
-    Command,
     EndReason,
     ErrorCode,
     Kind,
@@ -60,14 +57,17 @@ from agora.protocol import (
     Sender,
 )
 from agora.wire import (
+    broker_key_reply,
     client_error,
     decode_call,
-    decode_json,
-    encode_json,
-    error_reply,
-    field,
-    ok_reply,
-    parse_request,
+    decode_login,
+    decode_register,
+    decode_username,
+    encode_grant,
+    encode_refusal,
+    login_context,
+    register_context,
+    reply_header,
     session_refusal,
     session_result,
 )
@@ -79,8 +79,6 @@ from broker.workers import Outgoing, WorkerRegistry
 
 log = logging.getLogger("agora.broker")
 
-#: First bytes of every AGORA/2 envelope ("AG", version 2).
-AGORA2 = b"AG\x02"
 
 __all__ = ["BrokerCore", "CallContext", "Outgoing", "Service", "WorkerCall"]
 
@@ -90,7 +88,6 @@ STORE_POLL_INTERVAL = 0.25
 SESSION_SWEEP_INTERVAL = 1.0
 #: Buffered audit rows are written at least this often.
 AUDIT_FLUSH_INTERVAL = 0.5
-MAX_USERNAME = 64
 
 
 @dataclass
@@ -111,6 +108,8 @@ class Service:
     level: Level
     description: str
     handler: Callable[[CallContext, dict[str, Any]], Any]
+    #: Which kinds of principal may call it (and see it listed by ``services``).
+    callers: frozenset[PrincipalKind] = frozenset(PrincipalKind)
 
 
 @dataclass(frozen=True)
@@ -138,8 +137,11 @@ class BrokerCore:
                                       call_timeout)
         # Messages for other peers than the one being answered (a REQUEST to a worker).
         self._outbox: list[Outgoing] = []
-        self._seen_nonces = ExpiringCache(ttl=2 * FRESHNESS_WINDOW)
-        self._recent_registrations = ExpiringCache(ttl=FRESHNESS_WINDOW, max_items=1000)
+        # LOGIN and REGISTER replays inside the freshness window (context = the login or
+        # registration context, counter = the request's timestamp); only authenticated,
+        # fresh requests enter it.
+        self._preauth_guard = ReplayGuard(ttl=2 * FRESHNESS_WINDOW)
+        self._recent_registrations = ExpiringCache(ttl=2 * FRESHNESS_WINDOW, max_items=1000)
         self._audit_buffer: list[dict[str, Any]] = []
         self._last_audit_flush = 0.0
         self._last_store_poll = 0.0
@@ -152,11 +154,12 @@ class BrokerCore:
             ("worker", self.workers.tick), ("notice", self.notices.flush),
             ("heartbeat", self.notices.tick), ("audit", self._audit_timer)]
         self._timer_failures: dict[str, int] = {}
-        # The explicit dispatch tables: nothing outside them can be invoked.
-        self._commands: dict[Command, Callable[[bytes, list[bytes], float, str], list[bytes]]] = {
-            Command.BROKER_KEY: self._broker_key,
-            Command.REGISTER: self._register,
-            Command.LOGIN: self._login,
+        # The explicit dispatch tables: nothing outside them can be invoked. Before
+        # authentication (a clear key hint frame may precede the envelope):
+        self._preauth_kinds: dict[int, Callable[..., list[bytes]]] = {
+            Kind.BROKER_KEY: self._broker_key,
+            Kind.REGISTER: self._register,
+            Kind.LOGIN: self._login,
         }
         # Session requests by envelope kind (all sealed under the session key).
         self._session_kinds: dict[int, Callable[[Session, bytes, float], Any]] = {
@@ -174,10 +177,7 @@ class BrokerCore:
             return self._guarded("notice", self.notices.handle, identity, frames, now)
         if channel == Channel.WORKER:
             return self._guarded("worker", self.workers.handle, identity, frames, now)
-        if len(frames) == 1 and frames[0][:3] == AGORA2:
-            out = self._client(identity, frames[0], now)
-        else:
-            out = self._preauth(identity, frames, now, address)
+        out = self._client(identity, frames, now, address)
         if self._outbox:
             out += self._outbox
             self._outbox = []
@@ -194,41 +194,36 @@ class BrokerCore:
             out = []
         return out + self.notices.flush(now)
 
-    def _preauth(self, identity: bytes, frames: list[bytes], now: float, address: str,
-                 ) -> list[Outgoing]:
-        command: Command | None = None
+    def _client(self, identity: bytes, frames: list[bytes], now: float, address: str,
+                ) -> list[Outgoing]:
+        """One client request: an envelope, after a clear key hint for REGISTER and LOGIN.
+        Kind, context and counter come from the envelope's header."""
         try:
-            command, body = parse_request(frames)
-            reply = self._commands[command](identity, body, now, address)
-        except RemoteError as exc:
-            reply = error_reply(command, exc.code, exc.message)
-        except ProtocolError as exc:
-            log.info("bad request: %s", exc)
-            reply = error_reply(command, ErrorCode.BAD_REQUEST, str(exc))
-        except Exception:
-            log.exception("internal error handling %s", command.name if command else "?")
-            reply = error_reply(command, ErrorCode.INTERNAL, "internal broker error")
-        return [(identity, reply)] if reply else []
-
-    def _client(self, identity: bytes, data: bytes, now: float) -> list[Outgoing]:
-        """One AGORA/2 client envelope. Kind, context and counter come from its header."""
-        try:
+            if not frames:
+                raise ProtocolError("empty message")
+            data = frames[-1]
             header = peek(data)
             if header.channel != Channel.CLIENT or header.sender != Sender.CLIENT:
                 raise ProtocolError("not a client request")
             handler = self._session_kinds.get(header.kind)
-            if handler is None:
+            if handler is not None:
+                if len(frames) != 1:
+                    raise ProtocolError("a session request is one frame")
+                return self._session(identity, data, header, handler, now)
+            preauth = self._preauth_kinds.get(header.kind)
+            if preauth is None:
                 raise ProtocolError(f"unknown request kind {header.kind}")
-            return self._session(identity, data, header, handler, now)
+            return [(identity, preauth(identity, frames, header, now, address))]
         except RemoteError as exc:  # refusals of what could not be authenticated: in clear
-            return [(identity, [client_error(exc.code, exc.message, *_echo(data))])]
+            return [(identity, [client_error(exc.code, exc.message, *_echo(frames))])]
         except ProtocolError as exc:
             log.info("bad client request: %s", exc)
-            return [(identity, [client_error(ErrorCode.BAD_REQUEST, str(exc), *_echo(data))])]
+            return [(identity, [client_error(ErrorCode.BAD_REQUEST, str(exc),
+                                             *_echo(frames))])]
         except Exception:
             log.exception("internal error handling a client request")
             return [(identity, [client_error(ErrorCode.INTERNAL, "internal broker error",
-                                             *_echo(data))])]
+                                             *_echo(frames))])]
 
     def tick(self, now: float) -> list[Outgoing]:
         """Timers: session expiry, operator changes, workers, notices, audit flush.
@@ -251,7 +246,7 @@ class BrokerCore:
             self._last_session_sweep = now
             for s in self.sessions.expire(now):
                 log.info("session %s of %s expired", s.short_id, s.username)
-        self._seen_nonces.purge(now)
+        self._preauth_guard.purge(now)
         self._recent_registrations.purge(now)
         return []
 
@@ -307,169 +302,223 @@ class BrokerCore:
         if len(self._audit_buffer) >= 500:
             self.flush_audit(now)
 
-    # -- pre-authentication commands -------------------------------------------------------
+    # -- pre-authentication: BROKER_KEY, REGISTER, LOGIN ----------------------------------
+    #
+    # Each can change nothing but the row of the principal whose secret it proves. What does
+    # not authenticate is refused in clear and counted against its username (junk); what
+    # does is answered sealed and never blocked by junk (defect 2 of issue 9).
 
-    def _broker_key(self, identity: bytes, body: list[bytes], now: float, address: str,
-                    ) -> list[bytes]:
-        log.info("broker key sent")
-        return ok_reply(Command.BROKER_KEY, self.keys.public_key)
+    def _broker_key(self, identity: bytes, frames: list[bytes], header: Header, now: float,
+                    address: str) -> list[bytes]:
+        if len(frames) != 1 or len(frames[0]) != HEADER_SIZE:
+            raise ProtocolError("BROKER_KEY takes one empty envelope")
+        log.debug("broker key sent")
+        return [broker_key_reply(self.keys.public_key)]
 
-    def _refuse(self, username: str | None, action: str, code: ErrorCode, message: str,
-                now: float, count_failure: bool = True) -> RemoteError:
-        """Audit a refusal (the only store change a refused request may make)."""
-        if count_failure and username is not None:
-            self.failures.record(username, now)
-        self.store.audit(username, action, "refused", code.value, now)
-        log.info("%s %s refused: %s", action, username or "-", code.value)
+    def _unauthenticated(self, username: str | None, action: str, code: ErrorCode,
+                         message: str, now: float, enrolled: bool = True) -> RemoteError:
+        """A refusal of what did not authenticate: counted against the username (unknown
+        names share one count), audited unless the name is already over its limit (so junk
+        cannot flood the audit trail), answered in clear."""
+        key = self.failures.key_for(username, enrolled)
+        if not self.failures.blocked(key, now):
+            self.audit_later(username, action, "refused", now, code.value)
+            log.info("%s %s refused: %s", action, username or "-", code.value)
+        self.failures.record(key, now)
         return RemoteError(code, message)
 
-    def _check_rate(self, username: str, action: str, now: float) -> None:
-        if self.failures.blocked(username, now):
-            raise self._refuse(username, action, ErrorCode.TOO_MANY_ATTEMPTS,
-                               "too many failed attempts; wait a minute and try again", now,
-                               count_failure=False)
+    def _sealed_refusal(self, key: bytes, header: Header, username: str | None, action: str,
+                        code: ErrorCode | str, message: str, now: float) -> list[bytes]:
+        """A refusal of an authenticated request: audited, sealed under its key."""
+        code = ErrorCode(code)
+        self.audit_later(username, action, "refused", now, code.value)
+        log.info("%s %s refused: %s", action, username or "-", code.value)
+        return [seal(key, reply_header(Kind.REFUSED, header), encode_refusal(code, message))]
 
-    def _check_fresh(self, username: str, action: str, ts: float, now: float) -> None:
-        if abs(now - ts) > FRESHNESS_WINDOW:
-            raise self._refuse(username, action, ErrorCode.STALE, "request timestamp is too "
-                               "old or in the future (check the clock)", now)
+    def _register(self, identity: bytes, frames: list[bytes], header: Header, now: float,
+                  address: str) -> list[bytes]:
+        if len(frames) != 2:
+            raise ProtocolError("REGISTER takes 2 frames: public key, envelope")
+        client_key, data = frames
+        if not constant_time_equal(header.context, register_context(client_key)):
+            raise ProtocolError("REGISTER context does not match the public key")
+        box = box_key(bytes(self.keys.private_key), client_key)  # BadKey: bad-request
+        try:
+            _, body = open_envelope(box, data, Channel.CLIENT, Sender.CLIENT, (Kind.REGISTER,))
+        except ProtocolError:
+            raise RemoteError(ErrorCode.BAD_REQUEST,
+                              "registration could not be authenticated") from None
+        # Authenticated as the holder of client_key's private key (anyone may make a key
+        # pair: the one-time ID is what proves the person). Answers are sealed from here.
+        try:
+            return self._register_sealed(box, client_key, data, header, body, now)
+        except RemoteError as exc:
+            return self._sealed_refusal(box, header, getattr(exc, "username", None),
+                                        "register", exc.code,
+                                        exc.message, now)
+        except ProtocolError as exc:
+            return self._sealed_refusal(box, header, None, "register", ErrorCode.BAD_REQUEST,
+                                        str(exc), now)
 
-    def _register(self, identity: bytes, body: list[bytes], now: float, address: str,
-                  ) -> list[bytes]:
-        if len(body) != 2:
-            raise ProtocolError("REGISTER takes 2 frames")
-        client_key, sealed = body
-        digest = hash_secret(sealed)
-        cached = self._recent_registrations.get(digest, now)
-        if cached is not None:  # exact retransmission of a registration we answered
-            return cached  # type: ignore[return-value]
-        plain = open_sealed(Box(self.keys.private_key, public_key_from_bytes(client_key)), sealed)
-        req = decode_json(plain)
-        username = _username(req)
-        one_time_id = field(req, "one_time_id", str)
-        symmetric_key = unb64(field(req, "symmetric_key", str), SecretBox.KEY_SIZE)
-        self._check_rate(username, "register", now)
-        self._check_fresh(username, "register", float(field(req, "ts", (int, float))), now)
+    def _register_sealed(self, box: bytes, client_key: bytes, data: bytes, header: Header,
+                         body: bytes, now: float) -> list[bytes]:
+        nonce = data[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE]
+        if not is_fresh(header.counter, now, FRESHNESS_WINDOW):
+            raise _Refusal(None, ErrorCode.STALE, "registration is stale (check the clock)")
+        admitted = self._preauth_guard.admit(header.context, header.counter, now)
+        if not admitted:
+            cached = self._recent_registrations.get(nonce, now)
+            if cached is not None:  # exact retransmission of a registration we answered
+                return cached  # type: ignore[return-value]
+            raise _Refusal(None, ErrorCode.REPLAYED, "registration was replayed")
+        symmetric_key, username, one_time_id = decode_register(body)
         row = self.store.get(username)
+        key = self.failures.key_for(username, row is not None)
+        if self.failures.blocked(key, now):
+            # The one-time ID is the secret here: checking it while blocked would let a
+            # guesser go on. Enrolled names are counted apart, unknown ones share a count.
+            raise _Refusal(username, ErrorCode.TOO_MANY_ATTEMPTS,
+                           "too many failed attempts; wait a minute and try again")
         if row is None:
-            raise self._refuse(username, "register", ErrorCode.UNKNOWN_USER,
-                               f"unknown user {username!r}", now)
+            self.failures.record(key, now)
+            raise _Refusal(username, ErrorCode.UNKNOWN_USER, f"unknown user {username!r}")
         if row["revoked_at"]:
-            raise self._refuse(username, "register", ErrorCode.REVOKED,
-                               f"{username} is revoked", now)
+            raise _Refusal(username, ErrorCode.REVOKED, f"{username} is revoked")
         if row["one_time_id_hash"] is None:
-            raise self._refuse(username, "register", ErrorCode.BAD_ONE_TIME_ID,
-                               "one-time ID already used; ask the operator to re-enroll", now)
-        if not constant_time_equal(hash_secret(normalize_one_time_id(one_time_id)),
-                                   row["one_time_id_hash"]):
-            raise self._refuse(username, "register", ErrorCode.BAD_ONE_TIME_ID,
-                               "wrong one-time ID", now)
-        if now > row["one_time_id_expires"]:
-            raise self._refuse(username, "register", ErrorCode.EXPIRED_ONE_TIME_ID,
-                               "one-time ID expired; ask the operator to re-enroll", now)
-        other = self.store.by_public_key(client_key)
-        if other is not None and other["username"] != username:
-            raise self._refuse(username, "register", ErrorCode.BAD_REQUEST,
-                               "that public key is registered to someone else", now)
+            if self._is_retried_registration(row, client_key, symmetric_key):
+                log.info("register %s: retried registration answered again", username)
+            else:
+                self.failures.record(key, now)
+                raise _Refusal(username, ErrorCode.BAD_ONE_TIME_ID,
+                               "one-time ID already used; ask the operator to re-enroll")
+        else:
+            if not constant_time_equal(hash_secret(normalize_one_time_id(one_time_id)),
+                                       row["one_time_id_hash"]):
+                self.failures.record(key, now)
+                raise _Refusal(username, ErrorCode.BAD_ONE_TIME_ID, "wrong one-time ID")
+            if now > row["one_time_id_expires"]:
+                raise _Refusal(username, ErrorCode.EXPIRED_ONE_TIME_ID,
+                               "one-time ID expired; ask the operator to re-enroll")
+            other = self.store.by_public_key(client_key)
+            if other is not None and other["username"] != username:
+                raise _Refusal(username, ErrorCode.BAD_REQUEST,
+                               "that public key is registered to someone else")
         token = new_token()
         self.store.complete_registration(username, client_key, symmetric_key,
                                          hash_secret(token), now)
         # A re-registration ends the old key's sessions.
         self.sessions.end_user(username, EndReason.RE_REGISTERED)
-        answer = seal(SecretBox(symmetric_key), encode_json({
-            "token": b64(token), "username": username, "level": row["level"],
-            "kind": row["kind"]}))
-        reply = ok_reply(Command.REGISTER, answer)
-        self._recent_registrations.put(digest, reply, now)
+        reply = [seal(symmetric_key, reply_header(Kind.RESULT, header), encode_grant(
+            token, {"username": username, "level": row["level"], "kind": row["kind"]}))]
+        self._recent_registrations.put(nonce, reply, now)
         log.info("register %s ok", username)
         return reply
 
-    def _login(self, identity: bytes, body: list[bytes], now: float, address: str,
-               ) -> list[bytes]:
-        if len(body) != 2:
-            raise ProtocolError("LOGIN takes 2 frames")
-        username = _decode_username(body[0])
-        sealed = body[1]
-        self._check_rate(username, "login", now)
+    @staticmethod
+    def _is_retried_registration(row: dict[str, Any], client_key: bytes,
+                                 symmetric_key: bytes) -> bool:
+        """Whether a registration for an already registered principal is its owner's retry
+        after a lost reply: the same key pair (proved by the Box) and the same symmetric key
+        (inside it), and no login since (a login means TOKEN_1 arrived). Then TOKEN_1 is
+        issued again in place of the one whose reply was lost."""
+        return (row["public_key"] is not None and row["symmetric_key"] is not None
+                and row["token_hash"] is not None and not row["flagged"]
+                and constant_time_equal(row["public_key"], client_key)
+                and constant_time_equal(row["symmetric_key"], symmetric_key)
+                and (row["last_login_at"] is None
+                     or row["last_login_at"] < row["registered_at"]))
+
+    def _login(self, identity: bytes, frames: list[bytes], header: Header, now: float,
+               address: str) -> list[bytes]:
+        if len(frames) != 2:
+            raise ProtocolError("LOGIN takes 2 frames: username, envelope")
+        username = decode_username(frames[0])
+        data = frames[1]
+        if not constant_time_equal(header.context, login_context(username)):
+            raise ProtocolError("LOGIN context does not match the username")
         row = self.store.get(username)
         if row is None:
-            raise self._refuse(username, "login", ErrorCode.UNKNOWN_USER,
-                               f"unknown user {username!r}", now)
-        if row["revoked_at"]:
-            raise self._refuse(username, "login", ErrorCode.REVOKED,
-                               f"{username} is revoked", now)
-        if row["flagged"]:
-            raise self._refuse(username, "login", ErrorCode.FLAGGED,
-                               f"{username} is locked after token reuse; "
-                               "ask the operator to re-enroll", now)
-        if principal_state(row) == "re-enrolled":
-            raise self._refuse(username, "login", ErrorCode.REENROLLED,
-                               "you were re-enrolled: run `agora register --force` with the "
-                               "new one-time ID", now)
-        if row["symmetric_key"] is None or row["token_hash"] is None:
-            raise self._refuse(username, "login", ErrorCode.BAD_CREDENTIALS,
-                               f"{username} is not registered", now)
-        digest = hash_secret(sealed)
-        if (row["last_login_digest"] is not None
-                and constant_time_equal(digest, row["last_login_digest"])):
-            # Exact retransmission of the last login (its reply was lost). Answer it again:
-            # the reply is sealed under the symmetric key, so a replayer learns nothing, and
-            # nothing changes. Outside the window it is plainly stale.
-            if now - row["last_login_at"] <= FRESHNESS_WINDOW:
-                log.info("login %s retransmission answered again", username)
-                return ok_reply(Command.LOGIN, row["last_login_reply"])
-            raise self._refuse(username, "login", ErrorCode.STALE, "login request is stale", now)
-        box = SecretBox(row["symmetric_key"])
+            raise self._unauthenticated(username, "login", ErrorCode.UNKNOWN_USER,
+                                        f"unknown user {username!r}", now, enrolled=False)
+        key = row["symmetric_key"]
         try:
-            req = decode_json(open_sealed(box, sealed))
+            if key is None:
+                raise ProtocolError("not registered")
+            _, body = open_envelope(key, data, Channel.CLIENT, Sender.CLIENT, (Kind.LOGIN,))
         except ProtocolError:
-            raise self._refuse(username, "login", ErrorCode.BAD_CREDENTIALS,
-                               "login could not be decrypted (wrong key)", now) from None
-        nonce = sealed[: SecretBox.NONCE_SIZE]
-        if nonce in self._seen_nonces:
-            raise self._refuse(username, "login", ErrorCode.REPLAYED,
-                               "login request was replayed", now)
-        self._seen_nonces.put(nonce, True, now)
-        ts = float(field(req, "ts", (int, float)))
-        if abs(now - ts) > FRESHNESS_WINDOW:
-            raise self._refuse(username, "login", ErrorCode.STALE, "login request is stale", now)
-        port = field(req, "port", int)
-        if not 0 <= port <= 65535:
-            raise ProtocolError("port out of range")
-        listening = req.get("listen", True)
-        if not isinstance(listening, bool):
-            raise ProtocolError("field 'listen' must be true or false")
-        token_hash = hash_secret(unb64(field(req, "token", str), 32))
+            if self.failures.blocked(self.failures.key_for(username), now):
+                raise self._unauthenticated(username, "login", ErrorCode.TOO_MANY_ATTEMPTS,
+                                            "too many failed attempts; wait a minute and "
+                                            "try again", now) from None
+            raise self._unauthenticated(username, "login", ErrorCode.BAD_CREDENTIALS,
+                                        "login could not be authenticated (wrong key, or "
+                                        "not registered)", now) from None
+        # The request proved the symmetric key: nothing a stranger sent can block it, and
+        # every answer from here on is sealed under that key.
+        try:
+            return self._login_sealed(key, row, username, data, header, body, now, address)
+        except RemoteError as exc:
+            return self._sealed_refusal(key, header, username, "login", exc.code,
+                                        exc.message, now)
+        except ProtocolError as exc:
+            return self._sealed_refusal(key, header, username, "login",
+                                        ErrorCode.BAD_REQUEST, str(exc), now)
+
+    def _login_sealed(self, key: bytes, row: dict[str, Any], username: str, data: bytes,
+                      header: Header, body: bytes, now: float, address: str) -> list[bytes]:
+        nonce = data[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE]
+        last = row["last_login_digest"]
+        if last is not None and row["last_login_reply"] and constant_time_equal(nonce, last):
+            # The exact request of the last rotation, its reply lost: answer it again however
+            # late (kept until the next rotation succeeds). Sealed under the symmetric key,
+            # so a replayer learns nothing, and nothing changes.
+            log.info("login %s retransmission answered again", username)
+            return [row["last_login_reply"]]
+        if row["revoked_at"]:
+            raise RemoteError(ErrorCode.REVOKED, f"{username} is revoked")
+        if row["flagged"]:
+            raise RemoteError(ErrorCode.FLAGGED, f"{username} is locked after token reuse; "
+                              "ask the operator to re-enroll")
+        if principal_state(row) == "re-enrolled":
+            raise RemoteError(ErrorCode.REENROLLED, "you were re-enrolled: run `agora "
+                              "register --force` with the new one-time ID")
+        if row["token_hash"] is None:
+            raise RemoteError(ErrorCode.BAD_CREDENTIALS, f"{username} is not registered")
+        if not is_fresh(header.counter, now, FRESHNESS_WINDOW):
+            raise RemoteError(ErrorCode.STALE, "login request is stale (check the clock)")
+        if not self._preauth_guard.admit(header.context, header.counter, now):
+            raise RemoteError(ErrorCode.REPLAYED, "login request was replayed")
+        token, port, listening = decode_login(body)
+        ts = header.counter / 1000
         if row["last_login_ts"] is not None and ts <= row["last_login_ts"]:
             # Made before the last successful login (both times by the client's clock): a
-            # replay of a captured request (the nonce cache does not survive a restart), not
-            # a thief's fresh request. Without this, replaying an old login would lock the
-            # owner out as "reused".
-            raise self._refuse(username, "login", ErrorCode.REPLAYED,
-                               "login request is older than the last login", now)
+            # replay of a captured request (the replay guard does not survive a restart),
+            # not a thief's fresh request; without this, replaying an old login would lock
+            # the owner out as "reused".
+            raise RemoteError(ErrorCode.REPLAYED, "login request is older than the last login")
+        token_hash = hash_secret(token)
         if not constant_time_equal(token_hash, row["token_hash"]):
             if self.store.is_retired_token(username, token_hash):
-                return self._token_reused(username, now)
-            raise self._refuse(username, "login", ErrorCode.BAD_CREDENTIALS, "wrong token", now)
+                self._token_reused(username, now)
+            raise RemoteError(ErrorCode.BAD_CREDENTIALS, "wrong token")
 
         next_token = new_token()
         session_key = new_symmetric_key()
         session = self.sessions.open(username, PrincipalKind(row["kind"]), Level(row["level"]),
                                      session_key, port, address, now, listening)
-        answer = seal(box, encode_json({
-            "token": b64(next_token), "session": b64(session.sid),
-            "session_key": b64(session_key), "username": username, "level": row["level"],
-            "kind": row["kind"]}))
+        answer = seal(key, reply_header(Kind.RESULT, header), encode_grant(
+            next_token, {"username": username, "level": row["level"], "kind": row["kind"]},
+            session.sid, session_key))
         try:
             self.store.rotate_token(username, row["token_hash"], hash_secret(next_token), port,
-                                    address, digest, answer, ts, now)
+                                    address, nonce, answer, ts, now)
         except Exception:
             self.sessions.end(session.sid)
             raise
         log.info("login %s ok session=%s port=%d", username, session.short_id, port)
-        return ok_reply(Command.LOGIN, answer)
+        return [answer]
 
-    def _token_reused(self, username: str, now: float) -> list[bytes]:
+    def _token_reused(self, username: str, now: float) -> None:
         """An old token came back in a fresh request: someone else has the credentials.
 
         Like OAuth refresh-token reuse detection, we cannot tell owner from thief, so the
@@ -519,6 +568,7 @@ class BrokerCore:
                 code, message = ErrorCode.REPLAYED, "request replayed"
             return [(identity, [session_refusal(session.key, sid, counter, code, message)])]
         session.last_seen = now
+        session.requests += 1
         try:
             result = handler(session, body, now)
             if isinstance(result, WorkerCall):
@@ -557,6 +607,11 @@ class BrokerCore:
                               f"({level.label}); you have {int(session.level)}")
         if service is None:
             return WorkerCall(name, call_args)
+        if session.kind not in service.callers:
+            self.audit_later(session.username, f"call:{name}", "forbidden", now)
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is for "
+                              f"{' and '.join(sorted(k.value for k in service.callers))} "
+                              "principals")
         try:
             result = service.handler(CallContext(session, now, self), call_args)
         except (RemoteError, ProtocolError):
@@ -604,25 +659,19 @@ def _end_reason(row: dict[str, Any] | None) -> EndReason | None:
     return None
 
 
-def _echo(data: bytes) -> tuple[bytes, int]:
+def _echo(frames: list[bytes]) -> tuple[bytes, int]:
     """Context and counter of a request's header, to echo in a clear refusal (zeros if the
     request has no readable header)."""
     try:
-        header = peek(data)
-    except ProtocolError:
+        header = peek(frames[-1])
+    except (ProtocolError, IndexError):
         return NO_CONTEXT, 0
     return header.context, header.counter
 
 
-def _decode_username(raw: bytes) -> str:
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("username is not UTF-8") from None
-    if not 0 < len(name) <= MAX_USERNAME:
-        raise ProtocolError("username length out of range")
-    return name
+class _Refusal(RemoteError):
+    """A refusal of an authenticated pre-auth request, with the username it concerns."""
 
-
-def _username(req: dict[str, Any]) -> str:
-    return _decode_username(field(req, "username", str).encode("utf-8"))
+    def __init__(self, username: str | None, code: ErrorCode, message: str) -> None:
+        super().__init__(code, message)
+        self.username = username

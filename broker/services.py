@@ -26,7 +26,7 @@ def whoami(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "username": s.username, "kind": s.kind.value, "level": int(s.level),
         "level_name": s.level.label, "session": s.short_id, "port": s.port,
-        "session_started": s.created, "requests": s.counter,
+        "session_started": s.created, "requests": s.requests,
         "sessions": len(ctx.core.sessions.of_user(s.username)),
     }
 
@@ -105,11 +105,12 @@ def directory(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
 def services(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     """The services the caller may call: built-in ones and those offered by workers.
 
-    Services above the caller's level are left out. ``workers`` is null for built-ins.
+    Services above the caller's level, and those for other kinds of principal (key_status
+    and membership are for services), are left out. ``workers`` is null for built-ins.
     """
-    level = ctx.session.level
+    level, kind = ctx.session.level, ctx.session.kind
     offered = [{"name": s.name, "level": int(s.level), "description": s.description,
-                "workers": None} for s in ctx.core.services.values()]
+                "workers": None} for s in ctx.core.services.values() if kind in s.callers]
     offered += ctx.core.workers.listing()
     return sorted((s for s in offered if s["level"] <= level), key=lambda s: s["name"])
 
@@ -141,6 +142,9 @@ def notes_services(notes: NotesStore) -> list[Service]:
     ]
 
 
+SERVICES_ONLY = frozenset({PrincipalKind.SERVICE})
+
+
 def builtin_services(notes: NotesStore | None = None) -> dict[str, Service]:
     """The broker's own services; the notes store ones when ``notes`` is given."""
     services_ = [
@@ -149,9 +153,9 @@ def builtin_services(notes: NotesStore | None = None) -> dict[str, Service]:
         Service("lookup", Level.PUBLIC, "a principal's public key and where they listen",
                 lookup),
         Service("key_status", Level.PUBLIC, "who holds a public key (service principals "
-                "only)", key_status),
+                "only)", key_status, SERVICES_ONLY),
         Service("membership", Level.PUBLIC, "every registered member's key and level, "
-                "versioned (service principals only)", membership),
+                "versioned (service principals only)", membership, SERVICES_ONLY),
         Service("time", Level.PUBLIC, "the broker's clock", time_service),
         Service("directory", Level.PUBLIC, "who is online now, with their level", directory),
         Service("services", Level.PUBLIC, "the services you may call", services),

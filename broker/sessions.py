@@ -51,6 +51,8 @@ class Session:
     created: float
     last_seen: float
     counter: int = 0
+    #: Session requests admitted so far (whoami reports it).
+    requests: int = 0
     #: Whether this session takes peer conversations on ``port`` (one-shot commands do not).
     listening: bool = True
     # counter -> (request nonce, reply) of the last answered requests, so an exact
@@ -141,12 +143,30 @@ class SessionTable:
 
 
 class FailureLimiter:
-    """At most ``limit`` failures per key in a sliding window; bounded in memory."""
+    """At most ``limit`` failures per key in a sliding window, and it never forgets a count
+    that still matters.
+
+    Keys are the usernames of enrolled principals (their number is the operator's to
+    decide); every name that is not enrolled shares the one key :attr:`UNKNOWN`
+    (:meth:`key_for`), so spraying made-up names fills nothing and evicts nothing. Should
+    ``max_keys`` live keys exist even so, further names share :attr:`UNKNOWN` too: a live
+    count is never dropped to make room.
+    """
+
+    UNKNOWN = "\x00unknown"
 
     def __init__(self, limit: int = RATE_LIMIT, window: float = RATE_WINDOW,
-                 max_keys: int = 10_000) -> None:
+                 max_keys: int = 100_000) -> None:
         self.limit, self.window, self.max_keys = limit, window, max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: dict[str, deque[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def key_for(self, username: str | None, enrolled: bool = True) -> str:
+        if username is None or not enrolled:
+            return self.UNKNOWN
+        return username
 
     def blocked(self, key: str, now: float) -> bool:
         times = self._failures.get(key)
@@ -157,13 +177,21 @@ class FailureLimiter:
         return len(times) >= self.limit
 
     def record(self, key: str, now: float) -> None:
-        times = self._failures.setdefault(key, deque())
-        self._failures.move_to_end(key)
+        times = self._failures.get(key)
+        if times is None:
+            if len(self._failures) >= self.max_keys:
+                self._purge(now)
+            if len(self._failures) >= self.max_keys:
+                key = self.UNKNOWN
+            times = self._failures.setdefault(key, deque())
         times.append(now)
         if len(times) > self.limit:
             times.popleft()
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
+
+    def _purge(self, now: float) -> None:
+        """Drop keys whose every failure is older than the window (they block nothing)."""
+        for key in [k for k, t in self._failures.items() if not t or now - t[-1] > self.window]:
+            del self._failures[key]
 
 
 class ExpiringCache:

@@ -11,18 +11,37 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
 from agents import Agent
+from agents import agent as agent_module
+from agents.agent import PENDING_REGISTRATION_NAME
+from agents.credentials import CredentialsFile
+from agora.crypto import PrivateKey
+from agora.envelope import (
+    Header,
+    ReplayGuard,
+    box_key,
+    open_envelope,
+    peek,
+    seal,
+    timestamp_counter,
+)
 from agora.errors import BrokerUnreachable, ProtocolError, RemoteError
 from agora.keyfile import KeyPair
-from agora.protocol import CLIENT_PROTOCOL, Command, ErrorCode, Kind, Level, Status
+from agora.protocol import Channel, ErrorCode, Kind, Level, Sender
 from agora.wire import (
+    broker_key_request,
+    decode_refusal,
     encode_call,
+    encode_register,
+    login_context,
     open_session_reply,
     raise_if_clear_error,
-    request_frames,
+    register_context,
+    request_header,
     seal_session_request,
 )
 from broker.core import BrokerCore
@@ -88,8 +107,10 @@ class CoreWorld:
 
 
 @pytest.fixture
-def world(tmp_path, zctx):
+def world(tmp_path, zctx, monkeypatch):
     w = CoreWorld(tmp_path, zctx)
+    # Agents read the same clock as the core, so a test can let hours pass.
+    monkeypatch.setattr(agent_module, "time", SimpleNamespace(time=lambda: w.clock.now))
     yield w
     for agent in w.agents:
         agent.close()
@@ -155,8 +176,8 @@ def test_wrong_broker_fingerprint_is_refused_before_anything_is_sent(world):
     username, otid = agent.enrolled
     with pytest.raises(Exception, match="fingerprint mismatch"):
         agent.register(username, otid, "0000-0000-0000-0000-0000-0000-0000-0000", PASSWORD)
-    sent = [frames[1] for frames in agent.connection.sent]
-    assert sent == [Command.BROKER_KEY.value]  # the one-time ID never left the machine
+    sent = [peek(frames[-1]).kind for frames in agent.connection.sent]
+    assert sent == [Kind.BROKER_KEY]  # the one-time ID never left the machine
     assert world.store.get(username)["one_time_id_hash"] is not None
 
 
@@ -176,16 +197,80 @@ def test_revoked_user_cannot_log_in(world):
         agent.login(PASSWORD)
 
 
-def test_sixth_failure_within_a_minute_is_too_many_attempts(world):
+def refusal(reply: list[bytes], key: bytes | None = None) -> RemoteError:
+    """The refusal a broker reply carries: in clear, or sealed under ``key``."""
+    data = reply[0]
+    try:
+        raise_if_clear_error(data)
+    except RemoteError as exc:
+        return exc
+    assert key is not None, "a sealed reply, and no key to open it"
+    header, body = open_envelope(key, data, Channel.CLIENT, Sender.BROKER, {Kind.REFUSED})
+    return decode_refusal(body)
+
+
+def junk_login(username: str) -> list[bytes]:
+    """What a stranger who knows a username can send: the right header, random bytes."""
+    header = Header(Channel.CLIENT, Kind.LOGIN, Sender.CLIENT, login_context(username),
+                    timestamp_counter(time.time()))
+    return [username.encode(), header.pack() + os.urandom(24 + 35 + 16)]
+
+
+def test_junk_logins_are_refused_in_clear_then_too_many_attempts(world):
     agent = world.agent()
-    frames = request_frames(Command.LOGIN, b"ana.lima", os.urandom(80))  # undecryptable
-    for _ in range(5):
-        reply = world.send(agent, frames)
-        assert b"bad-credentials" in reply[3]
-    reply = world.send(agent, frames)
-    assert b"too-many-attempts" in reply[3]
-    world.clock.advance(61)
-    agent.login()  # the window has passed
+    codes = [refusal(world.send(agent, junk_login("ana.lima"))) for _ in range(7)]
+    assert [c.code for c in codes] == [ErrorCode.BAD_CREDENTIALS] * 5 + \
+        [ErrorCode.TOO_MANY_ATTEMPTS] * 2
+    assert not any(c.authenticated for c in codes)
+
+
+def test_junk_for_a_username_never_locks_out_its_key_holder(world):
+    # Issue 9, defect 2: five junk frames a minute kept the owner at too-many-attempts.
+    agent = world.agent()
+    for _ in range(20):
+        world.send(agent, junk_login("ana.lima"))
+    info = agent.login()  # proves the symmetric key: gets through at once
+    assert info.username == "ana.lima"
+    assert agent.whoami()["username"] == "ana.lima"
+
+
+def test_junk_refusals_past_the_limit_are_not_audited(world):
+    agent = world.agent()
+    for _ in range(50):
+        world.send(agent, junk_login("ana.lima"))
+    refused_rows = [a for a in world.audit_actions("ana.lima") if a == ("login", "refused")]
+    assert len(refused_rows) == 5  # junk cannot flood the audit trail
+
+
+def wrong_registration(world, agent: Agent, username: str, counter: int,
+                       otid: str = "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE") -> list[bytes]:
+    """A REGISTER from ``agent``'s key pair with a wrong one-time ID (a guesser's)."""
+    private = agent.private_key_bytes  # type: ignore[attr-defined]
+    client_key = bytes(PrivateKey(private).public_key)
+    header = request_header(Kind.REGISTER, register_context(client_key), counter)
+    box = box_key(private, world.keys.public_key)
+    return [client_key, seal(box, header, encode_register(os.urandom(32), username, otid))]
+
+
+def test_one_time_id_guesses_stay_limited_when_10001_other_names_are_sprayed(world):
+    # Issue 9, defect 2: the limiter kept 10,000 names; spraying more evicted the target.
+    target = world.agent("Ana Lima", register=False)
+    guesser = world.agent("Guesser", register=False)
+    guesser.private_key_bytes = bytes(PrivateKey.generate())  # type: ignore[attr-defined]
+    username, otid = target.enrolled
+    start = timestamp_counter(world.clock.now) - 30_000
+    for i in range(5):
+        reply = world.send(guesser, wrong_registration(world, guesser, username, start + i))
+        assert refusal(reply, box_key(guesser.private_key_bytes, world.keys.public_key)
+                       ).code is ErrorCode.BAD_ONE_TIME_ID
+    for i in range(10_001):
+        world.send(guesser, wrong_registration(world, guesser, f"spray{i}", start + 10 + i))
+    assert len(world.core.failures) <= 2  # unknown names share one count
+    reply = world.send(guesser, wrong_registration(world, guesser, username, start + 20_000,
+                                                   otid))
+    assert refusal(reply, box_key(guesser.private_key_bytes, world.keys.public_key)
+                   ).code is ErrorCode.TOO_MANY_ATTEMPTS
+    assert world.store.get(username)["one_time_id_hash"] is not None
 
 
 def test_login_retransmission_gets_same_reply_without_rotating_again(world):
@@ -194,26 +279,82 @@ def test_login_retransmission_gets_same_reply_without_rotating_again(world):
     token_hash = world.store.get("ana.lima")["token_hash"]
     first = agent.connection.request(login)
     second = agent.connection.request(login)
-    assert first == second and first[2] == Status.OK.value
+    assert first == second and peek(first[0]).kind == Kind.RESULT
     assert world.store.get("ana.lima")["token_hash"] == token_hash
 
 
-def test_captured_login_replayed_after_window_is_stale(world):
+class LosesReply(InMemoryConnection):
+    """Loses the broker's replies to REGISTER and LOGIN."""
+
+    def request(self, frames):
+        reply = super().request(frames)  # the broker acts on it ...
+        if peek(frames[-1]).kind in (Kind.REGISTER, Kind.LOGIN):
+            raise BrokerUnreachable("broker unreachable (reply lost)")  # ... we never hear
+        return reply
+
+
+def test_lost_login_reply_retried_late_is_answered_not_taken_for_theft(world):
+    # Issue 9, defect 3: a retry more than ~115 s later got token-reused and a flag.
+    agent = world.agent(login=False)
+    agent._conn = LosesReply(world.core, world.clock)
+    with pytest.raises(BrokerUnreachable):
+        agent.login(PASSWORD)
+    world.clock.advance(600)
+    again = Agent(agent.home, context=world.zctx)
+    again._conn = InMemoryConnection(world.core, world.clock)
+    world.agents.append(again)
+    info = again.login(PASSWORD)
+    assert info.username == "ana.lima" and not world.store.get("ana.lima")["flagged"]
+    assert again.whoami()["username"] == "ana.lima"
+
+
+def test_older_captured_login_replayed_late_is_stale_not_theft(world):
     agent = world.agent()
-    login = agent.connection.sent[-1]
+    captured = agent.connection.sent[-1]
+    agent.login()  # a newer rotation: the captured request is no longer the last one
     world.clock.advance(121)
-    reply = world.send(agent, login)
-    assert b"stale" in reply[3]
+    error = refusal(world.send(agent, captured), agent.credentials.symmetric_key)
+    assert error.code is ErrorCode.STALE and error.authenticated
+    assert not world.store.get("ana.lima")["flagged"]
 
 
 def test_older_captured_login_replayed_is_refused_without_flagging(world):
     agent = world.agent()
     captured = agent.connection.sent[-1]
     agent.login()
-    world.core._seen_nonces = type(world.core._seen_nonces)(ttl=1)  # as after a restart
-    reply = world.send(agent, captured)
-    assert b"replayed" in reply[3]
+    world.core._preauth_guard = ReplayGuard(ttl=1)  # as after a restart
+    error = refusal(world.send(agent, captured), agent.credentials.symmetric_key)
+    assert error.code is ErrorCode.REPLAYED
     assert not world.store.get("ana.lima")["flagged"]
+
+
+def test_lost_registration_reply_retried_with_the_same_one_time_id_completes(world):
+    # Issue 9, defect 3: the retry got "already used" and only re-enrollment helped.
+    agent = world.agent(register=False)
+    username, otid = agent.enrolled
+    agent._conn = LosesReply(world.core, world.clock)
+    with pytest.raises(BrokerUnreachable):
+        agent.register(username, otid, world.keys.fingerprint, PASSWORD)
+    pending = agent.home / PENDING_REGISTRATION_NAME
+    assert pending.stat().st_mode & 0o777 == 0o600 and not agent.file.exists()
+    world.clock.advance(3600)
+    again = Agent(agent.home, context=world.zctx)
+    again._conn = InMemoryConnection(world.core, world.clock)
+    world.agents.append(again)
+    creds = again.register(username, otid, world.keys.fingerprint, PASSWORD)
+    assert world.store.get(username)["public_key"] == bytes(again.private_key.public_key)
+    assert creds.username == username and not pending.exists()
+    assert again.login().username == username
+
+
+def test_registration_retried_after_a_login_is_already_used(world):
+    agent = world.agent()  # registered and logged in: TOKEN_1 arrived
+    username, otid = agent.enrolled
+    pending = CredentialsFile(agent.home / PENDING_REGISTRATION_NAME)
+    pending.create(PASSWORD, agent.credentials)  # as if the keys were still pending
+    agent.file.path.unlink()
+    with refused(ErrorCode.BAD_ONE_TIME_ID):
+        agent.register(username, otid, world.keys.fingerprint, PASSWORD)
 
 
 def test_reused_token_revokes_session_and_flags_user(world):
@@ -225,6 +366,7 @@ def test_reused_token_revokes_session_and_flags_user(world):
     creds.username, creds.symmetric_key, creds.token = "ana.lima", \
         agent.credentials.symmetric_key, stolen_token
     thief.file.save(creds)
+    world.clock.advance(1)  # the thief comes later (the frozen clock would say "replayed")
     with refused(ErrorCode.TOKEN_REUSED):
         thief.login()
     assert world.store.get("ana.lima")["flagged"] == "token reuse detected"
@@ -235,12 +377,6 @@ def test_reused_token_revokes_session_and_flags_user(world):
 
 def test_login_whose_reply_was_lost_is_recovered_by_the_next_process(world):
     agent = world.agent(login=False)
-
-    class LosesReply(InMemoryConnection):
-        def request(self, frames):
-            super().request(frames)  # the broker acts on it ...
-            raise BrokerUnreachable("broker unreachable (reply lost)")  # ... we never hear
-
     agent._conn = LosesReply(world.core, world.clock)
     with pytest.raises(BrokerUnreachable):
         agent.login(PASSWORD)
@@ -371,23 +507,45 @@ def test_operator_revoke_ends_live_session(world):
 
 # -- malformed input ----------------------------------------------------------------------
 
+LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+
+
+def _login_envelope(username: str = "ana.lima") -> bytes:
+    return Header(Channel.CLIENT, Kind.LOGIN, Sender.CLIENT, login_context(username),
+                  timestamp_counter(time.time())).pack() + os.urandom(80)
+
+
+def _register_envelope(key: bytes) -> bytes:
+    return Header(Channel.CLIENT, Kind.REGISTER, Sender.CLIENT, register_context(key),
+                  timestamp_counter(time.time())).pack() + os.urandom(120)
+
+
 @pytest.mark.parametrize("frames", [
     [],
     [b"garbage"],
-    [CLIENT_PROTOCOL],
-    [b"MDPC01", Command.LOGIN.value, b"x", b"y"],
-    [CLIENT_PROTOCOL, b"\x7f"],
-    [CLIENT_PROTOCOL, Command.LOGIN.value],
-    [CLIENT_PROTOCOL, Command.LOGIN.value, b"\xff\xfe", b"x"],
-    [CLIENT_PROTOCOL, Command.LOGIN.value, b"", b"x"],
-    [CLIENT_PROTOCOL, Command.REGISTER.value, b"short", b"x"],
-    [CLIENT_PROTOCOL, Command.REGISTER.value, bytes(32), os.urandom(100)],
-])
-def test_malformed_request_gets_error_reply(world, frames):
+    [b"AGORA01C", b"\x03", b"ana.lima", os.urandom(90)],  # AGORA/1
+    [_login_envelope()],  # LOGIN without its username frame
+    [b"ana.lima", b"extra", _login_envelope()],
+    [b"\xff\xfe", _login_envelope()],
+    [b"", _login_envelope()],
+    [b"bob.stone", _login_envelope()],  # context of another username
+    [_register_envelope(os.urandom(32))],  # REGISTER without its key frame
+    [b"short", _register_envelope(b"short")],
+    [bytes(32), _register_envelope(bytes(32))],
+    [LOW_ORDER, _register_envelope(LOW_ORDER)],
+    [_register_envelope(os.urandom(32))[:40]],
+    [b"x", broker_key_request()[0]],
+    [broker_key_request()[0] + b"x"],
+], ids=["empty", "garbage", "agora1", "login-1-frame", "login-3-frames", "login-not-utf8",
+        "login-no-name", "login-other-context", "register-1-frame", "register-short-key",
+        "register-zero-key", "register-low-order-key", "register-truncated",
+        "broker-key-hint", "broker-key-body"])
+def test_malformed_request_gets_a_clear_bad_request(world, frames):
+    # Never `internal` (issue 9, surviving mutant: a dropped LOGIN frame check).
     out = world.core.handle(b"id", frames, world.clock.now)
     assert len(out) == 1
-    reply = out[0][1]
-    assert reply[0] == CLIENT_PROTOCOL and reply[2] == Status.ERROR.value
+    error = refusal(out[0][1])
+    assert error.code is ErrorCode.BAD_REQUEST and not error.authenticated, error
 
 
 @pytest.mark.parametrize("data", [
@@ -428,8 +586,7 @@ def test_random_and_mutated_frames_never_break_the_core(world):
             else:
                 frames.insert(victim, bytearray(os.urandom(rng.randint(0, 8))))
         out = world.core.handle(b"fuzz", [bytes(f) for f in frames], world.clock.now)
-        assert all(reply[0] == CLIENT_PROTOCOL or reply[0][:3] == b"AG\x02"
-                   for _, reply in out)
+        assert all(len(reply) == 1 and reply[0][:3] == b"AG\x02" for _, reply in out)
     world.clock.advance(61)  # let the rate limiter forget the fuzz failures
     agent.login()
     assert agent.whoami()["username"] == "ana.lima"

@@ -12,16 +12,18 @@ import zmq
 
 from agents import Agent
 from agora.crypto import b64
+from agora.envelope import Header, peek, seal, timestamp_counter
 from agora.errors import BrokerUnreachable, MessageTooLarge, RemoteError
-from agora.protocol import (
-    CLIENT_PROTOCOL,
-    MAX_MESSAGE_SIZE,
-    Command,
-    ErrorCode,
-    Kind,
-    Status,
+from agora.protocol import MAX_MESSAGE_SIZE, Channel, ErrorCode, Kind, Sender
+from agora.wire import (
+    broker_key_request,
+    encode_call,
+    login_context,
+    raise_if_clear_error,
+    register_context,
+    request_header,
+    seal_session_request,
 )
-from agora.wire import encode_call, seal_session_request
 from broker.server import BrokerServer
 from tests.conftest import PASSWORD
 
@@ -37,12 +39,15 @@ def raw_dealer(zctx, endpoint: str) -> zmq.Socket:
 def test_broker_survives_hundreds_of_random_and_mutated_frames(broker, zctx):
     agent = broker.agent("Ana Lima")
     rng = random.Random(99)
+    key = os.urandom(32)
     samples = [
-        [CLIENT_PROTOCOL, Command.LOGIN.value, b"ana.lima", os.urandom(90)],
+        [b"ana.lima", seal(os.urandom(32), request_header(
+            Kind.LOGIN, login_context("ana.lima"), timestamp_counter(time.time())), bytes(35))],
         [seal_session_request(os.urandom(32), agent.session.sid, 10**6, Kind.CALL,
                               encode_call("echo", {"n": 1}))],
-        [CLIENT_PROTOCOL, Command.REGISTER.value, os.urandom(32), os.urandom(150)],
-        [CLIENT_PROTOCOL, Command.BROKER_KEY.value],
+        [key, seal(os.urandom(32), request_header(Kind.REGISTER, register_context(key),
+                                                  timestamp_counter(time.time())), bytes(80))],
+        broker_key_request(),
     ]
     sock = raw_dealer(zctx, broker.endpoint)
     for _ in range(300):
@@ -69,8 +74,7 @@ def test_broker_survives_hundreds_of_random_and_mutated_frames(broker, zctx):
 def test_oversized_message_is_dropped_and_broker_keeps_serving(broker, zctx):
     agent = broker.agent("Ana Lima")
     sock = raw_dealer(zctx, broker.endpoint)
-    sock.send_multipart([b"", CLIENT_PROTOCOL, Command.BROKER_KEY.value,
-                         bytes(MAX_MESSAGE_SIZE + 1)])
+    sock.send_multipart([b"", broker_key_request()[0] + bytes(MAX_MESSAGE_SIZE + 1)])
     with pytest.raises(zmq.Again):
         sock.recv_multipart()  # libzmq dropped the connection; no reply
     sock.close(0)
@@ -83,12 +87,18 @@ def test_agent_refuses_to_send_oversized_request(broker):
         agent.call("echo", {"blob": "x" * MAX_MESSAGE_SIZE})
 
 
-def test_broker_error_reply_for_unknown_command_over_socket(broker, zctx):
+def test_broker_error_reply_for_unknown_kind_over_socket(broker, zctx):
     sock = raw_dealer(zctx, broker.endpoint)
-    sock.send_multipart([b"", CLIENT_PROTOCOL, b"\x66"])
-    reply = sock.recv_multipart()
-    assert reply[:2] == [b"", CLIENT_PROTOCOL] and reply[3] == Status.ERROR.value
-    assert b"unknown command" in reply[4]
+    request = Header(Channel.CLIENT, 0x66, Sender.CLIENT, bytes(range(16)), 7)
+    sock.send_multipart([b"", request.pack()])
+    empty, reply = sock.recv_multipart()
+    header = peek(reply)
+    # A clear ERROR that echoes the request's context and counter.
+    assert (header.kind, header.sender, header.context, header.counter) == (
+        Kind.ERROR, Sender.BROKER, bytes(range(16)), 7)
+    with pytest.raises(RemoteError, match="unknown request kind") as err:
+        raise_if_clear_error(reply)
+    assert err.value.code is ErrorCode.BAD_REQUEST and not err.value.authenticated
     sock.close(0)
 
 
