@@ -264,6 +264,14 @@ class BrokerCore:
         self._membership_writes = self.store.membership_writes
         return self.apply_store_changes(now)
 
+    def sync_membership(self, now: float) -> None:
+        """Apply the broker's own membership writes (a registration, a token-reuse flag) at
+        once, not at the next store poll: a membership snapshot must not lag them. The
+        notices this makes go out with the current message's answers."""
+        if self.store.membership_writes != self._membership_writes:
+            self._membership_writes = self.store.membership_writes
+            self._outbox += self.apply_store_changes(now)
+
     def _audit_timer(self, now: float) -> list[Outgoing]:
         if now - self._last_audit_flush >= AUDIT_FLUSH_INTERVAL:
             self.flush_audit(now)

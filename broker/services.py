@@ -81,6 +81,7 @@ def membership(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """
     if ctx.session.kind is not PrincipalKind.SERVICE:
         raise RemoteError(ErrorCode.FORBIDDEN, "membership is for service principals")
+    ctx.core.sync_membership(ctx.now)
     return ctx.core.membership.snapshot()
 
 
