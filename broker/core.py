@@ -178,6 +178,10 @@ class BrokerCore:
         if channel == Channel.WORKER:
             return self._guarded("worker", self.workers.handle, identity, frames, now)
         out = self._client(identity, frames, now, address)
+        if self.store.membership_writes != self._membership_writes:
+            # A registration or a token-reuse flag just now: push it to subscribers with
+            # this answer, not at the next store poll (a join may follow it closely).
+            self.sync_membership(now)
         if self._outbox:
             out += self._outbox
             self._outbox = []
