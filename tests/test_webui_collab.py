@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from agents.notices import Notice
 from tests.conftest import PASSWORD
 from tests.test_auction_net import AuctionHarness, write_item
 from tests.webui_helpers import console_client, post
@@ -228,3 +229,18 @@ def test_auction_state_says_whether_the_reserve_is_met_never_the_reserve():
     View.best = {"amount": 5000, "bidder": "ana", "at": 2.0}
     assert auction_state(View(), "live", "", [], 1.0)["reserve"] == "met"  # type: ignore[arg-type]
 
+
+
+def test_the_brokers_session_ended_notice_signs_out_with_its_reason(pages):
+    ana = pages("Ana Lima", follow=False)
+    notices = ana.console.notices
+    notices.handle(Notice("session-ended", {"reason": "logged-out", "message": "bye"}))
+    notices.handle(Notice("session-ended", {"reason": "revoked", "message": "forged"},
+                          authenticated=False))
+    assert ana.state()["session"]["signed_in"]  # own logout, or unauthenticated: no
+    notices.handle(Notice("level-changed", {"level": 4}))
+    assert ana.state()["me"]["level"] == 4
+    notices.handle(Notice("session-ended", {"reason": "revoked",
+                                            "message": "revoked by the operator"}))
+    assert ana.state()["session"] == {"signed_in": False, "reason": "revoked by the operator",
+                                      "broker": ""}

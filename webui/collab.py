@@ -9,6 +9,8 @@ Threads, each bounded and stopped by :meth:`CollabConsole.close`:
 - :class:`AgentThread` owns the Agent (it is not thread-safe): it runs the jobs that request
   handlers hand it (a call, a send), receives peer messages between jobs, and checks the
   session every :data:`SESSION_CHECK` seconds, so a revocation shows as "signed out".
+- :class:`NoticeFollower` follows the notices the broker pushes to this session (its own
+  socket): a session ended by the broker signs the page out at once, with the reason.
 - :class:`AuctionFollower` joins the auction and runs an ``AuctionWatcher`` in its own thread;
   every announcement becomes a fresh state for the page. No word from the auctioneer for
   :data:`SILENT_AFTER` seconds is shown as such instead of a countdown going on as if
@@ -41,10 +43,11 @@ from starlette.staticfiles import StaticFiles
 from agents.agent import Agent
 from agents.auction import AuctionClient, AuctionWatcher, auctioneer_key
 from agents.auction_view import AuctionView
+from agents.notices import Notice
 from agents.peer_protocol import PeerMessage
 from agora.auction_wire import parse_money
 from agora.errors import AgoraError, AuctioneerUnreachable, LocalError, RemoteError
-from agora.protocol import ErrorCode
+from agora.protocol import EndReason, ErrorCode, NoticeType
 from webui.assets import STATIC_DIR, template
 from webui.hub import EventHub
 from webui.security import Access, PageError, page_error, read_action, render_page, text_param
@@ -53,8 +56,9 @@ log = logging.getLogger("agora.ui")
 
 ACTIONS = frozenset({"bid", "send", "call", "refresh"})
 #: Seconds between checks that the broker still knows this session (and who is online);
-#: each is one audited ``directory`` call, so not much more often than this.
-SESSION_CHECK = 3.0
+#: each is one audited ``directory`` call. The broker's session-ended notice usually
+#: says it first (:class:`NoticeFollower`); this check covers a broker that cannot push.
+SESSION_CHECK = 5.0
 #: Seconds without any announcement (heartbeats come every second) before the page says
 #: the auctioneer has gone silent.
 SILENT_AFTER = 3.5
@@ -135,6 +139,42 @@ class AgentThread:
             except queue.Empty:
                 break
             future.cancel()
+
+
+class NoticeFollower:
+    """The broker's pushed notices for this session, in their own thread and socket."""
+
+    def __init__(self, console: CollabConsole) -> None:
+        self.console = console
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="notices", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            stream = self.console.agent.subscribe()
+        except AgoraError as exc:  # an older broker: the periodic session check remains
+            log.info("no session notices from the broker: %s", describe(exc))
+            return
+        with stream:
+            while not self.stop.is_set() and self.console.signed_in:
+                for notice in stream.poll(0.25):
+                    self.handle(notice)
+
+    def handle(self, notice: Notice) -> None:
+        if not notice.authenticated:
+            return  # what the stream saw itself (silence...): a hint, never proof
+        if notice.type == NoticeType.SESSION_ENDED.value and \
+                notice.reason != EndReason.LOGGED_OUT.value:
+            self.console.sign_out(notice.message or f"session ended ({notice.reason})")
+        elif notice.type == NoticeType.NEW_LOGIN.value:
+            where = notice.fields.get("address") or "somewhere"
+            self.console.hub.publish("note", f"another session of yours logged in (from "
+                                     f"{where})")
+        elif notice.type == NoticeType.LEVEL_CHANGED.value:
+            level = notice.fields.get("level")
+            if isinstance(level, int) and not isinstance(level, bool):
+                self.console.me["level"] = level
+                self.console.hub.publish("me", self.console.me)
 
 
 def auction_state(view: AuctionView | None, link: str, note: str,
@@ -362,6 +402,7 @@ class CollabConsole:
         self.services: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []
         self.agent_thread = AgentThread(agent, self._on_message, self._check)
+        self.notices = NoticeFollower(self)
         self.auction = AuctionFollower(self, auctioneer, endpoint, interface, timeout) \
             if follow_auction else None
         self._closed = False
@@ -369,6 +410,7 @@ class CollabConsole:
     def start(self) -> None:
         self.agent_thread.thread.start()
         self.agent_thread.submit(self._load_lists)
+        self.notices.thread.start()
         if self.auction is not None:
             self.auction.start()
 
@@ -379,6 +421,8 @@ class CollabConsole:
         self._closed = True
         if self.auction is not None:
             self.auction.close()
+        self.notices.stop.set()
+        self.notices.thread.join(timeout=5)
         self.agent_thread.stop.set()
         self.agent_thread.thread.join(timeout=10)
         if self.agent_thread.thread.is_alive():

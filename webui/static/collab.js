@@ -269,9 +269,13 @@
 
   // -- state and live events -------------------------------------------------------------
 
+  function showMe(me) {
+    $("me-level").textContent = `level ${me.level} (${LEVELS[me.level] || ""}), ${me.kind}`;
+  }
+
   async function load() {
     const s = await agora.get("/api/state");
-    $("me-level").textContent = `level ${s.me.level} (${LEVELS[s.me.level] || ""}), ${s.me.kind}`;
+    showMe(s.me);
     for (const key of Object.keys(conversations)) delete conversations[key];
     for (const msgs of Object.values(s.conversations)) for (const m of msgs) addMessage(m);
     showOnline(s.online);
@@ -285,6 +289,7 @@
     hello: () => load(), resync: () => load(),
     auction: showAuction, message: addMessage, session: showSession,
     online: showOnline, services: showServices, notes: showNotes,
+    me: showMe, note: (text) => notice($("broker-banner"), text, "warn"),
   };
   agora.stream((event) => {
     const handler = handlers[event.kind];
