@@ -46,9 +46,9 @@ def encode_json(obj: Any) -> bytes:
 
 
 def decode_json(data: bytes) -> dict[str, Any]:
-    """Parse a JSON object from the wire; anything else is a ProtocolError."""
+    """Parse a JSON object (UTF-8) from the wire; anything else is a ProtocolError."""
     try:
-        obj = json.loads(data)
+        obj = json.loads(data.decode("utf-8"))  # UTF-8 only, and no encoding sniffing
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError("body is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -197,8 +197,8 @@ def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int
     if header.kind == Kind.REFUSED:
         raise decode_refusal(body)
     try:
-        return _loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
         raise ProtocolError("RESULT body is not valid JSON") from None
 
 
