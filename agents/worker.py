@@ -22,7 +22,6 @@ needed) and attaches anew.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Any
 import zmq
 
 from agents.agent import Agent
-from agora.envelope import ReplayGuard
+from agora.envelope import Header, ReplayGuard, seal
 from agora.errors import (
     AgoraError,
     LocalError,
@@ -46,13 +45,22 @@ from agora.protocol import (
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
     SESSION_MAX_AGE,
+    Channel,
     ErrorCode,
     Kind,
     Level,
     Sender,
 )
 from agora.sockets import make_socket
-from agora.wire import decode_worker_body, open_to_worker, seal_worker_message
+from agora.wire import (
+    compact_json,
+    decode_json,
+    decode_request,
+    decode_worker_body,
+    encode_reply,
+    encode_worker_body,
+    open_to_worker,
+)
 
 log = logging.getLogger("agora.worker")
 
@@ -69,9 +77,12 @@ class Caller:
     level: int
 
 
-def invoke(handler: Callable[..., Any], args: dict[str, Any], caller: Caller) -> Any:
-    """Call ``handler`` with ``args`` as keywords; RemoteError(bad-request) if they do not fit."""
-    signature = inspect.signature(handler)
+def invoke(handler: Callable[..., Any], args: dict[str, Any], caller: Caller,
+           signature: inspect.Signature | None = None) -> Any:
+    """Call ``handler`` with ``args`` as keywords; RemoteError(bad-request) if they do not fit.
+    ``signature`` is the handler's, when the caller keeps it (it is looked up otherwise)."""
+    if signature is None:
+        signature = inspect.signature(handler)
     kwargs = dict(args)
     if "caller" in signature.parameters:
         if "caller" in kwargs:
@@ -94,6 +105,7 @@ class ServiceWorker:
         self.agent = agent
         self.service = service
         self.handler = handler
+        self._signature = inspect.signature(handler)  # once, not per call
         self.level = Level(int(level))
         self.description = description or (inspect.getdoc(handler) or "").split("\n")[0]
         self.heartbeat_interval = heartbeat_interval
@@ -151,7 +163,7 @@ class ServiceWorker:
                 finally:
                     self._socket_lock.release()
 
-    def _call(self, args: Any, caller: Any) -> dict[str, Any]:
+    def _call(self, args: bytes, caller: Caller) -> tuple[bool, bytes]:
         """Run the handler here, lending the socket to the helper thread meanwhile."""
         self._handler_started = time.monotonic()
         self._socket_lock.release()
@@ -172,7 +184,7 @@ class ServiceWorker:
         while not self.stop.is_set():
             if poller.poll(poll_ms):
                 try:
-                    command, body = self._receive()
+                    command, raw = self._receive()
                 except ProtocolError as exc:
                     log.info("ignored a bad message from the broker: %s", exc)
                     continue
@@ -184,16 +196,21 @@ class ServiceWorker:
                     self.attached.set()
                     log.info("attached as %s (level %d)", self.service, self.level)
                 elif command is Kind.REQUEST:
-                    rid = body.get("id")
-                    if not isinstance(rid, str):
-                        log.info("ignored a request without an id")
-                    else:
-                        reply = self._call(body.get("args"), body.get("caller"))
-                        self.served += 1  # counted before the caller can see the answer
-                        self._send(Kind.REPLY, {"id": rid, **reply})
-                        # What the broker sent during a long call is read next: not silence.
-                        expiry = time.monotonic() + self.heartbeat_interval * self.liveness
+                    try:
+                        rid, _, username, level, _, args = decode_request(raw)
+                    except ProtocolError as exc:
+                        log.info("ignored a bad request from the broker: %s", exc)
+                        continue
+                    ok, answer = self._call(args, Caller(username, level))
+                    self.served += 1  # counted before the caller can see the answer
+                    self._send_body(Kind.REPLY, encode_reply(rid, ok, answer))
+                    # What the broker sent during a long call is read next: not silence.
+                    expiry = time.monotonic() + self.heartbeat_interval * self.liveness
                 elif command is Kind.DISCONNECT:
+                    try:
+                        body = decode_worker_body(command, raw)
+                    except ProtocolError:
+                        body = {}  # sealed by the broker all the same: detached
                     self._refused(RemoteError(str(body.get("code", "internal")),
                                               str(body.get("message", "disconnected"))))
                     return
@@ -208,25 +225,29 @@ class ServiceWorker:
         if self.attached.is_set():
             self._send(Kind.DISCONNECT, {})
 
-    def _run(self, args: Any, caller: Any) -> dict[str, Any]:
-        """Run the handler; the REPLY body, ok or error."""
+    def _run(self, args: bytes, caller: Caller) -> tuple[bool, bytes]:
+        """Run the handler on the request's args (JSON octets): (ok, the REPLY's JSON)."""
         try:
-            if not isinstance(args, dict) or not isinstance(caller, dict):
-                raise RemoteError(ErrorCode.BAD_REQUEST, "malformed request")
-            result = invoke(self.handler, args, Caller(str(caller.get("username")),
-                                                       int(caller.get("level") or 0)))
-            # It must travel as JSON and fit the broker's reply to the caller: fail here.
-            if len(json.dumps(result)) > MAX_CALL_PAYLOAD:
+            try:
+                kwargs = decode_json(args) if args else {}
+            except ProtocolError:
+                raise RemoteError(ErrorCode.BAD_REQUEST, "arguments are not a JSON "
+                                  "object") from None
+            result = invoke(self.handler, kwargs, caller, self._signature)
+            # Encoded once, here: it must travel as JSON and fit the broker's reply to the
+            # caller, which forwards these octets as they are.
+            data = compact_json(result)
+            if len(data) > MAX_CALL_PAYLOAD:
                 raise RemoteError(ErrorCode.SERVICE_FAILED, f"result of {self.service} is "
                                   f"over {MAX_CALL_PAYLOAD // 1024} KiB")
-            return {"ok": True, "result": result}
+            return True, data
         except RemoteError as exc:
-            return {"ok": False, "error": exc.to_dict()}
+            return False, compact_json(exc.to_dict())
         except Exception as exc:
             log.exception("handler of %s failed", self.service)
-            return {"ok": False, "error": {"code": ErrorCode.SERVICE_FAILED.value,
-                                           "message": f"service {self.service} failed "
-                                                      f"({type(exc).__name__})"}}
+            return False, compact_json({"code": ErrorCode.SERVICE_FAILED.value,
+                                        "message": f"service {self.service} failed "
+                                                   f"({type(exc).__name__})"})
 
     def _refused(self, exc: RemoteError) -> None:
         self.attached.clear()
@@ -254,6 +275,9 @@ class ServiceWorker:
             self._socket = None
 
     def _send(self, command: Kind, body: dict[str, Any]) -> None:
+        self._send_body(command, encode_worker_body(command, body))
+
+    def _send_body(self, command: Kind, body: bytes) -> None:
         session = self.agent.session
         if session is None or self._socket is None:
             raise LocalError("worker is not logged in")
@@ -261,16 +285,16 @@ class ServiceWorker:
         with _COUNTER_LOCK:
             session.worker_counter += 1
             counter = session.worker_counter
-        envelope = seal_worker_message(session.key, session.sid, counter,
-                                       Sender.WORKER, command, body)
+        envelope = seal(session.key, Header(Channel.WORKER, command, Sender.WORKER,
+                                            session.sid, counter), body)
         try:
             self._socket.send_multipart([b"", envelope])
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.info("could not send %s to the broker", command.name)
 
-    def _receive(self) -> tuple[Kind, dict[str, Any]]:
-        """One broker message: (kind, body); ProtocolError to ignore it; RemoteError
+    def _receive(self) -> tuple[Kind, bytes]:
+        """One broker message: (kind, raw body); ProtocolError to ignore it; RemoteError
         UNKNOWN_SESSION when the broker says (in clear) it does not know the session."""
         session = self.agent.session
         assert self._socket is not None and session is not None
@@ -284,10 +308,9 @@ class ServiceWorker:
             if exc.code == ErrorCode.UNKNOWN_SESSION.value:
                 raise RemoteError(ErrorCode.UNKNOWN_SESSION, exc.message) from None
             raise
-        body = decode_worker_body(Kind(header.kind), raw)
         if not self._guard.admit(session.sid, header.counter, time.time()):
             raise ProtocolError("replayed broker message")
-        return Kind(header.kind), body
+        return Kind(header.kind), raw
 
 
 _COUNTER_LOCK = threading.Lock()

@@ -10,8 +10,9 @@ authenticated, in clear (Kind.ERROR) when it did not.
 Worker messages (docs/PROTOCOL.md, section 4.3) are AGORA/2: one frame, one envelope
 (agora/envelope.py) on Channel.WORKER under the worker's session key, context = the
 session id, sender WORKER or BROKER, kind READY / REQUEST / REPLY / HEARTBEAT / DISCONNECT,
-counter = the sender's own sequence in that session; HEARTBEAT's body is empty, the others'
-a compact JSON object. A clear ERROR envelope only where the broker cannot seal.
+counter = the sender's own sequence in that session; HEARTBEAT's body is empty, REQUEST and
+REPLY have a fixed binary layout around the call's JSON (forwarded as opaque octets), the
+others are a compact JSON object. A clear ERROR envelope only where the broker cannot seal.
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ def encode_call(service: str, args: dict[str, Any] | None = None) -> bytes:
     return bytes((len(name),)) + name + (compact_json(args) if args else b"")
 
 
-def decode_call(body: bytes) -> tuple[str, dict[str, Any]]:
-    """Service name and args of a CALL body; ProtocolError if it is not one."""
+def split_call(body: bytes) -> tuple[str, bytes]:
+    """Service name and the args' JSON octets (unparsed; empty = {}) of a CALL body:
+    a worker-served call forwards them as they are. ProtocolError if it is not one."""
     size = body[0] if body else 0
     if not size or len(body) < 1 + size:
         raise ProtocolError("CALL body: bad service name length")
@@ -129,9 +131,13 @@ def decode_call(body: bytes) -> tuple[str, dict[str, Any]]:
         name = body[1:1 + size].decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("CALL body: service name is not UTF-8") from None
-    if len(body) == 1 + size:
-        return name, {}
-    return name, decode_json(body[1 + size:])
+    return name, body[1 + size:]
+
+
+def decode_call(body: bytes) -> tuple[str, dict[str, Any]]:
+    """Service name and args of a CALL body; ProtocolError if it is not one."""
+    name, args = split_call(body)
+    return name, decode_json(args) if args else {}
 
 
 def encode_refusal(code: ErrorCode | str, message: str) -> bytes:
@@ -364,18 +370,94 @@ WORKER_KINDS = frozenset({Kind.READY, Kind.REPLY, Kind.HEARTBEAT, Kind.DISCONNEC
 TO_WORKER_KINDS = frozenset({Kind.READY, Kind.REQUEST, Kind.HEARTBEAT, Kind.DISCONNECT})
 
 
+#
+# REQUEST and REPLY carry a call, so they are on the hot path of every worker-routed call:
+# a fixed binary layout around the call's own JSON, which the broker forwards as opaque
+# octets (it never parses a caller's args nor re-encodes a worker's result):
+#
+#   REQUEST = id (8) | timeout ms (u32) | caller level (u8) | service length (u8) | service
+#             | username length (u8) | username | args (compact JSON object; empty = {})
+#   REPLY   = id (8) | status (u8: 0 ok, 1 error) | JSON (the result; or {"code", "message"})
+
+REQUEST_ID_SIZE = 8
+REPLY_OK, REPLY_ERROR = 0, 1
+_REQUEST_HEAD = struct.Struct(">8sIB")
+_REPLY_HEAD = struct.Struct(">8sB")
+
+
+def encode_request(rid: bytes, service: bytes, username: bytes, level: int, timeout: float,
+                   args: bytes) -> bytes:
+    """A REQUEST body; ``service`` and ``username`` UTF-8 (1-255 octets), ``args`` the
+    caller's JSON octets as they came."""
+    ms = min(max(0, round(timeout * 1000)), 0xFFFFFFFF)
+    return b"".join((_REQUEST_HEAD.pack(rid, ms, level), bytes((len(service),)), service,
+                     bytes((len(username),)), username, args))
+
+
+def decode_request(body: bytes) -> tuple[bytes, str, str, int, float, bytes]:
+    """(id, service, username, level, timeout s, args JSON octets) of a REQUEST body."""
+    try:
+        rid, ms, level = _REQUEST_HEAD.unpack_from(body)
+        at = _REQUEST_HEAD.size
+        service_end = at + 1 + body[at]
+        user_end = service_end + 1 + body[service_end]
+        if len(body) < user_end:
+            raise IndexError
+        service = body[at + 1:service_end].decode("utf-8")
+        username = body[service_end + 1:user_end].decode("utf-8")
+    except (struct.error, IndexError, UnicodeDecodeError):
+        raise ProtocolError("REQUEST body is malformed") from None
+    return rid, service, username, level, ms / 1000, body[user_end:]
+
+
+def encode_reply(rid: bytes, ok: bool, data: bytes) -> bytes:
+    """A REPLY body: the result's JSON octets when ``ok``, else a refusal's."""
+    return _REPLY_HEAD.pack(rid, REPLY_OK if ok else REPLY_ERROR) + data
+
+
+def decode_reply(body: bytes) -> tuple[bytes, bool, bytes]:
+    """(id, ok, JSON octets) of a REPLY body; ProtocolError if it is not one."""
+    if len(body) <= _REPLY_HEAD.size or body[REQUEST_ID_SIZE] not in (REPLY_OK, REPLY_ERROR):
+        raise ProtocolError("REPLY body is malformed")
+    return (body[:REQUEST_ID_SIZE], body[REQUEST_ID_SIZE] == REPLY_OK,
+            body[_REPLY_HEAD.size:])
+
+
 def encode_worker_body(kind: Kind, body: dict[str, Any]) -> bytes:
-    """HEARTBEAT has an empty body; every other worker message a compact JSON object."""
+    """A worker message's body from its fields (HEARTBEAT empty; REQUEST and REPLY binary,
+    ``id`` in hex; the others a compact JSON object)."""
     if kind is Kind.HEARTBEAT:
         return b""
+    if kind is Kind.REQUEST:
+        caller = body["caller"]
+        return encode_request(bytes.fromhex(body["id"]), body["service"].encode(),
+                              caller["username"].encode(), caller["level"], body["timeout"],
+                              compact_json(body["args"]) if body["args"] else b"")
+    if kind is Kind.REPLY:
+        ok = body["ok"] is True
+        return encode_reply(bytes.fromhex(body["id"]), ok,
+                            compact_json(body["result"] if ok else body["error"]))
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
 def decode_worker_body(kind: Kind, body: bytes) -> dict[str, Any]:
+    """The fields of a worker message's body (encode_worker_body's inverse)."""
     if kind is Kind.HEARTBEAT:
         if body:
             raise ProtocolError("HEARTBEAT has an empty body")
         return {}
+    if kind is Kind.REQUEST:
+        rid, service, username, level, timeout, args = decode_request(body)
+        return {"id": rid.hex(), "service": service, "args": decode_json(args) if args else {},
+                "caller": {"username": username, "level": level}, "timeout": timeout}
+    if kind is Kind.REPLY:
+        rid, ok, data = decode_reply(body)
+        try:
+            value = _loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ProtocolError("REPLY body is not valid JSON") from None
+        return {"id": rid.hex(), "ok": True, "result": value} if ok else {
+            "id": rid.hex(), "ok": False, "error": value}
     return decode_json(body)
 
 

@@ -59,7 +59,7 @@ from agora.protocol import (
 from agora.wire import (
     broker_key_reply,
     client_error,
-    decode_call,
+    decode_json,
     decode_login,
     decode_register,
     decode_username,
@@ -70,6 +70,7 @@ from agora.wire import (
     reply_header,
     session_refusal,
     session_result,
+    split_call,
 )
 from broker.membership import Membership
 from broker.notices import NoticeHub
@@ -117,7 +118,7 @@ class WorkerCall:
     """What ``_call`` returns for a worker-served service: forward it, answer later."""
 
     service: str
-    args: dict[str, Any]
+    args: bytes  # the caller's JSON octets: forwarded to the worker unparsed
 
 
 class BrokerCore:
@@ -605,7 +606,7 @@ class BrokerCore:
         return {"ended": session.short_id}
 
     def _call(self, session: Session, body: bytes, now: float) -> Any:
-        name, call_args = decode_call(body)
+        name, raw_args = split_call(body)
         service = self.services.get(name)
         level = service.level if service is not None else self.workers.level_of(name)
         if level is None:
@@ -618,12 +619,13 @@ class BrokerCore:
             raise RemoteError(ErrorCode.FORBIDDEN, f"{name} needs level {int(level)} "
                               f"({level.label}); you have {int(session.level)}")
         if service is None:
-            return WorkerCall(name, call_args)
+            return WorkerCall(name, raw_args)
         if session.kind not in service.callers:
             self.audit_later(session.username, f"call:{name}", "forbidden", now)
             raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is for "
                               f"{' and '.join(sorted(k.value for k in service.callers))} "
                               "principals")
+        call_args = decode_json(raw_args) if raw_args else {}
         try:
             result = service.handler(CallContext(session, now, self), call_args)
         except (RemoteError, ProtocolError):

@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import re
-import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agora.envelope import NO_CONTEXT, ReplayGuard, peek
+from agora.envelope import NO_CONTEXT, Header, ReplayGuard, peek, seal
 from agora.errors import ProtocolError, RemoteError
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
@@ -37,6 +37,7 @@ from agora.protocol import (
     MAX_MESSAGE_SIZE,
     MAX_QUEUED_REQUESTS,
     SESSION_MAX_AGE,
+    Channel,
     ErrorCode,
     Kind,
     Level,
@@ -45,13 +46,16 @@ from agora.protocol import (
     Status,
 )
 from agora.wire import (
+    REQUEST_ID_SIZE,
+    decode_json,
+    decode_reply,
     decode_worker_body,
-    encode_json,
+    encode_request,
     field,
     open_worker_message,
     seal_worker_message,
     session_refusal,
-    session_result,
+    session_reply,
     worker_error,
 )
 from broker.sessions import Session, SessionTable
@@ -84,7 +88,7 @@ class Worker:
     service: str
     expiry: float  # dead if nothing arrives before this
     next_heartbeat: float
-    request: str | None = None  # id of the request it is serving, if busy
+    request: bytes | None = None  # id of the request it is serving, if busy
     busy_until: float = 0.0  # past this, a worker still on one request is wedged
 
 
@@ -97,14 +101,14 @@ class WorkerService:
     description: str
     workers: dict[bytes, Worker] = dataclasses.field(default_factory=dict)
     idle: deque[bytes] = dataclasses.field(default_factory=deque)  # least recently used first
-    queue: deque[str] = dataclasses.field(default_factory=deque)  # request ids waiting for a worker
+    queue: deque[bytes] = dataclasses.field(default_factory=deque)  # request ids waiting
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingCall:
     """A client's call forwarded (or queued) for a worker, answered later."""
 
-    rid: str
+    rid: bytes
     service: str
     caller: bytes  # the socket identity that last sent this request (retries change it)
     sid: bytes
@@ -112,7 +116,7 @@ class PendingCall:
     digest: bytes
     username: str
     level: int
-    args: dict[str, Any]
+    args: bytes  # the caller's JSON octets, forwarded as they came
     deadline: float
     worker: bytes | None = None
 
@@ -130,8 +134,8 @@ class WorkerRegistry:
         self.liveness = liveness
         self.services: dict[str, WorkerService] = {}
         self.workers: dict[bytes, Worker] = {}
-        self.pending: dict[str, PendingCall] = {}
-        self._by_session: dict[bytes, str] = {}  # caller session -> its outstanding call
+        self.pending: dict[bytes, PendingCall] = {}
+        self._by_session: dict[bytes, bytes] = {}  # caller session -> its outstanding call
         self._out_counter = itertools.count(1)  # broker -> worker counters, never reused
         # Worker counters per session: only authenticated messages enter it.
         self.guard = ReplayGuard(ttl=SESSION_MAX_AGE)
@@ -148,21 +152,22 @@ class WorkerRegistry:
                  "workers": len(s.workers)} for s in self.services.values()]
 
     def submit(self, session: Session, caller: bytes, counter: int, digest: bytes,
-               name: str, args: dict[str, Any], now: float) -> list[Outgoing]:
-        """Forward a CALL to a worker of ``name``; RemoteError if none can take it."""
+               name: str, args: bytes, now: float) -> list[Outgoing]:
+        """Forward a CALL to a worker of ``name``, its args (JSON octets) as they came;
+        RemoteError if none can take it."""
         service = self.services[name]
         if not service.workers:
             self.audit(session.username, f"call:{name}", "unavailable", now)
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE,
                               f"service {name} has no worker attached")
-        if len(encode_json(args)) > MAX_CALL_PAYLOAD:  # it would not fit the REQUEST
+        if len(args) > MAX_CALL_PAYLOAD:  # it would not fit the REQUEST
             raise RemoteError(ErrorCode.TOO_LARGE, f"arguments are over "
                               f"{MAX_CALL_PAYLOAD // 1024} KiB")
         if len(service.queue) >= MAX_QUEUED_REQUESTS:
             self.audit(session.username, f"call:{name}", "busy", now)
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, f"service {name} is overloaded")
         self._abandon(session.sid)  # a REQ client has one call in flight; a new one wins
-        call = PendingCall(secrets.token_hex(8), name, caller, session.sid, counter, digest,
+        call = PendingCall(os.urandom(REQUEST_ID_SIZE), name, caller, session.sid, counter, digest,
                            session.username, int(session.level), args, now + self.call_timeout)
         self.pending[call.rid] = call
         self._by_session[session.sid] = call.rid
@@ -222,15 +227,15 @@ class WorkerRegistry:
             return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
                                 "this socket is attached under another session", now)
         try:
-            body = decode_worker_body(command, raw)
             if command is Kind.READY:
-                return self._ready(session, identity, body, now)
+                return self._ready(session, identity, decode_worker_body(command, raw), now)
             if worker is None:
                 return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
                                     "not attached: send READY first", now)
             worker.expiry = now + self.heartbeat_interval * self.liveness
             if command is Kind.REPLY:
-                return self._reply(worker, body, now)
+                return self._reply(worker, raw, now)
+            decode_worker_body(command, raw)  # HEARTBEAT empty, DISCONNECT JSON
             if command is Kind.DISCONNECT:
                 log.info("worker %s of %s detached", worker.username, worker.service)
                 return self._detach(identity, now, "worker detached")
@@ -279,8 +284,8 @@ class WorkerRegistry:
                               {"service": name, "level": int(level)})
         return [ack, *self._dispatch(service, now)]
 
-    def _reply(self, worker: Worker, body: dict[str, Any], now: float) -> list[Outgoing]:
-        rid = field(body, "id", str)
+    def _reply(self, worker: Worker, body: bytes, now: float) -> list[Outgoing]:
+        rid, ok, data = decode_reply(body)
         if worker.request != rid:
             raise ProtocolError("reply to a request this worker was not given")
         worker.request = None
@@ -291,10 +296,15 @@ class WorkerRegistry:
         if call is None:
             log.info("late reply from %s for %s dropped", worker.username, worker.service)
             self.audit(worker.username, f"worker:{worker.service}", "late-reply", now)
-        elif body.get("ok") is True:
-            out += self._answer(call, Status.OK, {"result": body.get("result")}, "ok", now)
+        elif ok:
+            # The result's JSON octets go to the caller as they came: the broker does not
+            # parse what it only forwards (the caller's decoder checks them).
+            out += self._answer(call, Status.OK, {"result": data}, "ok", now)
         else:
-            error = body.get("error") if isinstance(body.get("error"), dict) else {}
+            try:
+                error = decode_json(data)
+            except ProtocolError:
+                error = {}
             try:
                 code = ErrorCode(error.get("code"))
             except ValueError:
@@ -363,10 +373,7 @@ class WorkerRegistry:
             # Its caller gets `timeout` at the deadline; a worker still on it well after that
             # is wedged (heartbeats alone prove only that its loop runs, not its handler).
             worker.busy_until = call.deadline + max(self.call_timeout, WEDGED_GRACE)
-            out.append(self._to_worker(session, worker.identity, Kind.REQUEST, {
-                "id": call.rid, "service": call.service, "args": call.args,
-                "caller": {"username": call.username, "level": call.level},
-                "timeout": max(0.0, call.deadline - now)}))
+            out.append(self._request(session, worker.identity, call, now))
         return out
 
     def _answer(self, call: PendingCall, status: Status, body: dict[str, Any], outcome: str,
@@ -380,7 +387,8 @@ class WorkerRegistry:
         if session is None:  # the caller logged out or was revoked meanwhile
             return []
         if status is Status.OK:
-            sealed = session_result(session.key, call.sid, call.counter, body.get("result"))
+            sealed = session_reply(session.key, call.sid, call.counter, Kind.RESULT,
+                                   body["result"])
         else:
             sealed = session_refusal(session.key, call.sid, call.counter,
                                      str(body.get("code")), str(body.get("message")))
@@ -421,6 +429,15 @@ class WorkerRegistry:
         out.append(self._to_worker(session, identity, Kind.DISCONNECT,
                                    {"code": code.value, "message": message}))
         return out
+
+    def _request(self, session: Session, identity: bytes, call: PendingCall, now: float,
+                 ) -> Outgoing:
+        """The REQUEST handing ``call`` to a worker: the caller's args octets as they came."""
+        body = encode_request(call.rid, call.service.encode(), call.username.encode(),
+                              call.level, max(0.0, call.deadline - now), call.args)
+        header = Header(Channel.WORKER, Kind.REQUEST, Sender.BROKER, session.sid,
+                        next(self._out_counter))
+        return identity, [seal(session.key, header, body)]
 
     def _to_worker(self, session: Session, identity: bytes, command: Kind,
                    body: dict[str, Any]) -> Outgoing:

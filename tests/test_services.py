@@ -112,6 +112,14 @@ def test_bad_arguments_are_a_bad_request(broker, workers):
     assert ana.call("upper", {"text": "still fine"}) == "STILL FINE"
 
 
+def test_args_that_are_not_a_json_object_are_the_workers_bad_request(broker, workers):
+    worker = workers("upper", examples.upper)  # the broker forwards args unparsed
+    ana = broker.agent("Ana Lima")
+    assert refused(ana.request, Kind.CALL, bytes((5,)) + b"upper[1]") is ErrorCode.BAD_REQUEST
+    assert ana.call("upper", {"text": "x"}) == "X"
+    assert worker.served == 2
+
+
 def test_raising_worker_gives_service_failed_without_its_message(broker, workers):
     workers("crash", sample_workers.crash)
     ana = broker.agent("Ana Lima")

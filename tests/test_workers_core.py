@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from agora.crypto import SecretBox, new_symmetric_key
-from agora.envelope import Header, seal
+from agora.envelope import Header, open_envelope, seal
 from agora.errors import RemoteError, UnauthenticatedRefusal
 from agora.keyfile import KeyPair
 from agora.protocol import (
@@ -24,8 +24,10 @@ from agora.protocol import (
     Sender,
 )
 from agora.wire import (
+    decode_request,
     decode_worker_body,
     encode_call,
+    encode_reply,
     encode_worker_body,
     open_session_reply,
     open_to_worker,
@@ -256,6 +258,35 @@ def test_malformed_worker_body_gets_a_sealed_disconnect(core):
                    b"[1]")]
     command, body = w.opened(only(core.handle(w.identity, frames, T0), w.identity))
     assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
+
+
+def test_malformed_reply_body_gets_a_sealed_disconnect(core):
+    w, ana = attached(core), client(core)
+    request = request_to(w, ana.call("upper", {"text": "hi"}))
+    w.worker_counter += 1  # an authentic REPLY: its id, then no status and no JSON
+    frames = [seal(w.key, Header(Channel.WORKER, Kind.REPLY, Sender.WORKER, w.session.sid,
+                                 w.worker_counter), bytes.fromhex(request["id"]))]
+    command, body = w.opened(only(core.handle(w.identity, frames, T0), w.identity))
+    assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
+
+
+def test_args_and_result_are_forwarded_as_the_octets_that_came(core):
+    """The broker neither parses a worker-routed call's args nor re-encodes its result."""
+    w, ana = attached(core), client(core)
+    ana.counter += 1
+    raw_args = b'{"text":"hi", "n":  1}'  # not as the broker's encoder would write it
+    frames = [seal_session_request(ana.key, ana.session.sid, ana.counter, Kind.CALL,
+                                   bytes((5,)) + b"upper" + raw_args)]
+    _, raw = open_to_worker(w.key, only(core.handle(ana.identity, frames, T0), w.identity)[0],
+                            w.session.sid)
+    rid, service, username, level, _, args = decode_request(raw)
+    assert (service, username, level, args) == ("upper", "ana", 3, raw_args)
+    w.worker_counter += 1
+    frames = [seal(w.key, Header(Channel.WORKER, Kind.REPLY, Sender.WORKER, w.session.sid,
+                                 w.worker_counter), encode_reply(rid, True, b'[ "HI" ]'))]
+    reply = only(core.handle(w.identity, frames, T0), ana.identity)
+    _, body = open_envelope(ana.key, reply[0], Channel.CLIENT, Sender.BROKER)
+    assert body == b'[ "HI" ]'
 
 
 def test_worker_message_under_the_wrong_key_is_refused(core):
