@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from agents.credentials import Credentials, CredentialsFile, check_new_password
 from agents.notices import NoticeStream
 from agents.peer import PeerNode, Receipt
 from agents.peer_protocol import PeerMessage
+from agents.pipeline import Pipeline
 from agents.transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, BrokerConnection
 from agora.crypto import (
     PrivateKey,
@@ -314,6 +315,19 @@ class Agent:
 
     def call(self, service: str, args: dict[str, Any] | None = None) -> Any:
         return self.request(Kind.CALL, encode_call(service, args))
+
+    def pipeline(self, depth: int = 8, timeout: float | None = None) -> Pipeline:
+        """A :class:`~agents.pipeline.Pipeline`: up to ``depth`` requests of this session in
+        flight at once over one DEALER socket (close it, or use it in a ``with``)."""
+        return Pipeline(self, depth, timeout)
+
+    def call_many(self, calls: Iterable[tuple[str, dict[str, Any] | None]], depth: int = 8,
+                  ) -> list[Any]:
+        """``(service, args)`` calls, ``depth`` in flight at a time; their answers in order,
+        each a result or the AgoraError that call ended with (one refusal does not stop the
+        others)."""
+        with self.pipeline(depth) as pipe:
+            return pipe.call_many(calls)
 
     def whoami(self) -> dict[str, Any]:
         return self.call("whoami")

@@ -130,6 +130,9 @@ HEARTBEAT_LIVENESS = 3
 DEFAULT_CALL_TIMEOUT = 5.0
 #: Requests queued per service while all its workers are busy; more are refused at once.
 MAX_QUEUED_REQUESTS = 1000
+#: Most session requests one caller may keep in flight at once (agents.pipeline); the
+#: broker's per-session answer cache and worker call table are sized for it.
+MAX_PIPELINE = 16
 
 
 #: Largest text of one peer message, in UTF-8 bytes; its envelope adds 94 bytes (AGORA/2).

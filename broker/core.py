@@ -570,7 +570,7 @@ class BrokerCore:
             if cached is not None:
                 log.info("retransmission from %s answered again", session.username)
                 return [(identity, cached)]  # exact retransmission: same answer, no new effect
-            if self.workers.retransmitted(sid, nonce, identity):
+            if self.workers.retransmitted(sid, counter, nonce, identity):
                 return []  # a retry of a call a worker is still serving: answered when it is
             if admitted is None:
                 code, message = ErrorCode.SERVICE_UNAVAILABLE, "broker is full; try later"

@@ -31,6 +31,8 @@ KEY_FILE = "broker.key"
 #: Held while a data directory is opened or created, so two processes make one key.
 LOCK_FILE = "broker.lock"
 POLL_MS = 100
+#: Most messages handled per wake-up before their answers are sent (see serve()).
+BATCH = 64
 #: How often the core's timers run (heartbeats, call timeouts, expiry, audit flush).
 TICK_INTERVAL = 0.05
 
@@ -102,7 +104,7 @@ class BrokerServer:
                 except zmq.Again:
                     pass
                 else:
-                    self._send(self._dispatch(identity, rest))
+                    self._send(self._drain(identity, rest))
                 now = time.time()
                 if now >= next_tick:
                     next_tick = now + TICK_INTERVAL
@@ -114,16 +116,32 @@ class BrokerServer:
             self.core.flush_audit(time.time())
             log.info("broker stopped")
 
+    def _drain(self, identity: zmq.Frame, rest: list[bytes]) -> list[Outgoing]:
+        """Handle this message and those already waiting (at most BATCH), then send all
+        their answers together: on a busy broker (pipelining callers, several workers) one
+        wake-up of the socket's I/O thread then carries many answers instead of one."""
+        out = self._dispatch(identity, rest)
+        for _ in range(BATCH - 1):
+            try:
+                identity = self.socket.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            out += self._dispatch(identity, self.socket.recv_multipart()
+                                  if identity.more else [])
+        return out
+
     def _dispatch(self, identity: zmq.Frame, rest: list[bytes]) -> list[Outgoing]:
         # Envelope: [identity, empty delimiter, body...], as a REQ socket sends it; DEALER
         # peers (workers) send the empty frame themselves, as in 7/MDP.
         if len(rest) < 2 or rest[0] != b"":
             log.info("dropped a message without a routing envelope")
             return []
-        try:
-            address = identity.get("Peer-Address") or "127.0.0.1"
-        except zmq.ZMQError:
-            address = "127.0.0.1"
+        address = "127.0.0.1"
+        if len(rest) > 2:  # a key hint and an envelope: only REGISTER and LOGIN record it
+            try:
+                address = identity.get("Peer-Address") or address
+            except zmq.ZMQError:
+                pass
         return self.core.handle(identity.bytes, rest[1:], time.time(), address)
 
     def _send(self, outgoing: list[Outgoing]) -> None:

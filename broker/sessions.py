@@ -14,6 +14,7 @@ from typing import Protocol
 
 from agora.envelope import ReplayGuard
 from agora.protocol import (
+    MAX_PIPELINE,
     RATE_LIMIT,
     RATE_WINDOW,
     SESSION_IDLE_TIMEOUT,
@@ -25,8 +26,8 @@ from agora.protocol import (
 
 SESSION_ID_SIZE = 16
 #: Answers kept per session for exact retransmissions: room for a pipelining caller's
-#: requests in flight (issue 13 keeps 8) with margin.
-REPLY_CACHE_SIZE = 16
+#: requests in flight (agents.pipeline, at most MAX_PIPELINE).
+REPLY_CACHE_SIZE = MAX_PIPELINE
 #: Most sessions whose replay windows are kept; a login beyond it is refused, never a live
 #: window evicted.
 MAX_SESSIONS = 100_000

@@ -35,6 +35,7 @@ from agora.protocol import (
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
     MAX_MESSAGE_SIZE,
+    MAX_PIPELINE,
     MAX_QUEUED_REQUESTS,
     SESSION_MAX_AGE,
     Channel,
@@ -135,7 +136,8 @@ class WorkerRegistry:
         self.services: dict[str, WorkerService] = {}
         self.workers: dict[bytes, Worker] = {}
         self.pending: dict[bytes, PendingCall] = {}
-        self._by_session: dict[bytes, bytes] = {}  # caller session -> its outstanding call
+        # caller session -> its calls in flight, request counter -> call id, oldest first
+        self._by_session: dict[bytes, dict[int, bytes]] = {}
         self._out_counter = itertools.count(1)  # broker -> worker counters, never reused
         # Worker counters per session: only authenticated messages enter it.
         self.guard = ReplayGuard(ttl=SESSION_MAX_AGE)
@@ -166,17 +168,19 @@ class WorkerRegistry:
         if len(service.queue) >= MAX_QUEUED_REQUESTS:
             self.audit(session.username, f"call:{name}", "busy", now)
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, f"service {name} is overloaded")
-        self._abandon(session.sid)  # a REQ client has one call in flight; a new one wins
+        calls = self._by_session.setdefault(session.sid, {})
+        if len(calls) >= MAX_PIPELINE:  # a caller keeps at most this many in flight:
+            self.pending.pop(calls.pop(next(iter(calls))), None)  # its oldest is abandoned
         call = PendingCall(os.urandom(REQUEST_ID_SIZE), name, caller, session.sid, counter, digest,
                            session.username, int(session.level), args, now + self.call_timeout)
         self.pending[call.rid] = call
-        self._by_session[session.sid] = call.rid
+        calls[counter] = call.rid
         service.queue.append(call.rid)
         return self._dispatch(service, now)
 
-    def retransmitted(self, sid: bytes, digest: bytes, caller: bytes) -> bool:
+    def retransmitted(self, sid: bytes, counter: int, digest: bytes, caller: bytes) -> bool:
         """An exact retry of a call still in flight: answer it on the retry's socket."""
-        rid = self._by_session.get(sid)
+        rid = self._by_session.get(sid, {}).get(counter)
         call = self.pending.get(rid) if rid is not None else None
         if call is None or call.digest != digest:
             return False
@@ -380,8 +384,11 @@ class WorkerRegistry:
                 now: float) -> list[Outgoing]:
         """Answer a pending call, bound to its caller's session and request counter."""
         del self.pending[call.rid]
-        if self._by_session.get(call.sid) == call.rid:
-            del self._by_session[call.sid]
+        calls = self._by_session.get(call.sid)
+        if calls is not None and calls.get(call.counter) == call.rid:
+            del calls[call.counter]
+            if not calls:
+                del self._by_session[call.sid]
         self.audit(call.username, f"call:{call.service}", outcome, now)
         session = self.sessions.get(call.sid)
         if session is None:  # the caller logged out or was revoked meanwhile
@@ -395,11 +402,6 @@ class WorkerRegistry:
         reply = [sealed]
         session.remember(call.counter, call.digest, reply)  # for the caller's retries
         return [(call.caller, reply)]
-
-    def _abandon(self, sid: bytes) -> None:
-        rid = self._by_session.pop(sid, None)
-        if rid is not None:
-            self.pending.pop(rid, None)  # its worker stays busy until it answers
 
     def _detach(self, identity: bytes, now: float, reason: str) -> list[Outgoing]:
         """Forget a worker; its in-flight call fails at once instead of timing out."""

@@ -24,6 +24,7 @@ from agents.auction import AuctionClient, AuctionWatcher
 from agents.auction_view import AuctionView
 from agents.peer import Listener
 from agents.peer_protocol import MESSAGE_HEAD
+from agents.pipeline import Pipeline, is_error
 from agora.envelope import MIN_SEALED
 from agora.errors import RemoteError
 from agora.multicast import open_receiver, open_sender, recv_datagram
@@ -41,7 +42,14 @@ from cli.benchmarks.measure import (
     timed_loop,
 )
 from cli.benchmarks.raw import DealerClient, PairEcho, ReqClient
-from cli.benchmarks.setup import ECHO_SERVICE, PIPELINE, Setup, free_udp_port, random_group
+from cli.benchmarks.setup import (
+    ECHO_SERVICE,
+    PIPELINE,
+    WORKERS,
+    Setup,
+    free_udp_port,
+    random_group,
+)
 
 PAYLOAD = {"text": "hello, agora"}
 RAW_PAYLOAD = json.dumps(PAYLOAD).encode()
@@ -90,25 +98,28 @@ def warm(op: Callable[[], Any]) -> None:
 # -- 1. calls -------------------------------------------------------------------------------
 
 def calls(setup: Setup) -> list[Row]:
-    client, callers = setup.client, setup.callers
+    client = setup.client
     raw = ReqClient(setup.lab.context, setup.echo_endpoint, RAW_PAYLOAD)
     dealer = DealerClient(setup.lab.context, setup.echo_endpoint, RAW_PAYLOAD)
+    pipe = client.pipeline(PIPELINE)
     try:
         def call() -> None:
             client.call("echo", PAYLOAD)
 
-        ops = [_caller(a, "echo") for a in callers]
-        for op in (raw.call, call, *ops):
+        for op in (raw.call, call):
             warm(op)
+        pipelined(pipe, "echo", 0.05)
         return [
             compare("calls", "echo, 1 synchronous caller", "calls/s", "REQ->ROUTER",
                     ">= 0.8 (issue 9)", lambda s: timed_loop(call, s),
                     lambda s: timed_loop(raw.call, s), setup),
-            compare("calls", f"echo, {PIPELINE} callers in flight", "calls/s",
+            compare("calls", f"echo, 1 caller with {PIPELINE} in flight", "calls/s",
                     f"DEALER->ROUTER, {PIPELINE} in flight", ">= 0.5",
-                    lambda s: threaded_loops(ops, s), lambda s: dealer.run(s, PIPELINE), setup),
+                    lambda s: pipelined(pipe, "echo", s), lambda s: dealer.run(s, PIPELINE),
+                    setup),
         ]
     finally:
+        pipe.close()
         raw.close()
         dealer.close()
 
@@ -117,27 +128,49 @@ def _caller(agent: Agent, service: str) -> Callable[[], None]:
     return lambda: agent.call(service, PAYLOAD)
 
 
+def pipelined(pipe: Pipeline, service: str, seconds: float) -> Sample:
+    """One caller keeping ``pipe.depth`` calls in flight for ``seconds`` (then draining);
+    each call's latency from its send to its answer. A call that failed fails the side."""
+    clock = time.perf_counter_ns
+    sent: dict[int, int] = {}
+    latencies: list[int] = []
+    start = now = clock()
+    deadline = start + int(seconds * 1e9)
+    while (now < deadline and len(latencies) < MAX_OPS) or sent:
+        while len(sent) < pipe.depth and now < deadline:
+            sent[pipe.send(service, PAYLOAD)] = clock()
+        counter, answer = pipe.receive()
+        now = clock()
+        if is_error(answer):
+            raise answer
+        latencies.append(now - sent.pop(counter))
+    return Sample(len(latencies), (now - start) / 1e9, latencies)
+
+
 # -- 2. worker-routed calls -----------------------------------------------------------------
 
 def workers(setup: Setup) -> list[Row]:
-    client, callers = setup.client, setup.callers
+    client = setup.client
     setup.worker_ready()
     raw = ReqClient(setup.lab.context, setup.forward_endpoint, RAW_PAYLOAD)
     dealer = DealerClient(setup.lab.context, setup.echo_endpoint, RAW_PAYLOAD)
+    pipe = client.pipeline(PIPELINE)
     try:
         call = _caller(client, ECHO_SERVICE)
-        ops = [_caller(a, ECHO_SERVICE) for a in callers]
-        for op in (raw.call, *ops):
+        for op in (raw.call, call):
             warm(op)
+        pipelined(pipe, ECHO_SERVICE, 0.05)
         return [
             compare("workers", "worker-routed call, 1 synchronous caller", "calls/s",
                     "REQ->ROUTER->DEALER worker", ">= 0.7", lambda s: timed_loop(call, s),
                     lambda s: timed_loop(raw.call, s), setup),
-            compare("workers", f"worker-routed calls, {PIPELINE} callers in flight", "calls/s",
-                    f"DEALER->ROUTER, {PIPELINE} in flight", ">= 0.21",
-                    lambda s: threaded_loops(ops, s), lambda s: dealer.run(s, PIPELINE), setup),
+            compare("workers", f"worker-routed calls, 1 caller with {PIPELINE} in flight, "
+                    f"{WORKERS} workers", "calls/s", f"DEALER->ROUTER, {PIPELINE} in flight",
+                    ">= 0.21", lambda s: pipelined(pipe, ECHO_SERVICE, s),
+                    lambda s: dealer.run(s, PIPELINE), setup),
         ]
     finally:
+        pipe.close()
         raw.close()
         dealer.close()
 

@@ -20,8 +20,13 @@ from cli.processes import agora_command
 
 ECHO_SERVICE = "bench.echo"
 AUCTION_ITEM = "bench-lot"
-#: Calls in flight in the pipelined scenarios (one synchronous agent per thread).
+#: Calls in flight in the pipelined scenarios (one agent, agents.pipeline).
 PIPELINE = 8
+#: Worker processes serving ECHO_SERVICE: a worker takes one request at a time (7/MDP), so
+#: with PIPELINE calls in flight one worker would serialise them; two keep one busy while
+#: the broker hands the other its next request, without a third process to schedule on the
+#: bench machine's two cores.
+WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -106,17 +111,22 @@ class Setup:
         return f"tcp://127.0.0.1:{front}"
 
     @cached_property
-    def worker(self) -> Child:
-        """An ``agora worker run`` process serving ECHO_SERVICE."""
-        home = self.broker.agent("Bench Worker", PrincipalKind.SERVICE, login=False).home
-        return self.lab.spawn("worker", [
-            *agora_command(), "worker", "run", "cli.benchmarks.handlers:echo",
-            "--service", ECHO_SERVICE, "--level", "1", "--home", str(home),
-            "--broker", self.broker.endpoint])
+    def worker(self) -> list[Child]:
+        """WORKERS ``agora worker run`` processes serving ECHO_SERVICE."""
+        children = []
+        for i in range(WORKERS):
+            home = self.broker.agent(f"Bench Worker {i}", PrincipalKind.SERVICE,
+                                     login=False).home
+            children.append(self.lab.spawn(f"worker-{i}", [
+                *agora_command(), "worker", "run", "cli.benchmarks.handlers:echo",
+                "--service", ECHO_SERVICE, "--level", "1", "--home", str(home),
+                "--broker", self.broker.endpoint]))
+        return children
 
     def worker_ready(self) -> None:
         if not getattr(self, "_worker_ready", False):
-            self.worker.expect("worker ready")
+            for child in self.worker:
+                child.expect("worker ready")
             self._worker_ready = True
 
     @cached_property
@@ -146,11 +156,6 @@ class Setup:
     @cached_property
     def client(self) -> Agent:
         return self.broker.agent("Bench Client")
-
-    @cached_property
-    def callers(self) -> list[Agent]:
-        """PIPELINE logged-in agents, one per calling thread (an Agent is single-threaded)."""
-        return self.agents("Bench Caller", PIPELINE)
 
     def agents(self, name: str, count: int, listen: bool = False) -> list[Agent]:
         """``count`` registered, logged-in agents, made in parallel (Argon2id each)."""
