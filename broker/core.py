@@ -56,6 +56,7 @@ from agora.protocol import (
     PrincipalKind,
     Sender,
 )
+from agora.text import printable
 from agora.wire import (
     broker_key_reply,
     client_error,
@@ -72,6 +73,7 @@ from agora.wire import (
     session_result,
     split_call,
 )
+from broker.audit import AuditBuffer
 from broker.membership import Membership
 from broker.notices import NoticeHub
 from broker.sessions import ExpiringCache, FailureLimiter, Session, SessionTable
@@ -89,6 +91,12 @@ STORE_POLL_INTERVAL = 0.25
 SESSION_SWEEP_INTERVAL = 1.0
 #: Buffered audit rows are written at least this often.
 AUDIT_FLUSH_INTERVAL = 0.5
+#: Audit rows older than this many days are pruned (``agora broker start --audit-days``).
+DEFAULT_AUDIT_DAYS = 90.0
+#: How often tick() prunes old audit rows, and how many at most per tick (never a long
+#: delete on the broker's thread: a backlog is pruned over several ticks).
+AUDIT_PRUNE_INTERVAL = 60.0
+AUDIT_PRUNE_BATCH = 500
 
 
 @dataclass
@@ -123,7 +131,8 @@ class WorkerCall:
 
 class BrokerCore:
     def __init__(self, store: Store, keys: KeyPair, services: dict[str, Service] | None = None,
-                 call_timeout: float = DEFAULT_CALL_TIMEOUT, now: float | None = None) -> None:
+                 call_timeout: float = DEFAULT_CALL_TIMEOUT, now: float | None = None,
+                 audit_days: float = DEFAULT_AUDIT_DAYS) -> None:
         self.store = store
         self.keys = keys
         self.sessions = SessionTable()
@@ -143,7 +152,11 @@ class BrokerCore:
         # fresh requests enter it.
         self._preauth_guard = ReplayGuard(ttl=2 * FRESHNESS_WINDOW)
         self._recent_registrations = ExpiringCache(ttl=2 * FRESHNESS_WINDOW, max_items=1000)
-        self._audit_buffer: list[dict[str, Any]] = []
+        self._audit = AuditBuffer()
+        self._audit_retention = audit_days * 86400.0
+        self._next_audit_prune = 0.0
+        #: The address of the peer whose message is being handled (audit ``source``).
+        self._source = ""
         self._last_audit_flush = 0.0
         self._last_store_poll = 0.0
         self._last_session_sweep = 0.0
@@ -173,6 +186,7 @@ class BrokerCore:
     def handle(self, identity: bytes, frames: list[bytes], now: float,
                address: str = "127.0.0.1") -> list[Outgoing]:
         """Process one client or worker message; never raises for anything a peer sent."""
+        self._source = address
         channel = _channel(frames)
         if channel == Channel.NOTICE:
             return self._guarded("notice", self.notices.handle, identity, frames, now)
@@ -231,11 +245,12 @@ class BrokerCore:
                                              *_echo(frames))])]
 
     def tick(self, now: float) -> list[Outgoing]:
-        """Timers: session expiry, operator changes, workers, notices, audit flush.
+        """Timers: session expiry, operator changes, workers, notices, audit flush/pruning.
 
         Each timer is guarded as message handling is: one that raises is logged (with its
         traceback the first time) and the others, and the broker, keep running.
         """
+        self._source = ""
         out: list[Outgoing] = []
         for name, timer in self._timers:
             try:
@@ -280,12 +295,17 @@ class BrokerCore:
     def _audit_timer(self, now: float) -> list[Outgoing]:
         if now - self._last_audit_flush >= AUDIT_FLUSH_INTERVAL:
             self.flush_audit(now)
+        if now >= self._next_audit_prune:
+            pruned = self.store.prune_audit(now - self._audit_retention, AUDIT_PRUNE_BATCH)
+            # A full batch means more are waiting: prune again at the next tick.
+            self._next_audit_prune = now + (0 if pruned >= AUDIT_PRUNE_BATCH
+                                            else AUDIT_PRUNE_INTERVAL)
         return []
 
     def flush_audit(self, now: float) -> None:
+        """Write the buffered audit rows (a bounded batch: see broker.audit)."""
         self._last_audit_flush = now
-        rows, self._audit_buffer = self._audit_buffer, []
-        self.store.audit_many(rows)
+        self.store.write_audit(self._audit.take())
 
     def apply_store_changes(self, now: float | None = None) -> list[Outgoing]:
         """Bring live sessions and membership in line with the store after a change; the
@@ -309,11 +329,8 @@ class BrokerCore:
 
     def audit_later(self, username: str | None, action: str, outcome: str, now: float,
                     detail: str = "") -> None:
-        """Buffer an audit row; hot paths must not wait for a SQLite write."""
-        self._audit_buffer.append({"ts": now, "username": username, "action": action,
-                                   "outcome": outcome, "detail": detail})
-        if len(self._audit_buffer) >= 500:
-            self.flush_audit(now)
+        """Count an audit decision; hot paths never wait for a SQLite write (tick writes)."""
+        self._audit.add(now, username, action, outcome, detail, self._source)
 
     # -- pre-authentication: BROKER_KEY, REGISTER, LOGIN ----------------------------------
     #
@@ -331,12 +348,15 @@ class BrokerCore:
     def _unauthenticated(self, username: str | None, action: str, code: ErrorCode,
                          message: str, now: float, enrolled: bool = True) -> RemoteError:
         """A refusal of what did not authenticate: counted against the username (unknown
-        names share one count), audited unless the name is already over its limit (so junk
-        cannot flood the audit trail), answered in clear."""
+        names share one count), audited unless the name is already over its limit, answered
+        in clear. Audited as a counted row (broker.audit): a stranger's flood of refusals is
+        one row per minute and source, and the username, which nobody proved, is escaped
+        and never part of the row's key."""
         key = self.failures.key_for(username, enrolled)
         if not self.failures.blocked(key, now):
-            self.audit_later(username, action, "refused", now, code.value)
-            log.info("%s %s refused: %s", action, username or "-", code.value)
+            self._audit.add(now, username, action, "refused", code.value, self._source,
+                            authenticated=False)
+            log.info("%s %s refused: %s", action, printable(username), code.value)
         self.failures.record(key, now)
         return RemoteError(code, message)
 
@@ -345,7 +365,7 @@ class BrokerCore:
         """A refusal of an authenticated request: audited, sealed under its key."""
         code = ErrorCode(code)
         self.audit_later(username, action, "refused", now, code.value)
-        log.info("%s %s refused: %s", action, username or "-", code.value)
+        log.info("%s %s refused: %s", action, printable(username), code.value)
         return [seal(key, reply_header(Kind.REFUSED, header), encode_refusal(code, message))]
 
     def _register(self, identity: bytes, frames: list[bytes], header: Header, now: float,

@@ -19,7 +19,7 @@ from agora.files import file_lock, private_dir
 from agora.keyfile import KeyPair, load_or_create
 from agora.protocol import DEFAULT_CALL_TIMEOUT
 from agora.sockets import bind_router
-from broker.core import BrokerCore, Outgoing, report_internal_error
+from broker.core import DEFAULT_AUDIT_DAYS, BrokerCore, Outgoing, report_internal_error
 from broker.notes import NotesStore
 from broker.services import builtin_services
 from broker.store import Store
@@ -75,10 +75,12 @@ class BrokerServer:
 
     def __init__(self, data_dir: Path, endpoint: str = DEFAULT_ENDPOINT,
                  context: zmq.Context | None = None,
-                 call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+                 call_timeout: float = DEFAULT_CALL_TIMEOUT,
+                 audit_days: float = DEFAULT_AUDIT_DAYS) -> None:
         self.store, self.keys = open_store(data_dir, create=True)
         self.core = BrokerCore(self.store, self.keys,
-                               builtin_services(NotesStore(self.store.db)), call_timeout)
+                               builtin_services(NotesStore(self.store.db)), call_timeout,
+                               audit_days=audit_days)
         self.context = context or zmq.Context.instance()
         try:
             self.socket, self.endpoint = bind_router(self.context, endpoint)

@@ -8,6 +8,10 @@ Tables:
   reported port, and the revoked / flagged state the operator sees.
 - ``retired_tokens``: hashes of every token that was replaced; presenting one is theft.
 - ``audit``: who did what and what the broker decided. Never arguments, tokens or keys.
+  Counted rows (see :mod:`broker.audit`): one row per minute and key with a ``count``,
+  ``ts`` the first and ``last_ts`` the last time; ``source`` the peer's address. Every text
+  cell is escaped (:func:`agora.text.printable`). Rows older than the retention bound are
+  pruned in small batches (:meth:`Store.prune_audit`).
 
 Every change that must happen together is one transaction, and the database runs in WAL
 mode, so a ``kill -9`` at any moment leaves either the old or the new state.
@@ -26,6 +30,8 @@ import sqlite_utils
 from agora.crypto import hash_secret, new_one_time_id, normalize_one_time_id
 from agora.errors import LocalError, RemoteError
 from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, ErrorCode, Level, PrincipalKind
+from agora.text import printable
+from broker.audit import AuditRow
 
 
 class NotFoundError(LocalError):
@@ -102,10 +108,15 @@ class Store:
         )
         self.db["audit"].create(
             {"id": int, "ts": float, "username": str, "action": str, "outcome": str,
-             "detail": str},
+             "detail": str, "source": str, "count": int, "last_ts": float},
             pk="id", if_not_exists=True,
         )
+        columns = self.db["audit"].columns_dict
+        for name, kind in (("source", str), ("count", int), ("last_ts", float)):
+            if name not in columns:  # a database from before counted rows
+                self.db["audit"].add_column(name, kind)
         self.db["audit"].create_index(["username"], if_not_exists=True)
+        self.db["audit"].create_index(["ts"], if_not_exists=True)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -270,18 +281,43 @@ class Store:
         with self.db.conn:
             self._audit(username, action, outcome, detail, now)
 
-    def audit_many(self, rows: list[dict[str, Any]]) -> None:
-        """Write buffered audit rows in one transaction (hot paths buffer theirs)."""
-        if rows:
-            with self.db.conn:  # plain executemany: sqlite-utils' insert_all costs ~10x more
-                self.db.conn.executemany(
-                    "insert into audit (ts, username, action, outcome, detail) "
-                    "values (:ts, :username, :action, :outcome, :detail)", rows)
+    def write_audit(self, rows: list[AuditRow]) -> None:
+        """Write counted rows from :class:`broker.audit.AuditBuffer` in one transaction.
+
+        A row written before (``row_id`` set) gets its count, last time and detail updated;
+        a new one is inserted and learns its id.
+        """
+        if not rows:
+            return
+        with self.db.conn:  # plain execute: sqlite-utils' insert costs ~10x more
+            for r in rows:
+                d = r.to_dict()
+                if r.row_id is None:
+                    cur = self.db.conn.execute(
+                        "insert into audit (ts, last_ts, source, username, action, outcome, "
+                        "detail, count) values (:ts, :last_ts, :source, :username, :action, "
+                        ":outcome, :detail, :count)", d)
+                    r.row_id = cur.lastrowid
+                else:
+                    self.db.conn.execute(
+                        "update audit set count = :count, last_ts = :last_ts, "
+                        "detail = :detail where id = :id", d)
+
+    def prune_audit(self, before: float, limit: int = 2000) -> int:
+        """Delete at most ``limit`` audit rows older than ``before``; how many went."""
+        with self.db.conn:
+            cur = self.db.conn.execute(
+                "delete from audit where id in "
+                "(select id from audit where ts < ? order by ts limit ?)", [before, limit])
+        return cur.rowcount
 
     def _audit(self, username: str | None, action: str, outcome: str, detail: str,
                now: float) -> None:
-        self.db["audit"].insert({"ts": now, "username": username, "action": action,
-                                 "outcome": outcome, "detail": detail})
+        self.db["audit"].insert({
+            "ts": now, "last_ts": now, "source": "", "count": 1,
+            "username": None if username is None else printable(username),
+            "action": printable(action), "outcome": printable(outcome),
+            "detail": printable(detail)})
 
     @staticmethod
     def username_for(name: str) -> str:

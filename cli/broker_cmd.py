@@ -21,7 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from agora.protocol import DEFAULT_CALL_TIMEOUT, DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
+from agora.text import OneLineFormatter
 from broker import admin
+from broker.core import DEFAULT_AUDIT_DAYS
 from broker.server import DEFAULT_ENDPOINT, BrokerServer, init_broker, open_store
 from broker.store import Store
 from cli import options
@@ -46,8 +48,11 @@ admin_app = typer.Typer(
 
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """Log to stderr, every record on one line (peer-sent text cannot forge a line)."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", force=True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(name)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 @broker_app.command("start")
@@ -61,6 +66,10 @@ def start(
         help="Seconds a worker has to answer a call before the caller gets 'timeout'.",
         metavar="SECONDS", parser=options.positive_duration)
     ] = DEFAULT_CALL_TIMEOUT,
+    audit_days: Annotated[float, typer.Option(
+        "--audit-days", envvar="AGORA_AUDIT_DAYS",
+        help="Keep audit rows this many days; older ones are pruned in the background.",
+        metavar="DAYS", parser=options.positive_duration)] = DEFAULT_AUDIT_DAYS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", envvar="AGORA_QUIET", help="Log only warnings and errors, not a "
@@ -74,7 +83,7 @@ def start(
     with user_errors():
         try:
             server = BrokerServer(data_dir or default_data_dir(), bind,
-                                  call_timeout=call_timeout)
+                                  call_timeout=call_timeout, audit_days=audit_days)
         except Exception as exc:  # zmq bind errors, unreadable key file...
             raise fail(f"cannot start broker: {exc}") from None
 
@@ -285,6 +294,9 @@ def audit(
 ) -> None:
     """Show the audit trail: who did what, and whether it was allowed (never arguments).
 
+    Repeated decisions of one minute are one row with a count (a flood of refusals from
+    one address is one row per minute); text a peer sent is shown escaped.
+
     With --json, one array (newest first); with --json --follow, one JSON object per row
     and line as rows are written.
     """
@@ -324,11 +336,12 @@ def _print_audit(rows: list[dict], json_out: bool, header: bool) -> None:
     if not header:  # following: plain lines, one per row, as they come
         for r in rows:
             console.print(f"{_when(r['ts'])}  {r['username'] or '-'}  {r['action']}  "
-                          f"{r['outcome']}  {escape(r['detail'] or '')}".rstrip(),
+                          f"{r['outcome']}  x{r['count'] or 1}  {r['source'] or '-'}  "
+                          f"{escape(r['detail'] or '')}".rstrip(),
                           highlight=False, style="red" if r["outcome"] != "ok" else "")
         sys.stdout.flush()
         return
-    table = Table("time", "user", "action", "outcome", "detail")
+    table = Table("time", "user", "action", "outcome", "count", "source", "detail")
     for column in table.columns:
         column.overflow = "fold"
     table.columns[1].no_wrap = True
@@ -336,5 +349,6 @@ def _print_audit(rows: list[dict], json_out: bool, header: bool) -> None:
     for r in rows:
         style = "red" if r["outcome"] not in ("ok",) else ""
         table.add_row(_when(r["ts"]), r["username"] or "-", r["action"], r["outcome"],
-                      escape(r["detail"] or ""), style=style)
+                      str(r["count"] or 1), r["source"] or "-", escape(r["detail"] or ""),
+                      style=style)
     console.print(table)
