@@ -59,7 +59,7 @@ from agora.errors import (
 )
 from agora.files import atomic_write
 from agora.protocol import ErrorCode
-from agora.sockets import make_socket
+from agora.sockets import make_socket, recv_bounded
 
 if TYPE_CHECKING:
     from agents.agent import Agent
@@ -215,10 +215,11 @@ class PeerNode:
         if self.inbox in ready:
             for _ in range(DRAIN_LIMIT):
                 try:
-                    frames = self.inbox.recv_multipart(zmq.NOBLOCK)
+                    frames = recv_bounded(self.inbox, zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._on_inbox(frames)
+                if frames is not None:  # None: over the whole-message bound, dropped
+                    self._on_inbox(frames)
         for sock in [s for s in self.conversations if s in ready]:
             for _ in range(DRAIN_LIMIT):
                 if sock not in self.conversations or not self._on_pair(sock):
@@ -278,9 +279,11 @@ class PeerNode:
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             return False  # cheaper than a receive that raises zmq.Again (the drain's last try)
         try:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            frames = recv_bounded(sock, zmq.NOBLOCK)
         except zmq.Again:
             return False
+        if frames is None:  # over the whole-message bound: dropped, uncopied
+            return True
         conversation = self.conversations[sock]
         now = time.time()
         try:

@@ -104,6 +104,12 @@ SUBSCRIBE_MEMBERSHIP = 0x01
 #: Largest message any agora socket accepts (ZMQ_MAXMSGSIZE). Larger ones are dropped by
 #: libzmq before they reach our code; senders check the size first and refuse locally.
 MAX_MESSAGE_SIZE = 256 * 1024
+#: Most frames one message may have (routing envelope included). ZMQ_MAXMSGSIZE bounds each
+#: frame only; agora.sockets.recv_bounded bounds the whole message, count and total size.
+MAX_MESSAGE_FRAMES = 16
+#: Most connections one bound agora socket (broker, auctioneer) keeps; more are shut at once.
+#: Each costs libzmq about 27 KiB, so this bounds that memory near 110 MiB.
+MAX_CONNECTIONS = 4096
 #: Largest JSON args or result of a worker-served call: room is left for the envelope that
 #: carries it on the next hop, which must stay under MAX_MESSAGE_SIZE.
 MAX_CALL_PAYLOAD = MAX_MESSAGE_SIZE - 4096

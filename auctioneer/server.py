@@ -41,7 +41,7 @@ from agora.protocol import (
     DEFAULT_SOFT_CLOSE,
     ErrorCode,
 )
-from agora.sockets import bind_router, make_socket
+from agora.sockets import ConnectionGuard, bind_router, make_socket, recv_bounded
 from auctioneer.core import AuctionConfig, AuctioneerCore
 from auctioneer.feed import MembershipFeed
 from auctioneer.items import ItemFolder
@@ -119,6 +119,8 @@ class AuctioneerServer:
         self.signing_key = load_or_create(data_dir / "auctioneer.key").signing_key
         self.publisher = Publisher(self.context, pub, group, port, interface, ttl)
         self.socket, self.endpoint = bind_router(self.context, endpoint)
+        # Connections are bounded, and their memory goes back when they close (issue 10).
+        self.guard = ConnectionGuard(self.socket)
         config = AuctionConfig(group, port, self.publisher.endpoint, soft_close)
         self.core = AuctioneerCore(PrivateKey(agent.credentials.private_key),
                                    self.signing_key, self.store, config, time.time())
@@ -146,6 +148,7 @@ class AuctioneerServer:
                 if ready:
                     self._serve_batch()
                 now = time.time()
+                self.guard.service(now)
                 self._tick(now)
                 if self.core.idle and now >= self._next_scan:
                     self._next_scan = now + SCAN_INTERVAL
@@ -214,9 +217,11 @@ class AuctioneerServer:
             with self.store.batch():
                 for _ in range(BATCH):
                     try:
-                        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                        frames = recv_bounded(self.socket, zmq.NOBLOCK, guard=self.guard)
                     except zmq.Again:
                         break
+                    if frames is None:  # over the whole-message bound: dropped
+                        continue
                     answer = self._dispatch(frames)
                     if answer is not None:
                         answers.append(answer)
@@ -266,6 +271,7 @@ class AuctioneerServer:
     def close(self) -> None:
         self.feed.stop.set()
         self._feed_thread.join(timeout=5)
+        self.guard.close()
         self.socket.close(0)
         self.publisher.close()
         self.store.close()

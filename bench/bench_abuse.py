@@ -179,6 +179,7 @@ def mode_idle(args, tmp: Path) -> dict:
         base = rss_mb(broker.proc.pid)
         for _ in range(args.rounds):
             ctx = zmq.Context()
+            ctx.set(zmq.MAX_SOCKETS, args.connections + 100)
             socks = []
             for _ in range(args.connections):
                 s = ctx.socket(zmq.DEALER)
@@ -194,7 +195,7 @@ def mode_idle(args, tmp: Path) -> dict:
             for s in socks:
                 s.close(0)
             ctx.term()
-            time.sleep(2.0)
+            time.sleep(3.0)
             rounds.append({"held_mb": round(held, 1),
                            "after_close_mb": round(rss_mb(broker.proc.pid), 1)})
     finally:

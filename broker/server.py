@@ -17,8 +17,8 @@ import zmq
 from agora.errors import LocalError, NoBroker
 from agora.files import file_lock, private_dir
 from agora.keyfile import KeyPair, load_or_create
-from agora.protocol import DEFAULT_CALL_TIMEOUT
-from agora.sockets import bind_router
+from agora.protocol import DEFAULT_CALL_TIMEOUT, MAX_MESSAGE_FRAMES, MAX_MESSAGE_SIZE
+from agora.sockets import ConnectionGuard, bind_router, recv_rest
 from broker.core import DEFAULT_AUDIT_DAYS, BrokerCore, Outgoing, report_internal_error
 from broker.notes import NotesStore
 from broker.services import builtin_services
@@ -87,6 +87,8 @@ class BrokerServer:
         except zmq.ZMQError:
             self.store.db.close()  # a broker that cannot bind holds nothing open
             raise
+        # Connections are bounded, and their memory goes back when they close (issue 10).
+        self.guard = ConnectionGuard(self.socket)
         self.stop = threading.Event()
         self._failures: dict[str, int] = {}
 
@@ -102,7 +104,8 @@ class BrokerServer:
                     # The identity frame uncopied, for its metadata (the peer's address);
                     # the rest copied, which is cheaper for small frames.
                     identity = self.socket.recv(copy=False)
-                    rest = self.socket.recv_multipart() if identity.more else []
+                    rest = (recv_rest(self.socket, guard=self.guard, origin=identity)
+                            if identity.more else [])
                 except zmq.Again:
                     pass
                 else:
@@ -112,6 +115,7 @@ class BrokerServer:
                     next_tick = now + TICK_INTERVAL
                     try:
                         self._send(self.core.tick(now))
+                        self.guard.service(now)
                     except Exception:  # the core guards each timer; this is the last line
                         report_internal_error(self._failures, "timers")
         finally:
@@ -128,11 +132,16 @@ class BrokerServer:
                 identity = self.socket.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            out += self._dispatch(identity, self.socket.recv_multipart()
+            out += self._dispatch(identity, recv_rest(self.socket, guard=self.guard,
+                                                      origin=identity)
                                   if identity.more else [])
         return out
 
-    def _dispatch(self, identity: zmq.Frame, rest: list[bytes]) -> list[Outgoing]:
+    def _dispatch(self, identity: zmq.Frame, rest: list[bytes] | None) -> list[Outgoing]:
+        if rest is None:  # recv_rest threw it away and shut its connection
+            log.info("dropped a message over %d frames or %d bytes",
+                     MAX_MESSAGE_FRAMES, MAX_MESSAGE_SIZE)
+            return []
         # Envelope: [identity, empty delimiter, body...], as a REQ socket sends it; DEALER
         # peers (workers) send the empty frame themselves, as in 7/MDP.
         if len(rest) < 2 or rest[0] != b"":
@@ -154,5 +163,6 @@ class BrokerServer:
                 log.info("could not send reply: %s", exc.strerror)
 
     def close(self) -> None:
+        self.guard.close()
         self.socket.close(0)
         self.store.db.close()
