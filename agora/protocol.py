@@ -127,6 +127,9 @@ RATE_WINDOW = 60.0
 #: Sessions end after this long without a request, and after SESSION_MAX_AGE in any case.
 SESSION_IDLE_TIMEOUT = 30 * 60.0
 SESSION_MAX_AGE = 12 * 3600.0
+#: Live sessions one principal may hold; a new login past this ends their oldest session
+#: (a one-shot one before a listening one) and tells it why.
+MAX_SESSIONS_PER_PRINCIPAL = 32
 
 #: Worker liveness (cf. 7/MDP): both sides send a HEARTBEAT every interval when otherwise
 #: silent, and a peer silent for LIVENESS intervals is dead.

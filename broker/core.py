@@ -266,6 +266,10 @@ class BrokerCore:
             self._last_session_sweep = now
             for s in self.sessions.expire(now):
                 log.info("session %s of %s expired", s.short_id, s.username)
+        for s in self.sessions.take_displaced():
+            # Over MAX_SESSIONS_PER_PRINCIPAL: the oldest went to make room for a new login.
+            self.audit_later(s.username, "session", "ended", now, "too many sessions")
+            log.info("session %s of %s ended: too many sessions", s.short_id, s.username)
         self._preauth_guard.purge(now)
         self._recent_registrations.purge(now)
         return []

@@ -94,10 +94,10 @@ def time_service(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 def directory(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     """Who is online now, with their level: one entry per principal with a live session."""
     online: dict[str, Any] = {}
-    for s in ctx.core.sessions.by_id.values():
-        if not s.expired(ctx.now) and (s.username not in online
-                                       or s.created < online[s.username].created):
-            online[s.username] = s
+    for mine in ctx.core.sessions.by_user.values():  # each principal's oldest live session
+        live = next((s for s in mine.values() if not s.expired(ctx.now)), None)
+        if live is not None:
+            online[live.username] = live
     return [{"username": s.username, "level": int(s.level), "kind": s.kind.value,
              "online_since": s.created} for s in sorted(online.values(),
                                                         key=lambda s: s.username)]

@@ -15,6 +15,7 @@ from typing import Protocol
 from agora.envelope import ReplayGuard
 from agora.protocol import (
     MAX_PIPELINE,
+    MAX_SESSIONS_PER_PRINCIPAL,
     RATE_LIMIT,
     RATE_WINDOW,
     SESSION_IDLE_TIMEOUT,
@@ -93,18 +94,38 @@ class SessionListener(Protocol):
 
 @dataclass
 class SessionTable:
+    """Live sessions by id and by principal; at most ``max_per_user`` per principal.
+
+    Opening one more ends that principal's oldest session (the oldest one-shot session,
+    i.e. not listening, when there is one, so a running listener is ended last) and puts it
+    in ``displaced`` for the core to audit; the listener (the notice hub) tells it, with
+    the reason ``replaced``.
+    """
+
     by_id: dict[bytes, Session] = field(default_factory=dict)
     listener: SessionListener | None = None
     #: One replay window per live session (context = session id); ended sessions leave it.
     guard: ReplayGuard = field(
         default_factory=lambda: ReplayGuard(ttl=SESSION_MAX_AGE, max_contexts=MAX_SESSIONS))
+    #: The same sessions by username, oldest first: a principal's look-up is O(theirs).
+    by_user: dict[str, dict[bytes, Session]] = field(default_factory=dict)
+    max_per_user: int = MAX_SESSIONS_PER_PRINCIPAL
+    #: Sessions ended because their principal opened more than ``max_per_user``.
+    displaced: list[Session] = field(default_factory=list)
 
     def open(self, username: str, kind: PrincipalKind, level: Level, key: bytes, port: int,
              address: str, now: float, listening: bool = True) -> Session:
         sid = secrets.token_bytes(SESSION_ID_SIZE)
         session = Session(sid, username, kind, level, key, port, address, now, now,
                           listening=listening)
+        mine = self.by_user.setdefault(username, {})
+        while len(mine) >= self.max_per_user:
+            oldest = next((s for s in mine.values() if not s.listening),
+                          next(iter(mine.values())))
+            self._remove(oldest, EndReason.REPLACED)
+            self.displaced.append(oldest)
         self.by_id[sid] = session
+        mine[sid] = session
         if self.listener is not None:
             self.listener.opened(session)
         return session
@@ -118,26 +139,41 @@ class SessionTable:
         return self.by_id.get(sid)
 
     def of_user(self, username: str) -> list[Session]:
-        return [s for s in self.by_id.values() if s.username == username]
+        """The principal's live sessions, oldest first."""
+        return list(self.by_user.get(username, {}).values())
 
     def end(self, sid: bytes, reason: EndReason = EndReason.LOGGED_OUT) -> Session | None:
-        self.guard.forget(sid)
-        session = self.by_id.pop(sid, None)
-        if session is not None and self.listener is not None:
-            self.listener.ended(session, reason)
+        session = self.by_id.get(sid)
+        if session is not None:
+            self._remove(session, reason)
         return session
 
     def end_user(self, username: str, reason: EndReason = EndReason.REVOKED) -> list[Session]:
         ended = self.of_user(username)
         for s in ended:
-            self.end(s.sid, reason)
+            self._remove(s, reason)
         return ended
 
     def expire(self, now: float) -> list[Session]:
         ended = [s for s in self.by_id.values() if s.expired(now)]
         for s in ended:
-            self.end(s.sid, EndReason.EXPIRED)
+            self._remove(s, EndReason.EXPIRED)
         return ended
+
+    def take_displaced(self) -> list[Session]:
+        taken, self.displaced = self.displaced, []
+        return taken
+
+    def _remove(self, session: Session, reason: EndReason) -> None:
+        self.guard.forget(session.sid)
+        del self.by_id[session.sid]
+        mine = self.by_user.get(session.username)
+        if mine is not None:
+            mine.pop(session.sid, None)
+            if not mine:
+                del self.by_user[session.username]
+        if self.listener is not None:
+            self.listener.ended(session, reason)
 
     def __len__(self) -> int:
         return len(self.by_id)
