@@ -128,6 +128,11 @@ class ServiceWorker:
         self._handler_started: float | None = None  # monotonic time, while a handler runs
         self._last_sent = 0.0
 
+    @property
+    def in_call(self) -> bool:
+        """Whether a handler is running now (in the thread that called :meth:`serve`)."""
+        return self._handler_started is not None
+
     # -- the loop ------------------------------------------------------------------------
 
     def serve(self) -> None:

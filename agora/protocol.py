@@ -8,6 +8,7 @@ guide's mdp.py).
 
 from __future__ import annotations
 
+import re
 from enum import Enum, IntEnum
 
 # -- AGORA/2 envelope (docs/PROTOCOL.md section 2, agora/envelope.py) ----------------------
@@ -137,6 +138,8 @@ HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_LIVENESS = 3
 #: A worker-served call not answered in this many seconds gets a ``timeout`` error.
 DEFAULT_CALL_TIMEOUT = 5.0
+#: What a worker-served service may be called: 1-64 of a-z 0-9 . _ -, starting with a letter.
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 #: Requests queued per service while all its workers are busy; more are refused at once.
 MAX_QUEUED_REQUESTS = 1000
 #: Most session requests one caller may keep in flight at once (agents.pipeline); the

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import socket
+import time
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -34,6 +36,8 @@ from agora.protocol import MAX_CONNECTIONS, MAX_MESSAGE_FRAMES, MAX_MESSAGE_SIZE
 
 log = logging.getLogger("agora.sockets")
 
+#: How long bind_router waits for a port that a just-closed socket still holds.
+BIND_RETRY = 2.0
 #: Freed memory is given back at most this often (malloc_trim walks the whole heap).
 TRIM_INTERVAL = 2.0
 
@@ -56,11 +60,18 @@ def bind_router(context: zmq.Context, endpoint: str,
                 send_timeout: float = 1.0) -> tuple[zmq.Socket, str]:
     """A bound ROUTER (a service's front door) and the endpoint it really got."""
     sock = make_socket(context, zmq.ROUTER, send_timeout=send_timeout)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError:
-        sock.close(0)
-        raise
+    # A just-stopped process (or socket) on the same port lets it go a moment after it
+    # closed (libzmq closes asynchronously): a restart waits that moment, bounded.
+    deadline = time.monotonic() + BIND_RETRY
+    while True:
+        try:
+            sock.bind(endpoint)
+            break
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                sock.close(0)
+                raise
+            time.sleep(0.05)
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
@@ -154,6 +165,7 @@ class ConnectionGuard:
         self.refused = 0
         self.shut_oversized = 0
         self.trims = 0
+        self._socket = sock
         self._monitor = sock.get_monitor_socket(self.EVENTS)
         self._freed = False
         self._last_trim = 0.0
@@ -193,6 +205,11 @@ class ConnectionGuard:
         _shutdown(fd)
 
     def close(self) -> None:
+        """Stop watching; call it before closing the socket (so its port is let go)."""
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
         self._monitor.close(0)
 
 

@@ -145,6 +145,7 @@ class BrokerCore:
         self.failures = FailureLimiter()
         self.workers = WorkerRegistry(self.sessions, self.services, self.audit_later,
                                       call_timeout)
+        self.workers.bindings = store.bindings()  # which principal may offer which service
         # Messages for other peers than the one being answered (a REQUEST to a worker).
         self._outbox: list[Outgoing] = []
         # LOGIN and REGISTER replays inside the freshness window (context = the login or
@@ -286,7 +287,7 @@ class BrokerCore:
             return []
         self._store_version = version
         self._membership_writes = self.store.membership_writes
-        return self.apply_store_changes(now)
+        return self.apply_store_changes(now) + self.workers.rebind(self.store.bindings(), now)
 
     def sync_membership(self, now: float) -> None:
         """Apply the broker's own membership writes (a registration, a token-reuse flag) at

@@ -7,6 +7,11 @@ Tables:
   it, so it is stored as is: the database file is 0600 inside a 0700 directory), the last
   reported port, and the revoked / flagged state the operator sees.
 - ``retired_tokens``: hashes of every token that was replaced; presenting one is theft.
+- ``service_bindings``: which service principals may offer which worker-served service,
+  and at which level (the operator's record: ``agora admin services``). One row per
+  (service, principal); a service has one level, the same in all its rows. A worker
+  offering a name not bound to its principal is refused; the level callers need is this
+  one, never the one a worker asks for.
 - ``audit``: who did what and what the broker decided. Never arguments, tokens or keys.
   Counted rows (see :mod:`broker.audit`): one row per minute and key with a ``count``,
   ``ts`` the first and ``last_ts`` the last time; ``source`` the peer's address. Every text
@@ -29,7 +34,13 @@ import sqlite_utils
 
 from agora.crypto import hash_secret, new_one_time_id, normalize_one_time_id
 from agora.errors import LocalError, RemoteError
-from agora.protocol import DEFAULT_ONE_TIME_ID_TTL, ErrorCode, Level, PrincipalKind
+from agora.protocol import (
+    DEFAULT_ONE_TIME_ID_TTL,
+    SERVICE_NAME_RE,
+    ErrorCode,
+    Level,
+    PrincipalKind,
+)
 from agora.text import printable
 from broker.audit import AuditRow
 
@@ -116,6 +127,10 @@ class Store:
             if name not in columns:  # a database from before counted rows
                 self.db["audit"].add_column(name, kind)
         self.db["audit"].create_index(["username"], if_not_exists=True)
+        self.db["service_bindings"].create(
+            {"service": str, "username": str, "level": int, "bound_at": float},
+            pk=("service", "username"), not_null={"level"}, if_not_exists=True,
+        )
         self.db["audit"].create_index(["ts"], if_not_exists=True)
 
     # -- reads ----------------------------------------------------------------------------
@@ -235,6 +250,59 @@ class Store:
         with self.db.conn:
             self.db["principals"].update(username, {"level": int(level)})
             self._audit(username, "set-level", "ok", f"level={int(level)}", now)
+
+    # -- service bindings -----------------------------------------------------------------
+
+    def bindings(self) -> dict[str, dict[str, Any]]:
+        """Every bound service: name -> {"service", "level", "usernames": [...]}."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.db.query("select * from service_bindings order by service, username"):
+            entry = out.setdefault(r["service"], {"service": r["service"], "level": r["level"],
+                                                  "usernames": []})
+            entry["usernames"].append(r["username"])
+        return out
+
+    def bind_service(self, service: str, username: str, level: Level, now: float) -> None:
+        """Let ``username`` (a service principal) offer ``service``, which needs ``level``.
+
+        A service has one level: binding it at another level changes it for every principal
+        bound to it. The running broker applies the change within a fraction of a second.
+        """
+        if not SERVICE_NAME_RE.match(service):
+            raise LocalError(f"{printable(service)!s} is not a service name: 1-64 of a-z 0-9 "
+                             ". _ -, starting with a letter")
+        row = self.require(username)
+        if row["kind"] != PrincipalKind.SERVICE.value:
+            raise LocalError(f"{username} is not a service principal (enroll it with "
+                             "--kind service)")
+        if int(level) > row["level"]:
+            raise LocalError(f"{username} has level {row['level']}; it cannot offer a level "
+                             f"{int(level)} service")
+        others = self.bindings().get(service, {"usernames": []})["usernames"]
+        for other in others:
+            if other != username and self.require(other)["level"] < int(level):
+                raise LocalError(f"{other} (also bound to {service}) has level "
+                                 f"{self.require(other)['level']}; it cannot offer a level "
+                                 f"{int(level)} service")
+        with self.db.conn:
+            self.db["service_bindings"].insert(
+                {"service": service, "username": username, "level": int(level),
+                 "bound_at": now}, replace=True)
+            self.db.execute("update service_bindings set level = ? where service = ?",
+                            [int(level), service])
+            self._audit(username, f"bind:{service}", "ok", f"level={int(level)}", now)
+
+    def unbind_service(self, service: str, now: float, username: str | None = None) -> None:
+        """Take ``service`` from ``username``, or from every principal when None."""
+        entry = self.bindings().get(service)
+        if entry is None or (username is not None and username not in entry["usernames"]):
+            who = f" to {username}" if username else ""
+            raise NotFoundError(f"{printable(service)} is not bound{who}")
+        with self.db.conn:
+            for name in entry["usernames"]:
+                if username is None or name == username:
+                    self.db["service_bindings"].delete((service, name))
+                    self._audit(name, f"unbind:{service}", "ok", "", now)
 
     # -- protocol transitions (each one transaction) --------------------------------------
 

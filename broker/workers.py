@@ -142,6 +142,9 @@ class WorkerRegistry:
         # Worker counters per session: only authenticated messages enter it.
         self.guard = ReplayGuard(ttl=SESSION_MAX_AGE)
         self._next_check = 0.0
+        #: The operator's record (store.bindings()): service -> {level, usernames}. Only a
+        #: bound principal may attach workers of a service, and the level is the record's.
+        self.bindings: dict[str, dict[str, Any]] = {}
 
     # -- what callers see ----------------------------------------------------------------
 
@@ -263,19 +266,26 @@ class WorkerRegistry:
         if name in self.builtins:
             raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is a built-in broker service")
         try:
-            level = Level(field(body, "level", int))
+            asked = Level(field(body, "level", int))
         except ValueError:
             raise ProtocolError("level must be 1-5") from None
         description = str(body.get("description") or "")[:MAX_DESCRIPTION]
+        binding = self.bindings.get(name)
+        if binding is None or session.username not in binding["usernames"]:
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{session.username} may not offer {name}; "
+                              "the operator binds it with `agora admin services bind "
+                              f"{name} --principal {session.username} --level N`")
+        level = Level(binding["level"])  # the record's, never the first worker's
+        if asked != level:
+            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is bound at level {int(level)}; "
+                              f"start the worker with --level {int(level)}")
         if session.level < level:
             raise RemoteError(ErrorCode.FORBIDDEN, f"{session.username} has level "
                               f"{int(session.level)}; cannot offer a level {int(level)} service")
         service = self.services.get(name)
         if service is None:
             service = self.services[name] = WorkerService(name, level, description)
-        elif service.level != level:
-            raise RemoteError(ErrorCode.FORBIDDEN, f"{name} is offered at level "
-                              f"{int(service.level)}")
+        service.level = level
         worker = Worker(identity, session.sid, session.username, name,
                         now + self.heartbeat_interval * self.liveness,
                         now + self.heartbeat_interval)
@@ -320,6 +330,25 @@ class WorkerRegistry:
                                 "failed" if code is ErrorCode.SERVICE_FAILED else "refused",
                                 now)
         return out + self._dispatch(service, now)
+
+    def rebind(self, bindings: dict[str, dict[str, Any]], now: float) -> list[Outgoing]:
+        """The operator changed the bindings: new levels apply at once, and workers whose
+        principal may no longer offer their service are detached and told why."""
+        self.bindings = bindings
+        out: list[Outgoing] = []
+        for worker in list(self.workers.values()):
+            binding = bindings.get(worker.service)
+            if binding is not None and worker.username in binding["usernames"]:
+                self.services[worker.service].level = Level(binding["level"])
+                continue
+            session = self.sessions.get(worker.sid)
+            if session is None:
+                out += self._detach(worker.identity, now, "session ended")
+            else:
+                out += self._refuse(session, worker.identity, ErrorCode.FORBIDDEN,
+                                    f"{worker.username} may no longer offer {worker.service}",
+                                    now)
+        return out
 
     # -- timers --------------------------------------------------------------------------
 

@@ -20,7 +20,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from agora.protocol import DEFAULT_CALL_TIMEOUT, DEFAULT_ONE_TIME_ID_TTL, Level, PrincipalKind
+from agora.protocol import (
+    DEFAULT_CALL_TIMEOUT,
+    DEFAULT_ONE_TIME_ID_TTL,
+    SERVICE_NAME_RE,
+    Level,
+    PrincipalKind,
+)
 from agora.text import OneLineFormatter
 from broker import admin
 from broker.core import DEFAULT_AUDIT_DAYS
@@ -135,22 +141,34 @@ def enroll(
     allow_similar: Annotated[bool, typer.Option(
         "--allow-similar", help="Enroll even if the name's username is taken (the new one "
         "gets a number, e.g. ana.lima2). Without it that is refused.")] = False,
+    services: Annotated[list[str] | None, typer.Option(
+        "--service", help="With --kind service: a service name this principal may offer "
+        "as a worker (repeat for several). Nothing else is accepted from its workers.",
+        metavar="NAME")] = None,
+    service_level: Annotated[str | None, typer.Option(
+        "--service-level", help="The level callers need for the --service names "
+        "(default: the principal's --level).", metavar="LEVEL")] = None,
     data_dir: DataDirOption = None,  # type: ignore[assignment]
     json_out: JsonOption = False,
 ) -> None:
     """Enroll a collaborator face to face: prints username, one-time ID and fingerprint.
 
     Hand all three to the collaborator in person; they run `agora register` with them.
+    A worker's principal: `--kind service --service wordcount --service-level 3`.
     """
     with user_errors():
+        bound = _service_choice(kind, level, services or [], service_level)
         store, keys = open_store(data_dir or default_data_dir())
         result = admin.enroll(store, keys, name, level, kind, ttl_hours,
                               allow_similar=allow_similar)
         username, one_time_id, lvl = result["username"], result["one_time_id"], \
             Level(result["level"])
+        for service, svc_level in bound:
+            store.bind_service(service, username, svc_level, time.time())
         similar_to = result["similar_to"]
         result = {k: result[k] for k in ("username", "one_time_id", "fingerprint", "level",
                                          "expires_in_hours", "similar_to")}
+        result["services"] = [{"service": s, "level": int(v)} for s, v in bound]
         if json_out:
             print_json(result)  # the one place a one-time ID is printed: it is the hand-over
             return
@@ -159,7 +177,30 @@ def enroll(
         if similar_to:
             console.print(f"  note: {similar_to} was taken, so this one is {username}",
                           highlight=False)
+        for service, svc_level in bound:
+            console.print(f"  may offer service:  [bold]{service}[/] (callers need level "
+                          f"{int(svc_level)})", highlight=False)
         _hand_over(one_time_id, ttl_hours, keys.fingerprint)
+
+
+def _service_choice(kind: PrincipalKind, level: str, services: list[str],
+                    service_level: str | None) -> list[tuple[str, Level]]:
+    """Check --service / --service-level before anything is enrolled."""
+    if not services:
+        if service_level is not None:
+            raise fail("--service-level needs --service NAME")
+        return []
+    if kind is not PrincipalKind.SERVICE:
+        raise fail("--service is for principals of --kind service")
+    principal = admin.parse_level(level)
+    svc_level = admin.parse_level(service_level) if service_level is not None else principal
+    if svc_level > principal:
+        raise fail(f"--service-level {int(svc_level)} is above the principal's level "
+                   f"{int(principal)}")
+    for service in services:
+        if not SERVICE_NAME_RE.match(service):
+            raise fail(f"--service {service!r}: 1-64 of a-z 0-9 . _ -, starting with a letter")
+    return [(service, svc_level) for service in dict.fromkeys(services)]
 
 
 def _hand_over(one_time_id: str, ttl_hours: float, fingerprint: str) -> None:
@@ -352,3 +393,65 @@ def _print_audit(rows: list[dict], json_out: bool, header: bool) -> None:
                       str(r["count"] or 1), r["source"] or "-", escape(r["detail"] or ""),
                       style=style)
     console.print(table)
+
+
+services_app = typer.Typer(
+    help="Which service principals may offer which worker-served services, and at which "
+    "level. Without a sub-command: the list.", invoke_without_command=True)
+admin_app.add_typer(services_app, name="services")
+
+
+@services_app.callback()
+def services_list(ctx: typer.Context, data_dir: DataDirOption = None,  # type: ignore[assignment]
+                  json_out: JsonOption = False) -> None:
+    """List bound services: name, the level callers need, the principals that may serve it.
+
+    A worker offering a service not bound to its principal is refused by the broker, and a
+    service's level is this record's, never the one a worker asks for.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with user_errors():
+        store, _ = open_store(data_dir or default_data_dir())
+        rows = list(store.bindings().values())
+        if json_out:
+            print_json(rows)
+            return
+        table = Table("service", "level", "principals")
+        for r in rows:
+            table.add_row(r["service"], f"{r['level']} {Level(r['level']).label}",
+                          ", ".join(r["usernames"]))
+        console.print(table)
+
+
+@services_app.command("bind")
+def services_bind(
+    service: Annotated[str, typer.Argument(help="The service name workers offer.")],
+    principal: Annotated[str, typer.Option("--principal", help="A principal of kind "
+                                           "service that may run its workers.")],
+    level: Annotated[str, typer.Option("--level", help="Level callers need, 1-5 or a name "
+                                       "(one level per service: this changes it for all).")],
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+) -> None:
+    """Let PRINCIPAL's workers offer SERVICE; callers need --level. Applies at once."""
+    with user_errors():
+        lvl = admin.parse_level(level)
+        store, _ = open_store(data_dir or default_data_dir())
+        store.bind_service(service, principal, lvl, time.time())
+        console.print(f"{principal} may offer {service} (level {int(lvl)}, {lvl.label})",
+                      highlight=False)
+
+
+@services_app.command("unbind")
+def services_unbind(
+    service: Annotated[str, typer.Argument(help="The service name.")],
+    principal: Annotated[str | None, typer.Option(
+        "--principal", help="Only this principal (default: every one).")] = None,
+    data_dir: DataDirOption = None,  # type: ignore[assignment]
+) -> None:
+    """Take SERVICE away; its running workers are detached at once and told why."""
+    with user_errors():
+        store, _ = open_store(data_dir or default_data_dir())
+        store.unbind_service(service, time.time(), principal)
+        console.print(f"{service} unbound" + (f" from {principal}" if principal else ""),
+                      highlight=False)

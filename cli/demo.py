@@ -211,6 +211,9 @@ class Demo:
         self.step("carla.dias", "call echo (level 1: allowed)",
                   lambda: carla.call("echo", {"text": "hello"}), lambda r: f"result {r}")
         worker = self._service_principal("Text Worker", Level.CONFIDENTIAL)
+        self.step("operator", "agora admin services bind wordcount (level 3) to it",
+                  lambda: self._bind("wordcount", worker[0], Level.CONFIDENTIAL),
+                  lambda r: f"only {worker[0]} may offer wordcount, and callers need level 3")
         self.step(worker[0], "agora worker run agents.examples:word_count (own process)",
                   lambda: self.start_process(
                       "worker", "run", "agents.examples:word_count", "--service", "wordcount",
@@ -234,6 +237,13 @@ class Demo:
                      lambda: ana.call("notes.write", {"title": "Leak", "level": 1,
                                                       "text": "Plan B is at the old mill."}),
                      ErrorCode.FORBIDDEN)
+
+    def _bind(self, service: str, username: str, level: Level) -> None:
+        store, _ = open_store(self.workdir / "broker")
+        try:
+            store.bind_service(service, username, level, time.time())
+        finally:
+            store.db.close()
 
     def _service_principal(self, name: str, level: Level) -> tuple[str, Path, str]:
         """Enroll and register a service principal; (username, home, password)."""

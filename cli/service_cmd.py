@@ -184,6 +184,8 @@ def run(
 
             def stop(signum: int, frame: object) -> None:
                 worker.stop.set()
+                if worker.in_call:  # a handler that hangs must not keep the process alive
+                    raise _Stopped
 
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
@@ -197,6 +199,15 @@ def run(
                           f"{agent.username} at {agent.broker}", flush=True)
 
             threading.Thread(target=announce, daemon=True).start()
-            with ended_by_broker(agent, worker.stop):
-                worker.serve()
+            try:
+                with ended_by_broker(agent, worker.stop):
+                    worker.serve()
+            except _Stopped:
+                console.print(f"worker {service} stopped during a call (abandoned; its "
+                              f"caller gets service-failed) after {worker.served} call(s)")
+                return
         console.print(f"worker {service} stopped after {worker.served} call(s)")
+
+
+class _Stopped(BaseException):  # noqa: N818 - control flow, not an error
+    """Raised by the signal handler into a running handler call: stop means stop."""

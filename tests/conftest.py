@@ -91,6 +91,15 @@ class BrokerHarness:
             agent.login(password)
         return agent
 
+    def bind(self, service: str, username: str, level: int) -> None:
+        """Bind ``service`` to a service principal, as `agora admin services bind` does, and
+        wait (bounded) until the running broker has the record."""
+        self.admin.bind_service(service, username, Level(level), time.time())
+        deadline = time.monotonic() + 5
+        while (username not in self.server.core.workers.bindings.get(service, {}).get(
+                "usernames", []) and time.monotonic() < deadline):
+            time.sleep(0.02)
+
     def wait_for_store_sync(self) -> None:
         """Let the broker notice an admin change (it polls SQLite's data_version)."""
         time.sleep(0.4)

@@ -23,3 +23,10 @@ def slow(seconds: float) -> str:
 def crash() -> None:
     """Always raises: a buggy worker."""
     raise RuntimeError("database password is hunter2")  # must not reach the caller
+
+
+def hang() -> None:
+    """Never answers (until the process is told to stop): a wedged handler."""
+    logging.getLogger("agora.worker").info("hang call started")  # tests wait for this line
+    while True:
+        time.sleep(1)

@@ -40,8 +40,12 @@ def test_worker_process_serves_calls_and_its_death_fails_the_call(tmp_path, proc
                    env=env)
     env["AGORA_BROKER"] = broker.expect(r"ready at (\S+)").group(1)
     enroll_and_register(env, "Ana Lima", 3, "person", tmp_path / "ana")
-    enroll_and_register(env, "Upper Worker", 3, "service", tmp_path / "upper")
-    enroll_and_register(env, "Slow Worker", 3, "service", tmp_path / "slow")
+    upper = enroll_and_register(env, "Upper Worker", 3, "service", tmp_path / "upper")
+    slow = enroll_and_register(env, "Slow Worker", 3, "service", tmp_path / "slow")
+    ok(run_agora("admin", "services", "bind", "upper", "--principal", upper, "--level", "2",
+                 env=env))
+    ok(run_agora("admin", "services", "bind", "slow", "--principal", slow, "--level", "1",
+                 env=env))
     ana = dict(env, AGORA_HOME=str(tmp_path / "ana"))
 
     procs("worker", "run", "agents.examples:upper", "--service", "upper", "--level", "2",

@@ -26,6 +26,7 @@ def workers(broker):
     def start(service, handler, level=1, principal_level=3, name=None):
         agent = broker.agent(name or f"{service} worker {len(started)}", principal_level,
                              kind=PrincipalKind.SERVICE)
+        broker.bind(service, agent.username, level)
         worker = run_worker(agent, service, handler, level)
         started.append(worker)
         return worker
@@ -147,6 +148,7 @@ def test_worker_keeps_heart_beating_through_a_long_call(broker):
     call longer than the broker's liveness window is answered, not cut off."""
     broker.server.core.workers.heartbeat_interval = 0.1  # dead after 0.3 s of silence
     agent = broker.agent("Slow Worker", kind=PrincipalKind.SERVICE)
+    broker.bind("slow", agent.username, 1)
     worker = ServiceWorker(agent, "slow", sample_workers.slow, heartbeat_interval=0.1)
     thread = threading.Thread(target=worker.serve, daemon=True)
     thread.start()
@@ -227,6 +229,7 @@ def test_invoke_refuses_a_caller_argument_from_the_request():
 
 def test_worker_attaches_again_after_a_broker_restart(broker):
     agent = broker.agent("Upper Worker", kind=PrincipalKind.SERVICE)
+    broker.bind("upper", agent.username, 1)
     worker = ServiceWorker(agent, "upper", examples.upper, heartbeat_interval=0.2,
                            attach_timeout=1.0)
     thread = threading.Thread(target=worker.serve, daemon=True)

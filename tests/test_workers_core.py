@@ -115,8 +115,17 @@ def client(core, name="ana", level=3) -> Peer:
     return Peer(core, name.encode(), name, level)
 
 
+def bind(core, service: str, username: str, level: int) -> None:
+    """The operator's record, as the core gets it from store.bindings()."""
+    entry = core.workers.bindings.setdefault(service, {"service": service, "level": level,
+                                                       "usernames": []})
+    entry["level"] = level
+    entry["usernames"].append(username)
+
+
 def attached(core, name="w1", service="upper", level=3, worker_level=3) -> Peer:
     w = worker(core, name, worker_level)
+    bind(core, service, name, level)
     command, body = w.opened(only(w.attach(service, level), w.identity))
     assert (command, body["service"]) == (Kind.READY, service)
     return w
@@ -204,6 +213,7 @@ def test_level_lowered_by_operator_applies_to_the_next_call(core):
 
 def test_worker_cannot_offer_a_service_above_its_own_level(core):
     w = worker(core, level=2)
+    bind(core, "secrets", "w1", 4)
     command, body = w.opened(only(w.attach("secrets", 4), w.identity))
     assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert core.workers.level_of("secrets") is None
@@ -211,6 +221,7 @@ def test_worker_cannot_offer_a_service_above_its_own_level(core):
 
 def test_worker_cannot_take_a_builtin_service_name(core):
     w = worker(core, level=5)
+    bind(core, "whoami", "w1", 1)
     command, body = w.opened(only(w.attach("whoami", 1), w.identity))
     assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
 
@@ -218,6 +229,7 @@ def test_worker_cannot_take_a_builtin_service_name(core):
 def test_second_worker_cannot_change_a_service_level(core):
     attached(core, "w1", service="upper", level=3)
     w2 = worker(core, "w2", level=5)
+    bind(core, "upper", "w2", 3)
     command, body = w2.opened(only(w2.attach("upper", 1), w2.identity))
     assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert core.workers.level_of("upper") == 3

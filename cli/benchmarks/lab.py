@@ -135,6 +135,14 @@ class Broker:
         finally:
             store.db.close()
 
+    def bind(self, service: str, username: str, level: Level) -> None:
+        """Let ``username`` offer ``service`` (as `agora admin services bind` does)."""
+        store = Store(self.data_dir / "broker.db")
+        try:
+            store.bind_service(service, username, level, time.time())
+        finally:
+            store.db.close()
+
     def agent(self, name: str, kind: PrincipalKind = PrincipalKind.PERSON,
               login: bool = True, listen: bool = False, homes: Path | None = None) -> Agent:
         """A registered agent (its own home under ``homes``); logged in unless told

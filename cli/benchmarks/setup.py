@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from agents import Agent
-from agora.protocol import PrincipalKind
+from agora.protocol import Level, PrincipalKind
 from cli.benchmarks.lab import Broker, Child, Lab
 from cli.processes import agora_command
 
@@ -112,14 +112,14 @@ class Setup:
 
     @cached_property
     def worker(self) -> list[Child]:
-        """WORKERS ``agora worker run`` processes serving ECHO_SERVICE."""
+        """WORKERS ``agora worker run`` processes serving ECHO_SERVICE, each bound to it."""
         children = []
         for i in range(WORKERS):
-            home = self.broker.agent(f"Bench Worker {i}", PrincipalKind.SERVICE,
-                                     login=False).home
+            agent = self.broker.agent(f"Bench Worker {i}", PrincipalKind.SERVICE, login=False)
+            self.broker.bind(ECHO_SERVICE, agent.username, Level.PUBLIC)
             children.append(self.lab.spawn(f"worker-{i}", [
                 *agora_command(), "worker", "run", "cli.benchmarks.handlers:echo",
-                "--service", ECHO_SERVICE, "--level", "1", "--home", str(home),
+                "--service", ECHO_SERVICE, "--level", "1", "--home", str(agent.home),
                 "--broker", self.broker.endpoint]))
         return children
 
