@@ -52,12 +52,17 @@ def principal_state(row: dict[str, Any]) -> str:
 
 
 def principal_rows(store: Store) -> list[dict[str, Any]]:
-    """Every principal as the operator sees it (no key, no hash)."""
+    """Every principal as the operator sees it (no key, no hash), with the live sessions
+    the broker published (more than one: each was told of the others)."""
+    live = store.live_sessions()
     return [{"username": r["username"], "name": r["name"], "kind": r["kind"],
              "level": r["level"], "level_name": Level(r["level"]).label,
              "state": principal_state(r), "flagged": r["flagged"],
              "revoked": bool(r["revoked_at"]), "port": r["port"],
-             "last_login_at": r["last_login_at"]}
+             "last_login_at": r["last_login_at"],
+             "sessions": [{k: s[k] for k in ("session", "started_at", "address", "port")}
+                          | {"listening": bool(s["listening"])}
+                          for s in live.get(r["username"], [])]}
             for r in store.principals()]
 
 

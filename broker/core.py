@@ -89,6 +89,8 @@ __all__ = ["BrokerCore", "CallContext", "Outgoing", "Service", "WorkerCall"]
 STORE_POLL_INTERVAL = 0.25
 #: How often tick() sweeps expired sessions out of memory.
 SESSION_SWEEP_INTERVAL = 1.0
+#: How often the live sessions are published to the store for `agora admin list`.
+SESSION_MIRROR_INTERVAL = 1.0
 #: Buffered audit rows are written at least this often.
 AUDIT_FLUSH_INTERVAL = 0.5
 #: Audit rows older than this many days are pruned (``agora broker start --audit-days``).
@@ -167,7 +169,11 @@ class BrokerCore:
         self._timers: list[tuple[str, Callable[[float], list[Outgoing]]]] = [
             ("session", self._sweep_sessions), ("store", self._poll_store),
             ("worker", self.workers.tick), ("notice", self.notices.flush),
-            ("heartbeat", self.notices.tick), ("audit", self._audit_timer)]
+            ("heartbeat", self.notices.tick), ("audit", self._audit_timer),
+            ("sessions-mirror", self._mirror_sessions)]
+        #: Session ids last written to the store's live_sessions (None: not written yet).
+        self._mirrored: set[bytes] | None = None
+        self._next_mirror = 0.0
         self._timer_failures: dict[str, int] = {}
         # The explicit dispatch tables: nothing outside them can be invoked. Before
         # authentication (a clear key hint frame may precede the envelope):
@@ -296,6 +302,25 @@ class BrokerCore:
         if self.store.membership_writes != self._membership_writes:
             self._membership_writes = self.store.membership_writes
             self._outbox += self.apply_store_changes(now)
+
+    def _mirror_sessions(self, now: float) -> list[Outgoing]:
+        """Publish live sessions for the operator (`agora admin list`), about once a second;
+        only what changed is written."""
+        if now < self._next_mirror:
+            return []
+        self._next_mirror = now + SESSION_MIRROR_INTERVAL
+        live = self.sessions.by_id
+        current = set(live)
+        reset = self._mirrored is None
+        before = set() if reset else self._mirrored
+        added = [{"session": s.short_id, "username": s.username, "started_at": s.created,
+                  "address": s.address, "port": s.port, "listening": int(s.listening)}
+                 for s in (live[sid] for sid in current - before)]
+        removed = [sid.hex()[:8] for sid in before - current]
+        if reset or added or removed:
+            self.store.mirror_sessions(added, removed, reset)
+        self._mirrored = current
+        return []
 
     def _audit_timer(self, now: float) -> list[Outgoing]:
         if now - self._last_audit_flush >= AUDIT_FLUSH_INTERVAL:

@@ -46,16 +46,30 @@ def lookup(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     if row is None or row["public_key"] is None:
         raise RemoteError(ErrorCode.UNKNOWN_USER, f"unknown user {username[:64]!r}")
     refuse_unavailable(row)
-    # Peers go to the newest session that listens; one-shot commands (whoami, send...) log
-    # in with listen=false so they never hide a running `agora listen`.
-    live = sorted((s for s in ctx.core.sessions.of_user(username) if s.listening),
-                  key=lambda s: s.created)
+    target = directory_target(ctx.core, username)
     return {
         "username": username, "kind": row["kind"], "level": row["level"],
-        "public_key": b64(row["public_key"]), "online": bool(live),
-        "port": live[-1].port if live else None,
-        "address": live[-1].address if live else None,
+        "public_key": b64(row["public_key"]), "online": target is not None,
+        "port": target.port if target is not None else None,
+        "address": target.address if target is not None else None,
     }
+
+
+def directory_target(core: Any, username: str) -> Any:
+    """The session peers are sent to (docs/PROTOCOL.md 5.2), or None when none listens.
+
+    The longest-standing listening session whose notice subscription is alive (a running
+    `agora listen`), so a newer login — perhaps with a stolen credentials file — never
+    silently takes over a listener that runs; it was told of that login at once. When no
+    listening session is subscribed (an old client, or the listener died and its
+    subscription lapsed), the newest listening session. One-shot commands log in with
+    listen=false and are never a target.
+    """
+    live = [s for s in core.sessions.of_user(username) if s.listening]  # oldest first
+    subscribed = [s for s in live if s.sid in core.notices.subscriptions]
+    if subscribed:
+        return subscribed[0]
+    return live[-1] if live else None
 
 
 def key_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,9 @@ Tables:
   it, so it is stored as is: the database file is 0600 inside a 0700 directory), the last
   reported port, and the revoked / flagged state the operator sees.
 - ``retired_tokens``: hashes of every token that was replaced; presenting one is theft.
+- ``live_sessions``: the broker's live sessions as the operator may see them (short id,
+  principal, start, address, port, listening) — a mirror the broker writes about once a
+  second and empties when it starts; never a key. ``agora admin list`` reads it.
 - ``service_bindings``: which service principals may offer which worker-served service,
   and at which level (the operator's record: ``agora admin services``). One row per
   (service, principal); a service has one level, the same in all its rows. A worker
@@ -127,6 +130,11 @@ class Store:
             if name not in columns:  # a database from before counted rows
                 self.db["audit"].add_column(name, kind)
         self.db["audit"].create_index(["username"], if_not_exists=True)
+        self.db["live_sessions"].create(
+            {"session": str, "username": str, "started_at": float, "address": str,
+             "port": int, "listening": int},
+            pk="session", if_not_exists=True,
+        )
         self.db["service_bindings"].create(
             {"service": str, "username": str, "level": int, "bound_at": float},
             pk=("service", "username"), not_null={"level"}, if_not_exists=True,
@@ -250,6 +258,28 @@ class Store:
         with self.db.conn:
             self.db["principals"].update(username, {"level": int(level)})
             self._audit(username, "set-level", "ok", f"level={int(level)}", now)
+
+    # -- live sessions (written by the broker, read by the operator) ----------------------
+
+    def live_sessions(self) -> dict[str, list[dict[str, Any]]]:
+        """username -> that principal's live sessions, oldest first."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for r in self.db.query("select * from live_sessions order by started_at"):
+            out.setdefault(r["username"], []).append(r)
+        return out
+
+    def mirror_sessions(self, added: list[dict[str, Any]], removed: list[str],
+                        reset: bool = False) -> None:
+        """Apply the broker's session changes since the last call (one transaction)."""
+        with self.db.conn:
+            if reset:
+                self.db.execute("delete from live_sessions")
+            self.db.conn.executemany("delete from live_sessions where session = ?",
+                                     [(s,) for s in removed])
+            self.db.conn.executemany(
+                "insert or replace into live_sessions (session, username, started_at, "
+                "address, port, listening) values (:session, :username, :started_at, "
+                ":address, :port, :listening)", added)
 
     # -- service bindings -----------------------------------------------------------------
 

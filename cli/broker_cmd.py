@@ -257,9 +257,20 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
+def _sessions_cell(sessions: list[dict]) -> str:
+    """``2: 12:03 listening, 12:41`` — each live session's start; more than one stands out."""
+    if not sessions:
+        return "-"
+    starts = ", ".join(dt.datetime.fromtimestamp(s["started_at"]).strftime("%H:%M")
+                       + (" listening" if s["listening"] else "") for s in sessions)
+    text = f"{len(sessions)}: {starts}"
+    return f"[bold yellow]{text}[/]" if len(sessions) > 1 else text
+
+
 def principals_table(rows: list[dict]) -> Table:
     """Usernames are what the operator types next: never truncated; other columns wrap."""
-    table = Table("username", "name", "kind", "level", "state", "last login", "port")
+    table = Table("username", "name", "kind", "level", "state", "last login", "port",
+                  "live sessions")
     for column in table.columns[1:]:
         column.overflow = "fold"
     table.columns[0].no_wrap = True
@@ -268,7 +279,8 @@ def principals_table(rows: list[dict]) -> Table:
         style = "bold red" if r["flagged"] else ("dim" if r["state"] == "revoked" else "")
         table.add_row(r["username"], escape(r["name"]), r["kind"],
                       f"{r['level']} {Level(r['level']).label}", escape(r["state"]),
-                      _when(r["last_login_at"]), str(r["port"] or "-"), style=style)
+                      _when(r["last_login_at"]), str(r["port"] or "-"),
+                      _sessions_cell(r.get("sessions", [])), style=style)
     return table
 
 
@@ -284,7 +296,7 @@ def list_users(data_dir: DataDirOption = None,  # type: ignore[assignment]
     with user_errors():
         store, _ = open_store(data_dir or default_data_dir())
         rows = [{k: r[k] for k in ("username", "name", "kind", "level", "state", "flagged",
-                                   "port", "last_login_at")}
+                                   "port", "last_login_at", "sessions")}
                 for r in admin.principal_rows(store)]
         if json_out:
             print_json(rows)
