@@ -56,6 +56,7 @@ class Broker:
         if "ready at" not in line:
             raise SystemExit(f"broker did not start: {line!r}")
         self.endpoint = line.split()[4]
+        self.fingerprint = line.split()[-1]
 
     def admin(self, *args: str) -> str:
         env = {**os.environ, "PYTHONPATH": str(self.source)}
@@ -204,24 +205,33 @@ def mode_idle(args, tmp: Path) -> dict:
 
 
 def mode_load(args, tmp: Path) -> dict:
-    """``--sessions`` logged-in agents call ``echo`` while a flood runs; p99 of the calls."""
+    """``--sessions`` live sessions (over ``--principals`` principals: at most 32 each) make
+    ``echo`` calls while a second client floods; p99 of the calls, broker RSS, audit rows."""
     sys.path.insert(0, str(args.source))
     from agents import Agent
+    from agora.protocol import Level
+    from broker.store import Store
 
     broker = Broker(tmp / "broker", args.source)
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, 4 * args.principals + 100)
     try:
-        out = json.loads(broker.admin("enroll", "--name", "Load Tester", "--level", "3",
-                                      "--json"))
-        agent = Agent(tmp / "cred.json", broker.endpoint)
-        agent.register(out["username"], out["one_time_id"], out["fingerprint"], PASSWORD)
-        agent.close()
-        agents = []
-        for i in range(args.sessions):
-            a = Agent(tmp / "cred.json", broker.endpoint)
-            a.login(PASSWORD, listen=False)
-            agents.append(a)
-            if i % 100 == 99:
-                print(f"  {i + 1} sessions", file=sys.stderr)
+        store = Store(tmp / "broker" / "broker.db")
+        enrolled = [store.enroll(f"Load Tester {i}", Level(3), time.time())
+                    for i in range(args.principals)]
+        store.db.close()
+        fingerprint = broker.fingerprint
+        openers, sessions = [], []
+        per = -(-args.sessions // args.principals)
+        for i, (username, otid) in enumerate(enrolled):
+            agent = Agent(tmp / "homes" / username, broker=broker.endpoint, context=ctx,
+                          timeout=5.0, retries=1)
+            agent.register(username, otid, fingerprint, PASSWORD)
+            openers.append(agent)
+            for _ in range(min(per, args.sessions - len(sessions))):
+                agent.login(listen=False)  # credentials open since register: no Argon2id
+                sessions.append((agent, agent.session))
+            print(f"  {i + 1} principals, {len(sessions)} sessions", file=sys.stderr)
         rows0, bytes0 = broker.audit_figures()
         base = rss_mb(broker.proc.pid)
         peak = base
@@ -237,8 +247,10 @@ def mode_load(args, tmp: Path) -> dict:
                                for _ in range(random.randrange(1, 6)))]
             return [b"", CLIENT_PROTOCOL, Command.LOGIN.value, *([frame] * 40)]
 
+        sent = [0]
+
         def flooder() -> None:
-            flood(broker.endpoint, args.seconds + 2, junk, 50)
+            sent[0] = flood(broker.endpoint, args.seconds + 2, junk, 50)
 
         def sample() -> None:
             nonlocal peak
@@ -249,13 +261,15 @@ def mode_load(args, tmp: Path) -> dict:
         threads = [threading.Thread(target=flooder), threading.Thread(target=sample)]
         for t in threads:
             t.start()
-        latencies, failures = [], 0
+        latencies, failures, used = [], 0, set()
         end = time.time() + args.seconds
         while time.time() < end:
-            a = random.choice(agents)
+            agent, session = random.choice(sessions)
+            agent.session = session
+            used.add(session.sid)
             t0 = time.perf_counter()
             try:
-                a.call("echo", {"n": 1})
+                agent.call("echo", {"n": 1})
                 latencies.append(time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 failures += 1
@@ -266,16 +280,21 @@ def mode_load(args, tmp: Path) -> dict:
             t.join()
         time.sleep(1.5)
         rows1, bytes1 = broker.audit_figures()
-        for a in agents:
-            a.close()
+        end_rss = rss_mb(broker.proc.pid)
+        for agent in openers:
+            agent.close()
     finally:
         broker.stop()
+        ctx.destroy(linger=0)
     latencies.sort()
-    return {"sessions": args.sessions, "calls": len(latencies), "failures": failures,
+    return {"sessions": len(sessions), "principals": args.principals,
+            "sessions_used": len(used), "calls": len(latencies), "failures": failures,
+            "flood_messages": sent[0],
             "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
             "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)
             if latencies else None,
             "rss_base_mb": round(base, 1), "rss_peak_mb": round(peak, 1),
+            "rss_end_mb": round(end_rss, 1),
             "audit_rows_added": rows1 - rows0, "audit_bytes_added": bytes1 - bytes0}
 
 
@@ -288,6 +307,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--principals", type=int, default=40,
+                        help="the sessions are spread over this many (at most 32 each)")
     parser.add_argument("--source", type=Path, default=REPO)
     args = parser.parse_args()
     args.seconds = min(args.seconds, 120)  # bounded, whatever is asked
