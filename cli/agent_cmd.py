@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -73,6 +74,14 @@ def session(home: Path | None, broker: str | None, timeout: float = 2.5,
         agent.close()
 
 
+def new_login_line(at: float) -> str:
+    """What a long-running command says when another session of its principal starts (a
+    stolen credentials file cannot listen in silently: PROTOCOL.md 5.2)."""
+    stamp = time.strftime("%H:%M", time.localtime(at))
+    return (f"a new login as you from another process at {stamp} — if this was not you, "
+            "tell your operator")
+
+
 class SessionGuard:
     """Follows the broker's notices while a long-running command works (listen, chat,
     auction watch, worker), in a thread with its own socket (agents.notices).
@@ -123,8 +132,8 @@ class SessionGuard:
             self._ended.set()
             self.stop.set()
         elif notice.type == NoticeType.NEW_LOGIN.value:
-            where = notice.fields.get("address") or "somewhere"
-            err_console.print(f"note: another session of yours logged in (from {where})",
+            at = notice.fields.get("at")
+            err_console.print(new_login_line(float(at) if at else time.time()),
                               highlight=False, soft_wrap=True)
         elif notice.type == NoticeType.LEVEL_CHANGED.value:
             level = int(notice.fields.get("level", 0))

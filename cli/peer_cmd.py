@@ -89,56 +89,6 @@ def print_message(msg: PeerMessage, json_out: bool) -> None:
                   highlight=False, soft_wrap=True)
 
 
-def new_login_line(at: float) -> str:
-    """What a listener prints when another session of its principal starts."""
-    stamp = time.strftime("%H:%M", time.localtime(at))
-    return (f"a new login as you from another process at {stamp} — if this was not you, "
-            "tell your operator")
-
-
-def watch_notices(agent: object, stop: threading.Event, json_out: bool,
-                  ) -> threading.Thread | None:
-    """Print what the broker pushes about this session while it listens: a new login as
-    this principal (at once: a stolen credentials file cannot listen in silently), and the
-    session's end (which stops the listener). In its own thread, on its own socket."""
-    try:
-        stream = agent.subscribe()  # type: ignore[attr-defined]
-    except AgoraError as exc:
-        err_console.print(f"warning: no notices from the broker ({exc}); a new login as you "
-                          "would not be shown", highlight=False)
-        return None
-
-    def run() -> None:
-        try:
-            while not stop.is_set():
-                for notice in stream.poll(0.5):
-                    show_notice(notice, json_out)
-                    if notice.type == "session-ended":
-                        stop.set()
-        finally:
-            stream.close()
-
-    thread = threading.Thread(target=run, daemon=True, name="notices")
-    thread.start()
-    return thread
-
-
-def show_notice(notice: object, json_out: bool) -> None:
-    kind, fields = notice.type, notice.fields  # type: ignore[attr-defined]
-    if kind == "new-login":
-        line = new_login_line(float(fields.get("at") or time.time()))
-    elif kind == "session-ended":
-        line = f"your session was ended: {notice.message}"  # type: ignore[attr-defined]
-    else:
-        return  # heartbeats, level changes, broker-silent: not news for the person
-    if json_out:
-        json_line({"notice": kind, "text": line, **{k: v for k, v in fields.items()
-                                                     if k in ("at", "reason", "session")}})
-    else:
-        console.print(f"[bold yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
-        sys.stdout.flush()
-
-
 def listen(
     home: HomeOption = None,  # type: ignore[assignment]
     broker: BrokerOption = None,
@@ -163,7 +113,6 @@ def listen(
         info = agent.info
         assert info is not None
         listener = Listener(agent, lambda msg: print_message(msg, json_out), stop)
-        notices = watch_notices(agent, stop, json_out)
         if json_out:
             json_line({"listening": info.username, "port": info.port})
         else:
@@ -171,8 +120,6 @@ def listen(
                           "Ctrl-C to stop", highlight=False)
             sys.stdout.flush()
         listener.run()
-        if notices is not None:
-            notices.join(2)
 
 
 @reads_stdin

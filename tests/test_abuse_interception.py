@@ -5,6 +5,7 @@ keeps sending peers to the listener that was there first (docs/PROTOCOL.md 5.2).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -12,7 +13,7 @@ import pytest
 
 from agents import Agent
 from broker import admin
-from cli.peer_cmd import new_login_line
+from cli.agent_cmd import new_login_line
 from tests.conftest import PASSWORD, agora_env, run_agora
 from tests.test_service_cli import enroll_and_register, ok
 
@@ -78,8 +79,10 @@ def test_agora_listen_prints_a_new_login_as_you(tmp_path, procs):
     shutil.copytree(tmp_path / "ana", tmp_path / "thief")
     thief = procs("listen", env=dict(env, AGORA_HOME=str(tmp_path / "thief")))
     thief.expect("Listening as ana.lima")
-    listener.expect(r"a new login as you from another process at \d\d:\d\d — if this was "
-                    "not you, tell your operator")
+    line = re.compile(r"a new login as you from another process at \d\d:\d\d — if this was "
+                      "not you, tell your operator")
+    assert wait_for(lambda: any(line.search(x) for x in listener.stderr_lines)), \
+        listener.stderr_lines[-3:]
 
     def two_sessions():
         rows = json.loads(ok(run_agora("admin", "list", "--json", env=env)))

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agora.errors import LocalError, RemoteError
-from agora.protocol import ErrorCode, Level, PrincipalKind, WorkerCommand
+from agora.protocol import ErrorCode, Kind, Level, PrincipalKind
 from broker.store import Store
 from cli.app import app
 from tests.conftest import PASSWORD, agora_env, run_agora
@@ -27,13 +27,13 @@ def test_a_principal_not_bound_to_a_service_cannot_attach_as_its_worker(core):
     real = attached(core, "real", service="wordcount", level=3)
     rogue = worker(core, "rogue", level=5)
     command, body = rogue.opened(only(rogue.attach("wordcount", 3), rogue.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert "rogue may not offer wordcount" in body["message"]
     ana = client(core, "ana")
     for _ in range(4):  # every call goes to the bound worker, none to the rogue
         out = ana.call("wordcount", {"text": "secret"})
         assert request_to(real, out)["args"] == {"text": "secret"}
-        real.send(WorkerCommand.REPLY, {"id": request_to(real, out)["id"], "ok": True,
+        real.send(Kind.REPLY, {"id": request_to(real, out)["id"], "ok": True,
                                         "result": 1})
 
 
@@ -42,7 +42,7 @@ def test_a_squatter_cannot_set_a_services_level_by_attaching_first(core):
     squatter = worker(core, "squatter", level=1)
     bind(core, "other", "squatter", 1)
     command, body = squatter.opened(only(squatter.attach("wordcount", 1), squatter.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert core.workers.level_of("wordcount") is None
     attached(core, "real", service="wordcount", level=3)
     assert core.workers.level_of("wordcount") == 3
@@ -56,7 +56,7 @@ def test_a_worker_asking_another_level_than_the_record_is_refused(core):
     bind(core, "wordcount", "w1", 3)
     w = worker(core, "w1", level=5)
     command, body = w.opened(only(w.attach("wordcount", 1), w.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert "bound at level 3" in body["message"]
 
 
@@ -72,7 +72,7 @@ def test_unbinding_detaches_live_workers_and_a_new_level_applies_at_once(core):
     store.unbind_service("upper", time.time())
     out = core.workers.rebind(store.bindings(), time.time())
     command, body = w.opened(only(out, w.identity))
-    assert (command, body["code"]) == (WorkerCommand.DISCONNECT, "forbidden")
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
     assert core.workers.listing()[0]["workers"] == 0
 
 

@@ -61,6 +61,7 @@ def test_chat_is_told_when_the_operator_revokes(broker):
 
 def test_worker_is_told_when_the_operator_revokes_its_principal(broker):
     worker = broker.agent("Upper Worker", kind=PrincipalKind.SERVICE, login=False)
+    broker.bind("upper", worker.username, 2)
     env = agora_env(AGORA_HOME=str(worker.home), AGORA_BROKER=broker.endpoint,
                     AGORA_PASSWORD=PASSWORD)
     proc = AgoraProcess(["worker", "run", "agents.examples:upper", "--service", "upper",

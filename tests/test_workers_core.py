@@ -311,6 +311,7 @@ def test_worker_message_under_the_wrong_key_is_refused(core):
 
 def test_replayed_worker_message_is_dropped_without_detaching_the_worker(core):
     w = worker(core)
+    bind(core, "upper", "w1", 1)
     ready = w.worker_frames(Kind.READY, {"service": "upper", "level": 1})
     core.handle(w.identity, ready, T0)
     assert core.handle(b"replayer", ready, T0) == []

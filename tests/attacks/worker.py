@@ -30,6 +30,9 @@ class BrokerReceivesWorker(ChannelHarness):
                                                0, "127.0.0.1", T0)
         self.other = self.core.sessions.open("v", PrincipalKind.SERVICE, Level(3),
                                              new_symmetric_key(), 0, "127.0.0.1", T0)
+        # The operator's record (store.bindings()): "w" may offer upper at level 1.
+        self.core.workers.bindings = {"upper": {"service": "upper", "level": 1,
+                                                "usernames": ["w"]}}
         self.counter = 0
         self.sockets = 0
 
