@@ -93,6 +93,7 @@ def test_only_service_principals_within_their_level_can_be_bound():
 
 def test_enroll_with_a_service_binds_it_and_admin_services_lists_and_changes_it(tmp_path):
     runner, data = CliRunner(), ["--data-dir", str(tmp_path / "b")]
+    assert runner.invoke(app, ["broker", "init", *data]).exit_code == 0
     enrolled = runner.invoke(app, ["admin", "enroll", "--name", "Text Worker", "--level", "3",
                                    "--kind", "service", "--service", "wordcount",
                                    "--service-level", "3", "--json", *data])
