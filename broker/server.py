@@ -17,7 +17,12 @@ import zmq
 from agora.errors import LocalError, NoBroker
 from agora.files import file_lock, private_dir
 from agora.keyfile import KeyPair, load_or_create
-from agora.protocol import DEFAULT_CALL_TIMEOUT, MAX_MESSAGE_FRAMES, MAX_MESSAGE_SIZE
+from agora.protocol import (
+    DEFAULT_CALL_TIMEOUT,
+    MAX_MESSAGE_FRAMES,
+    MAX_MESSAGE_SIZE,
+    MAX_SESSIONS_PER_PRINCIPAL,
+)
 from agora.sockets import ConnectionGuard, bind_router, recv_rest
 from broker.core import DEFAULT_AUDIT_DAYS, BrokerCore, Outgoing, report_internal_error
 from broker.notes import NotesStore
@@ -76,11 +81,13 @@ class BrokerServer:
     def __init__(self, data_dir: Path, endpoint: str = DEFAULT_ENDPOINT,
                  context: zmq.Context | None = None,
                  call_timeout: float = DEFAULT_CALL_TIMEOUT,
-                 audit_days: float = DEFAULT_AUDIT_DAYS) -> None:
+                 audit_days: float = DEFAULT_AUDIT_DAYS,
+                 max_sessions_per_principal: int = MAX_SESSIONS_PER_PRINCIPAL) -> None:
         self.store, self.keys = open_store(data_dir, create=True)
         self.core = BrokerCore(self.store, self.keys,
                                builtin_services(NotesStore(self.store.db)), call_timeout,
                                audit_days=audit_days)
+        self.core.sessions.max_per_user = max_sessions_per_principal
         self.context = context or zmq.Context.instance()
         try:
             self.socket, self.endpoint = bind_router(self.context, endpoint)

@@ -23,6 +23,7 @@ from rich.table import Table
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
     DEFAULT_ONE_TIME_ID_TTL,
+    MAX_SESSIONS_PER_PRINCIPAL,
     SERVICE_NAME_RE,
     Level,
     PrincipalKind,
@@ -76,6 +77,10 @@ def start(
         "--audit-days", envvar="AGORA_AUDIT_DAYS",
         help="Keep audit rows this many days; older ones are pruned in the background.",
         metavar="DAYS", parser=options.positive_duration)] = DEFAULT_AUDIT_DAYS,
+    max_sessions: Annotated[int, typer.Option(
+        "--max-sessions-per-principal", envvar="AGORA_MAX_SESSIONS", min=1,
+        help="Live sessions one principal may hold; one more ends its oldest (told why).",
+        metavar="N")] = MAX_SESSIONS_PER_PRINCIPAL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", envvar="AGORA_QUIET", help="Log only warnings and errors, not a "
@@ -89,7 +94,8 @@ def start(
     with user_errors():
         try:
             server = BrokerServer(data_dir or default_data_dir(), bind,
-                                  call_timeout=call_timeout, audit_days=audit_days)
+                                  call_timeout=call_timeout, audit_days=audit_days,
+                                  max_sessions_per_principal=max_sessions)
         except Exception as exc:  # zmq bind errors, unreadable key file...
             raise fail(f"cannot start broker: {exc}") from None
 

@@ -105,12 +105,12 @@ def rss_bytes(pid: int) -> int:
 class Broker:
     """A real ``agora broker start --quiet`` process and a way to enroll on it."""
 
-    def __init__(self, lab: Lab, name: str) -> None:
+    def __init__(self, lab: Lab, name: str, extra: list[str] | None = None) -> None:
         self.lab = lab
         self.data_dir = lab.root / name
         self.child = lab.spawn(name, [*agora_command(), "broker", "start", "--quiet",
                                       "--bind", "tcp://127.0.0.1:0",
-                                      "--data-dir", str(self.data_dir)])
+                                      "--data-dir", str(self.data_dir), *(extra or [])])
         self._ready: re.Match[str] | None = None
 
     def _wait(self) -> re.Match[str]:

@@ -88,7 +88,9 @@ class Setup:
     @cached_property
     def session_broker(self) -> Broker:
         """A broker of its own for logins and sessions, so its memory is theirs alone."""
-        return Broker(self.lab, "session-broker")
+        # One principal opens them all: its cap is lifted, so the figure is n sessions' memory.
+        return Broker(self.lab, "session-broker",
+                      ["--max-sessions-per-principal", str(max(self.plan.sessions) + 10)])
 
     @cached_property
     def echo_server(self) -> Child:
