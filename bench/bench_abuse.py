@@ -29,7 +29,9 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agora.protocol import CLIENT_PROTOCOL, Command  # noqa: E402
+from agora.envelope import seal  # noqa: E402
+from agora.protocol import Kind  # noqa: E402
+from agora.wire import broker_key_request, login_context, request_header  # noqa: E402
 
 PASSWORD = "bench password"  # noqa: S105 - a throw-away test principal
 
@@ -82,8 +84,10 @@ class Broker:
 
 
 def junk_login() -> list[bytes]:
-    name = random.choice([b"carol.dias\nlogin carol.dias ok", b"x%06d" % random.randrange(10**6)])
-    return [b"", CLIENT_PROTOCOL, Command.LOGIN.value, name, os.urandom(64)]
+    """A stranger's LOGIN: a (forged-looking or random) username, an envelope under no key."""
+    name = random.choice(["carol.dias\nlogin carol.dias ok", f"x{random.randrange(10**6):06d}"])
+    header = request_header(Kind.LOGIN, login_context(name), int(time.time() * 1000))
+    return [b"", name.encode(), seal(os.urandom(32), header, os.urandom(40))]
 
 
 def flood(endpoint: str, seconds: float, make, window: int = 200, socks: int = 1) -> int:
@@ -139,7 +143,7 @@ def mode_frames(args, tmp: Path) -> dict:
     frame = os.urandom(250 * 1024)
 
     def big() -> list[bytes]:
-        return [b"", CLIENT_PROTOCOL, Command.LOGIN.value, *([frame] * args.frames)]
+        return [b"", b"carol.dias", *([frame] * args.frames)]
 
     try:
         time.sleep(0.5)
@@ -187,7 +191,7 @@ def mode_idle(args, tmp: Path) -> dict:
                 s.setsockopt(zmq.LINGER, 0)
                 s.connect(broker.endpoint)
                 # One message each, so the ROUTER (and the core) learn the identity.
-                s.send_multipart([b"", CLIENT_PROTOCOL, Command.BROKER_KEY.value])
+                s.send_multipart([b"", *broker_key_request()])
                 socks.append(s)
             for s in socks:
                 s.poll(2000, zmq.POLLIN)
@@ -245,7 +249,7 @@ def mode_load(args, tmp: Path) -> dict:
             if r < 0.7:
                 return [b"", *(os.urandom(random.randrange(1, 64))
                                for _ in range(random.randrange(1, 6)))]
-            return [b"", CLIENT_PROTOCOL, Command.LOGIN.value, *([frame] * 40)]
+            return [b"", b"carol.dias", *([frame] * 40)]
 
         sent = [0]
 
