@@ -21,6 +21,7 @@ def worker_of(broker):
     def start(service, handler):
         agent = broker.agent(f"{service} worker {len(started)}", 3,
                              kind=PrincipalKind.SERVICE)
+        broker.bind(service, agent.username, 1)
         started.append(run_worker(agent, service, handler, 1))
 
     yield start
