@@ -378,14 +378,15 @@ class BrokerCore:
     def _unauthenticated(self, username: str | None, action: str, code: ErrorCode,
                          message: str, now: float, enrolled: bool = True) -> RemoteError:
         """A refusal of what did not authenticate: counted against the username (unknown
-        names share one count), audited unless the name is already over its limit, answered
-        in clear. Audited as a counted row (broker.audit): a stranger's flood of refusals is
-        one row per minute and source, and the username, which nobody proved, is escaped
-        and never part of the row's key."""
+        names share one count), audited, answered in clear. Audited as a counted row
+        (broker.audit): a stranger's flood of refusals is one row per minute, source and
+        code whose count says how big the flood was, and the username, which nobody proved,
+        is escaped and never part of the row's key. Logged only while the name is under its
+        limit: a log line per junk request would be the flood again."""
         key = self.failures.key_for(username, enrolled)
+        self._audit.add(now, username, action, "refused", code.value, self._source,
+                        authenticated=False)
         if not self.failures.blocked(key, now):
-            self._audit.add(now, username, action, "refused", code.value, self._source,
-                            authenticated=False)
             log.info("%s %s refused: %s", action, printable(username), code.value)
         self.failures.record(key, now)
         return RemoteError(code, message)
