@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from agora.crypto import b64, unb64
+from agora.crypto import b64
 from agora.errors import RemoteError
 from agora.protocol import ErrorCode, Level, PrincipalKind
 from agora.wire import field
@@ -72,26 +72,11 @@ def directory_target(core: Any, username: str) -> Any:
     return live[-1] if live else None
 
 
-def key_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Which registered principal holds a public key (for services such as the auctioneer).
-
-    Only principals of kind "service" may ask: people have no business mapping keys.
-    """
-    if ctx.session.kind is not PrincipalKind.SERVICE:
-        raise RemoteError(ErrorCode.FORBIDDEN, "key_status is for service principals")
-    public_key = unb64(field(args, "public_key", str), 32)
-    row = ctx.core.store.by_public_key(public_key)
-    if row is None:
-        return {"registered": False}
-    return {"registered": True, "username": row["username"], "kind": row["kind"],
-            "level": row["level"], "revoked": bool(row["revoked_at"] or row["flagged"])}
-
-
 def membership(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """Every registered, valid member's key and level, at a version that membership notices
     continue from (subscribe first, then fetch this; PROTOCOL.md 4.5).
 
-    Only principals of kind "service" may ask, as for key_status.
+    Only principals of kind "service" may ask: people have no business mapping keys.
     """
     if ctx.session.kind is not PrincipalKind.SERVICE:
         raise RemoteError(ErrorCode.FORBIDDEN, "membership is for service principals")
@@ -120,8 +105,8 @@ def directory(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
 def services(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     """The services the caller may call: built-in ones and those offered by workers.
 
-    Services above the caller's level, and those for other kinds of principal (key_status
-    and membership are for services), are left out. ``workers`` is null for built-ins.
+    Services above the caller's level, and those for other kinds of principal (membership
+    is for services), are left out. ``workers`` is null for built-ins.
     """
     level, kind = ctx.session.level, ctx.session.kind
     offered = [{"name": s.name, "level": int(s.level), "description": s.description,
@@ -167,8 +152,6 @@ def builtin_services(notes: NotesStore | None = None) -> dict[str, Service]:
         Service("echo", Level.PUBLIC, "returns its arguments unchanged", echo),
         Service("lookup", Level.PUBLIC, "a principal's public key and where they listen",
                 lookup),
-        Service("key_status", Level.PUBLIC, "who holds a public key (service principals "
-                "only)", key_status, SERVICES_ONLY),
         Service("membership", Level.PUBLIC, "every registered member's key and level, "
                 "versioned (service principals only)", membership, SERVICES_ONLY),
         Service("time", Level.PUBLIC, "the broker's clock", time_service),
