@@ -13,6 +13,7 @@ from agora.errors import RemoteError
 from agora.multicast import free_udp_port, open_sender, random_group, send_datagram
 from agora.protocol import ErrorCode, PrincipalKind
 from auctioneer.server import AuctioneerServer
+from broker.server import BrokerServer
 
 
 def write_item(folder, name: str, item_id: str, duration: float = 1.5,
@@ -219,3 +220,32 @@ def test_auctioneer_fails_closed_when_the_broker_is_down(auction, broker):
         assert info.value.code is ErrorCode.SERVICE_UNAVAILABLE
         assert "not heard from the broker" in info.value.message
     assert ana.snapshot()["state"]["status"] == "idle"  # reads are still served
+
+
+def test_auctioneer_follows_a_restarted_broker_again(auction, broker, zctx):
+    ana = auction.client("Ana Lima")
+    assert ana.join().username == "ana.lima"
+    auction.server.core.config.silence_limit = 1.0
+    broker.server.stop.set()
+    broker.thread.join(timeout=5)
+    broker.server.close()
+    time.sleep(1.5)  # past the silence limit: the auctioneer has failed closed
+    with pytest.raises(RemoteError) as info:
+        ana.join()
+    assert info.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    # The broker comes back on the same directory and endpoint (its sessions are gone).
+    broker.server = BrokerServer(broker.data_dir, broker.endpoint, zctx)
+    broker.thread = threading.Thread(target=broker.server.serve, daemon=True)
+    broker.thread.start()
+    # The feed logs in again, subscribes and fetches a snapshot: service resumes, and a
+    # member registered after the restart arrives by push on the new subscription.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            assert ana.join().username == "ana.lima"
+            break
+        except RemoteError as exc:
+            assert exc.code is ErrorCode.SERVICE_UNAVAILABLE
+            assert time.monotonic() < deadline, "the auctioneer never heard the broker again"
+            time.sleep(0.2)
+    assert auction.client("Bruno Costa").join().username == "bruno.costa"
