@@ -37,8 +37,6 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from agents.agent import Agent
 from agents.auction import AuctionClient, AuctionWatcher, auctioneer_key
@@ -48,9 +46,10 @@ from agents.peer_protocol import PeerMessage
 from agora.auction_wire import parse_money
 from agora.errors import AgoraError, AuctioneerUnreachable, LocalError, RemoteError
 from agora.protocol import EndReason, ErrorCode, NoticeType
-from webui.assets import STATIC_DIR, template
+from webui.assets import template
 from webui.hub import EventHub
-from webui.security import Access, PageError, page_error, read_action, render_page, text_param
+from webui.security import Access, PageError, read_action, render_page, text_param
+from webui.serve import console_app
 
 log = logging.getLogger("agora.ui")
 
@@ -599,13 +598,4 @@ def collab_app(console: CollabConsole, access: Access) -> Starlette:
         name, params = await read_action(request, ACTIONS)
         return JSONResponse(await console.act(name, params))
 
-    async def events(request: Request) -> Response:
-        return console.hub.response({"kind": "hello", "data": None})
-
-    return Starlette(routes=[
-        Route("/", index),
-        Route("/api/state", state),
-        Route("/api/action", action, methods=["POST"]),
-        Route("/events", events),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-    ], exception_handlers={PageError: page_error})
+    return console_app(index, state, action, console.hub)

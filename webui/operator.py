@@ -21,15 +21,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from agora.errors import AgoraError
 from broker import admin
 from broker.server import open_store
-from webui.assets import STATIC_DIR, template
+from webui.assets import template
 from webui.hub import EventHub
-from webui.security import Access, PageError, page_error, read_action, render_page, text_param
+from webui.security import Access, PageError, read_action, render_page, text_param
+from webui.serve import console_app
 
 ACTIONS = frozenset({"enroll", "set-level", "revoke", "reenroll", "restore"})
 #: Seconds between checks for changes made by other connections.
@@ -132,13 +131,4 @@ def operator_app(console: OperatorConsole, access: Access) -> Starlette:
         except AgoraError as exc:
             raise PageError(400, str(exc)) from None
 
-    async def events(request: Request) -> Response:
-        return console.hub.response({"kind": "hello", "data": None})
-
-    return Starlette(routes=[
-        Route("/", index),
-        Route("/api/state", state),
-        Route("/api/action", action, methods=["POST"]),
-        Route("/events", events),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-    ], exception_handlers={PageError: page_error})
+    return console_app(index, state, action, console.hub)

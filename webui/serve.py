@@ -19,15 +19,35 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from webui.assets import STATIC_DIR
 from webui.hub import EventHub
-from webui.security import Access, Guard
+from webui.security import Access, Guard, PageError, page_error
 
 log = logging.getLogger("agora.ui")
 
 #: Seconds uvicorn waits for open requests at shutdown.
 GRACEFUL_SHUTDOWN = 2
+
+
+def console_app(index: Callable, state: Callable, action: Callable, hub: EventHub) -> Starlette:
+    """The routes every console has: its page, its state, its actions (POST), its event
+    stream and its static files; a PageError anywhere is answered as one clear message."""
+
+    async def events(request: Any) -> Any:
+        return hub.response({"kind": "hello", "data": None})
+
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/api/state", state),
+        Route("/api/action", action, methods=["POST"]),
+        Route("/events", events),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ], exception_handlers={PageError: page_error})
 
 
 def bind_local(port: int = 0) -> tuple[socket.socket, int]:
