@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from agora.auction_wire import open_event, open_rekey, peek_datagram, verify_datagram
+from agora.auction_wire import open_events, open_rekey, peek_datagram, verify_datagram
 from agora.crypto import PrivateKey, VerifyKey, unb64
 from agora.envelope import KEY_SIZE, box_key
 from agora.errors import ProtocolError
@@ -109,15 +109,16 @@ class AuctionView:
             if group_key is None:  # missed the rekey, or left out of it: the snapshot tells
                 self.epoch, self.last_seq = position
                 return Feed([], True)
-            event = open_event(dgram, group_key)
+            events = open_events(dgram, group_key)
         except ProtocolError as exc:
             # Signed but not openable: it must not move the view past what it skipped.
             self.epoch, self.last_seq = position
             self.dropped += 1
             log.info("dropped a signed datagram that does not open: %s", exc)
             return Feed([], True)
-        self._apply(event)
-        return Feed([event], not in_order)
+        for event in events:
+            self._apply(event)
+        return Feed(events, not in_order)
 
     def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Replace the picture with the auctioneer's: state, epoch, key and sequence."""

@@ -22,9 +22,11 @@ No sockets. Three things live here:
 
       envelope (channel ANNOUNCE, sender AUCTIONEER, context = epoch) | Ed25519 signature (64)
 
-  EVENT envelopes are sealed under the epoch's group key (JSON event); a REKEY envelope is
-  clear, its body the new group key boxed to each remaining member. The signature covers the
-  whole envelope: members hold the group key, so only the signature proves the auctioneer.
+  EVENT envelopes are sealed under the epoch's group key, their body a JSON array of one or
+  more events in the order they happened (the auctioneer batches what one group commit
+  stored: one seal and one signature for all of them); a REKEY envelope is clear, its body
+  the new group key boxed to each remaining member. The signature covers the whole
+  envelope: members hold the group key, so only the signature proves the auctioneer.
 """
 
 from __future__ import annotations
@@ -223,6 +225,9 @@ KEY_TAG_SIZE = 8
 #: One REKEY entry: key tag | envelope of the 32-byte group key.
 REKEY_ENTRY = KEY_TAG_SIZE + HEADER_SIZE + NONCE_SIZE + KEY_SIZE + TAG_SIZE
 ANNOUNCE_KINDS = frozenset({Kind.EVENT, Kind.REKEY})
+#: Most octets of JSON events packed into one EVENT body (a batch is split beyond it; one
+#: event larger than this goes alone, up to MAX_DATAGRAM).
+EVENT_BATCH_BYTES = 16_000
 _EPOCH = struct.Struct(">I")
 
 
@@ -253,11 +258,42 @@ def _announce_header(kind: Kind, epoch: int, seq: int) -> Header:
     return Header(Channel.ANNOUNCE, kind, Sender.AUCTIONEER, epoch_context(epoch), seq)
 
 
-def seal_event(signing_key: SigningKey, group_key: bytes, epoch: int, seq: int,
-               event: dict[str, Any], nonce: bytes | None = None) -> bytes:
-    """An EVENT under the group key (counter = seq), then signed."""
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One event's JSON, ready for :func:`event_bodies`."""
+    return encode_json(event)
+
+
+def event_bodies(encoded: list[bytes], limit: int = EVENT_BATCH_BYTES) -> list[bytes]:
+    """EVENT bodies (JSON arrays) for ``encoded`` events, in order, as few as fit in
+    ``limit`` octets each; an event larger than ``limit`` goes alone in its own body."""
+    bodies: list[bytes] = []
+    batch: list[bytes] = []
+    size = 1
+    for event in encoded:
+        if batch and size + len(event) + 1 > limit:
+            bodies.append(b"[" + b",".join(batch) + b"]")
+            batch, size = [], 1
+        batch.append(event)
+        size += len(event) + 1
+    if batch:
+        bodies.append(b"[" + b",".join(batch) + b"]")
+    return bodies
+
+
+def seal_event_body(signing_key: SigningKey, group_key: bytes, epoch: int, seq: int,
+                    body: bytes, nonce: bytes | None = None) -> bytes:
+    """An EVENT of an :func:`event_bodies` body under the group key (counter = seq),
+    signed once for every event in it."""
     return _sign(signing_key, seal(group_key, _announce_header(Kind.EVENT, epoch, seq),
-                                   encode_json(event), nonce))
+                                   body, nonce))
+
+
+def seal_events(signing_key: SigningKey, group_key: bytes, epoch: int, seq: int,
+                events: list[dict[str, Any]], nonce: bytes | None = None) -> bytes:
+    """One EVENT datagram carrying ``events`` (one or more, in order)."""
+    if not events:
+        raise LocalError("an EVENT carries at least one event")
+    return seal_event_body(signing_key, group_key, epoch, seq, encode_json(events), nonce)
 
 
 def rekey_datagram(signing_key: SigningKey, epoch: int, seq: int, group_key: bytes,
@@ -305,11 +341,20 @@ def verify_datagram(data: bytes, verify_key: VerifyKey) -> Datagram:
                     envelope)
 
 
-def open_event(datagram: Datagram, group_key: bytes) -> dict[str, Any]:
-    """The event of an EVENT datagram, with its ``epoch`` and ``seq`` from the header."""
+def open_events(datagram: Datagram, group_key: bytes) -> list[dict[str, Any]]:
+    """The events of an EVENT datagram, in order, each with the datagram's ``epoch`` and
+    ``seq`` from the header; ProtocolError unless the body is a non-empty array of objects."""
     _, body = open_envelope(group_key, datagram.envelope, Channel.ANNOUNCE, Sender.AUCTIONEER,
                             {Kind.EVENT}, epoch_context(datagram.epoch))
-    return {**decode_json(body), "epoch": datagram.epoch, "seq": datagram.seq}
+    try:
+        events = json.loads(body.decode("utf-8"))  # UTF-8 only, as decode_json
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("announcement is not JSON") from None
+    if not isinstance(events, list) or not events or \
+            not all(isinstance(e, dict) for e in events):
+        raise ProtocolError("announcement is not an array of events")
+    position = {"epoch": datagram.epoch, "seq": datagram.seq}
+    return [{**e, **position} for e in events]
 
 
 def open_rekey(datagram: Datagram, public_key: bytes, box_key: bytes) -> bytes | None:
@@ -334,9 +379,10 @@ def open_rekey(datagram: Datagram, public_key: bytes, box_key: bytes) -> bytes |
 
 
 __all__ = [
-    "Datagram", "MAX_CENTS", "REKEY_ENTRY", "REPLY_KINDS", "REQUEST_KINDS", "clear_error",
-    "decode_bid", "decode_request_body", "encode_bid", "encode_request_body", "epoch_context",
-    "format_money", "new_request_id", "open_event", "open_rekey", "open_reply", "parse_money",
-    "peek_datagram", "rekey_datagram", "request_frames", "seal_event", "seal_reply",
-    "seal_request", "verify_datagram",
+    "Datagram", "EVENT_BATCH_BYTES", "MAX_CENTS", "REKEY_ENTRY", "REPLY_KINDS",
+    "REQUEST_KINDS", "clear_error", "decode_bid", "decode_request_body", "encode_bid",
+    "encode_event", "encode_request_body", "epoch_context", "event_bodies", "format_money",
+    "new_request_id", "open_events", "open_rekey", "open_reply", "parse_money",
+    "peek_datagram", "rekey_datagram", "request_frames", "seal_event_body", "seal_events",
+    "seal_reply", "seal_request", "verify_datagram",
 ]

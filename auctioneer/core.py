@@ -30,9 +30,11 @@ from agora.auction_wire import (
     REQUEST_KINDS,
     clear_error,
     decode_request_body,
+    encode_event,
+    event_bodies,
     format_money,
     rekey_datagram,
-    seal_event,
+    seal_event_body,
     seal_reply,
 )
 from agora.crypto import PrivateKey, SigningKey, b64, new_symmetric_key, unb64
@@ -157,6 +159,9 @@ class AuctioneerCore:
         #: Effect out: the shell should fetch the broker's membership snapshot and feed it.
         self.wants_snapshot = True
         self.outbox: list[bytes] = []
+        #: Events announced since the last datagram was sealed (encoded JSON, in order):
+        #: sealed and signed together, as few datagrams as fit, by :meth:`take_outbox`.
+        self._events: list[bytes] = []
         self.members: dict[bytes, Member] = {}
         for key, name in store.members().items():
             try:
@@ -184,6 +189,7 @@ class AuctioneerCore:
 
     def rotate(self, why: str) -> None:
         """A new epoch and group key, sent to each current member in REKEY datagrams."""
+        self._seal_events()  # what was announced before belongs to the old epoch
         self.epoch = self.store.next_epoch()
         self.seq = 0
         self.group_key = new_symmetric_key()
@@ -197,11 +203,27 @@ class AuctioneerCore:
                  len(members))
 
     def announce(self, kind: Event, **fields: Any) -> None:
-        self.seq += 1
-        self.outbox.append(seal_event(self.signing_key, self.group_key, self.epoch, self.seq,
-                                      {"kind": kind.value, **fields}))
+        """Queue an event; it is sealed and signed with the others of its batch."""
+        self._events.append(encode_event({"kind": kind.value, **fields}))
+
+    def _seal_events(self) -> None:
+        """Seal the queued events into EVENT datagrams (one signature each), in order."""
+        if not self._events:
+            return
+        for body in event_bodies(self._events):
+            self.seq += 1
+            self.outbox.append(seal_event_body(self.signing_key, self.group_key, self.epoch,
+                                               self.seq, body))
+        self._events = []
+
+    @property
+    def has_outbox(self) -> bool:
+        """Whether anything announced is waiting for :meth:`take_outbox`."""
+        return bool(self._events or self.outbox)
 
     def take_outbox(self) -> list[bytes]:
+        """The datagrams to publish, in order: everything announced so far is in them."""
+        self._seal_events()
         out, self.outbox = self.outbox, []
         return out
 
@@ -514,6 +536,7 @@ class AuctioneerCore:
 
     def _snapshot(self, public_key: bytes, username: str, fields: dict[str, Any],
                   header: Header, now: float) -> dict[str, Any]:
+        self._seal_events()  # so that seq counts every event the state already shows
         return {"epoch": self.epoch, "seq": self.seq, "group_key": b64(self.group_key),
                 "state": self.state(now)}
 

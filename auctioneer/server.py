@@ -7,15 +7,18 @@ Two threads, as the seed asks:
 - the **publisher** (:class:`Publisher`): sends every announcement datagram on UDP
   multicast and, byte for byte, on the ZeroMQ PUB mirror.
 
-They share nothing but a queue of already signed datagrams. The auctioneer is a service
-principal of the broker: a third thread (:class:`~auctioneer.feed.MembershipFeed`) follows
-the membership the broker pushes, and the loop feeds it to the core between requests; no
-request ever waits for the broker.
+They share nothing but a queue of already signed datagrams. The loop answers a batch of
+requests as soon as its bids are committed, and publishes their events a little later
+(``ANNOUNCE_DELAY``): every event announced meanwhile shares one sealed, signed datagram.
+The auctioneer is a service principal of the broker: a third thread
+(:class:`~auctioneer.feed.MembershipFeed`) follows the membership the broker pushes, and
+the loop feeds it to the core between requests; no request ever waits for the broker.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -50,8 +53,13 @@ from auctioneer.store import AuctionStore
 log = logging.getLogger("agora.auctioneer")
 
 POLL_MS = 100
+SNDMORE = zmq.SNDMORE.value  # a plain int: no enum operations per frame
 #: Requests answered per group commit at most (then the clock runs again).
 BATCH = 1000
+#: Seconds an announcement may wait for others to share its datagram (one seal and one
+#: signature for all, so one check per datagram for every watcher): while bids stream in,
+#: a datagram goes out this often; an event announced on its own waits this long at most.
+ANNOUNCE_DELAY = 0.005
 #: How often an idle auctioneer looks for new item files.
 SCAN_INTERVAL = 0.5
 #: An item file changed this recently may still be being written; wait for it.
@@ -70,7 +78,7 @@ class Publisher:
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
         self.pub.bind(pub_bind)
         self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.queue: queue.Queue[bytes] = queue.Queue()
+        self.queue: queue.Queue[list[bytes]] = queue.Queue()  # datagrams, a batch at a time
         self.stop = threading.Event()
         self.sent = 0
 
@@ -86,9 +94,11 @@ class Publisher:
         # Drains the queue before stopping, so a CLOSED announcement is not lost at exit.
         while not (self.stop.is_set() and self.queue.empty()):
             try:
-                self.publish(self.queue.get(timeout=POLL_MS / 1000))
+                batch = self.queue.get(timeout=POLL_MS / 1000)
             except queue.Empty:
                 continue
+            for datagram in batch:
+                self.publish(datagram)
 
     def close(self) -> None:
         self.pub.close(0)
@@ -132,6 +142,7 @@ class AuctioneerServer:
         self.pause = pause
         self.stop = threading.Event()
         self._next_scan = 0.0
+        self._announce_at: float | None = None  # when what waits in the outbox must go
 
     def serve(self) -> None:
         log.info("auctioneer listening on %s, announcing on %s:%d and %s",
@@ -143,7 +154,7 @@ class AuctioneerServer:
         poller.register(self.socket, zmq.POLLIN)
         try:
             while not self.stop.is_set():
-                ready = poller.poll(POLL_MS)
+                ready = poller.poll(self._poll_ms())
                 self._membership()  # first: a join may follow its registration closely
                 if ready:
                     self._serve_batch()
@@ -153,7 +164,7 @@ class AuctioneerServer:
                 if self.core.idle and now >= self._next_scan:
                     self._next_scan = now + SCAN_INTERVAL
                     self._open_next(now)
-                self._flush()
+                self._flush_due(time.monotonic())
         finally:
             self._flush()
             self.publisher.stop.set()
@@ -191,7 +202,6 @@ class AuctioneerServer:
                 log.warning("ignored a malformed membership %s from the broker", event)
             except Exception:
                 log.exception("internal error applying membership; still serving")
-        self._flush()
         if self.core.wants_snapshot:
             self.feed.want_snapshot.set()
 
@@ -227,14 +237,20 @@ class AuctioneerServer:
                         answers.append(answer)
         except Exception:
             # Nothing of this batch was stored: announce none of it, answer none of it,
-            # and stop (a restart resumes from what the store holds).
+            # and stop (a restart resumes from what the store holds, under a new epoch; the
+            # events of earlier batches still waiting to go out go too, as in a crash, and
+            # watchers recover them from the restarted auctioneer's snapshot).
             self.core.take_outbox()
             log.exception("could not store a batch of bids; stopping")
             raise
-        self._flush()  # announce the batch's bids as soon as they are stored
-        for answer in answers:
+        # Stored: now answer. The batch's events are announced with the next datagram
+        # (_flush_due), sealed and signed together with whatever else came meanwhile.
+        socket = self.socket
+        for *head, last in answers:
             try:
-                self.socket.send_multipart(answer)
+                for frame in head:
+                    socket.send(frame, SNDMORE)
+                socket.send(last)
             except zmq.ZMQError as exc:
                 log.info("could not send reply: %s", exc.strerror)
 
@@ -264,9 +280,25 @@ class AuctioneerServer:
             except AgoraError as exc:
                 self.folder.reject(path, str(exc))
 
+    def _poll_ms(self) -> int:
+        """Wait for requests until the announcements waiting must go out, POLL_MS at most."""
+        if self._announce_at is None:
+            return POLL_MS
+        return max(0, math.ceil((self._announce_at - time.monotonic()) * 1000))
+
+    def _flush_due(self, now: float) -> None:
+        """Publish what was announced once the oldest of it has waited ANNOUNCE_DELAY."""
+        if self._announce_at is None:
+            if self.core.has_outbox:
+                self._announce_at = now + ANNOUNCE_DELAY
+        elif now >= self._announce_at:
+            self._flush()
+
     def _flush(self) -> None:
-        for datagram in self.core.take_outbox():
-            self.publisher.queue.put(datagram)
+        self._announce_at = None
+        datagrams = self.core.take_outbox()
+        if datagrams:
+            self.publisher.queue.put(datagrams)
 
     def close(self) -> None:
         self.feed.stop.set()

@@ -130,7 +130,9 @@ class AuctionStore:
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
                          (item_id, amount, username, public_key, now, request_id, closes_at,
                           int(extended)))
-            conn.execute("UPDATE items SET closes_at = ? WHERE id = ?", (closes_at, item_id))
+            if extended:  # the item's closing time moved (soft close)
+                conn.execute("UPDATE items SET closes_at = ? WHERE id = ?",
+                             (closes_at, item_id))
         except BaseException as exc:
             if self._batching:
                 self._failed = self._failed or exc  # the batch's earlier bids go too
@@ -142,9 +144,14 @@ class AuctionStore:
 
     def bid_of_request(self, public_key: bytes, request_id: bytes) -> dict[str, Any] | None:
         """The bid this bidder's request stored, if it did (answers a retry)."""
-        rows = self.db["bids"].rows_where("public_key = ? AND request_id = ?",
-                                          [public_key, request_id], limit=1)
-        return next(iter(rows), None)
+        # Plain SQL: rows_where() looks the table and the views up on every call.
+        cursor = self.db.conn.execute(
+            "SELECT * FROM bids WHERE public_key = ? AND request_id = ? LIMIT 1",
+            (public_key, request_id))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
     def void_bids(self, item_id: str, public_key: bytes) -> None:
         """A revoked bidder's bids on an item no longer count (kept, marked void)."""

@@ -314,6 +314,37 @@ def test_view_drops_duplicates_from_the_second_path():
     assert [e["kind"] for e in events] == ["rekey", "opened"]
 
 
+def test_the_bids_of_one_batch_are_announced_in_one_signed_datagram():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    view = h.view(ana)
+    h.join(bob)
+    h.core.take_outbox()
+    for n, who in enumerate([ana, bob, ana]):
+        h.bid(who, 1000 + 100 * n, now=T0 + 1)
+    (datagram,) = h.core.take_outbox()
+    assert [(e["kind"], e["amount"]) for e in view.feed(datagram).events] == \
+        [("bid", 1000), ("bid", 1100), ("bid", 1200)]
+    assert view.best["amount"] == 1200 and view.minimum == 1300
+
+
+def test_a_snapshot_counts_the_events_announced_before_it():
+    h = Harness()
+    h.core.open_item(item(), "lamp.json", T0)
+    ana, bob = h.bidder("ana"), h.bidder("bob")
+    view = h.view(ana)
+    h.join(bob)
+    h.core.take_outbox()
+    h.bid(bob, 1000, now=T0 + 1)
+    view.apply_snapshot(h.ask(ana, Kind.SNAPSHOT, {}, T0 + 1))  # shows bob's bid...
+    h.bid(bob, 1100, now=T0 + 2)
+    first, second = h.core.take_outbox()
+    assert view.feed(first).events == []  # ...so the datagram that announced it is old news
+    assert [e["amount"] for e in view.feed(second).events] == [1100]
+    assert [b["amount"] for b in view.bids] == [1100, 1000]
+
+
 def test_view_notices_a_gap_and_a_snapshot_repairs_it():
     h = Harness()
     h.core.open_item(item(), "lamp.json", T0)
@@ -322,8 +353,9 @@ def test_view_notices_a_gap_and_a_snapshot_repairs_it():
     h.join(bob)
     h.core.take_outbox()  # the view's snapshot already covers these
     h.bid(bob, 1000, now=T0 + 1)
+    (lost,) = h.core.take_outbox()
     h.bid(bob, 1100, now=T0 + 2)
-    lost, second = h.core.take_outbox()
+    (second,) = h.core.take_outbox()
     assert view.feed(second).need_snapshot
     view.apply_snapshot(h.ask(ana, Kind.SNAPSHOT, {}, T0 + 2))
     assert view.best["amount"] == 1100 and [b["amount"] for b in view.bids] == [1100, 1000]

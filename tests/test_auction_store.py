@@ -34,9 +34,17 @@ def test_bids_of_a_batch_are_committed_together_at_its_end(store, tmp_path):
 
 
 def test_a_bid_outside_a_batch_is_committed_at_once(store, tmp_path):
-    store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 70, bytes([3]) * 16, False)
+    store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 70, bytes([3]) * 16, True)
     assert stored_bids(tmp_path) == 1
-    assert store.open_items()[0]["closes_at"] == T0 + 70
+    assert store.open_items()[0]["closes_at"] == T0 + 70  # extended: the item's time moved
+
+
+def test_a_retried_request_finds_its_stored_bid(store):
+    store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60, bytes([6]) * 16, False)
+    stored = store.bid_of_request(b"k" * 32, bytes([6]) * 16)
+    assert (stored["amount_cents"], stored["closes_at"], stored["extended"]) == (1000, T0 + 60, 0)
+    assert store.bid_of_request(b"k" * 32, bytes([7]) * 16) is None
+    assert store.bid_of_request(b"j" * 32, bytes([6]) * 16) is None
 
 
 def test_a_failed_write_rolls_back_the_whole_batch(store, tmp_path):

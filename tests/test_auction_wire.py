@@ -7,6 +7,7 @@ Regenerate the vector files (only when the wire format changes on purpose):
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import cli.auction_cmd
 from agents.auction import AuctionClient, AuctionWatcher
 from agents.auction_view import JoinInfo
 from agora import auction_wire as wire
-from agora.crypto import PrivateKey
+from agora.crypto import PrivateKey, SigningKey
 from agora.envelope import Header, box_key, clear, open_envelope, peek
 from agora.errors import ProtocolError, RemoteError, UnauthenticatedRefusal
 from agora.protocol import Channel, ErrorCode, Kind, Sender
@@ -214,14 +215,20 @@ def auction_vectors() -> list[dict]:
     return out
 
 
+GROUP_KEY = bytes(range(200, 232))
+#: Two events stored by one group commit: one EVENT datagram, one signature.
+EVENTS = [{"kind": "bid", "item": "lamp", "amount": 1250, "bidder": "ana",
+           "at": 1700000001.0, "closes_at": 1700000060.0, "minimum": 1350},
+          {"kind": "extended", "item": "lamp", "closes_at": 1700000070.0}]
+
+
 def announce_vectors() -> list[dict]:
-    group_key = bytes(range(200, 232))
-    event = {"kind": "bid", "item": "lamp", "amount": 1250, "bidder": "ana",
-             "at": 1700000001.0, "closes_at": 1700000060.0, "minimum": 1350}
+    group_key = GROUP_KEY
+    (body,) = wire.event_bodies([wire.encode_event(e) for e in EVENTS])
     return [
         vectors.vector("announce.event", group_key,
                        Header(Channel.ANNOUNCE, Kind.EVENT, Sender.AUCTIONEER,
-                              wire.epoch_context(7), 3), wire.encode_json(event), NONCE, event),
+                              wire.epoch_context(7), 3), body, NONCE, EVENTS),
         vectors.vector("announce.rekey-entry", _key(),
                        Header(Channel.ANNOUNCE, Kind.REKEY, Sender.AUCTIONEER,
                               wire.epoch_context(7), 1), group_key, NONCE,
@@ -236,6 +243,8 @@ def decode(v: dict) -> dict:
         return wire.decode_request_body(Kind(kind), body)
     if kind == Kind.REKEY:
         return {"group_key": body.hex()}
+    if kind == Kind.EVENT:
+        return json.loads(body)  # an array of events
     return wire.decode_json(body)
 
 
@@ -266,6 +275,35 @@ def test_real_encoders_make_the_vector_bytes():
     assert envelope.hex() == v["envelope"]
     header, body = open_envelope(_key(), envelope, Channel.AUCTION, Sender.BIDDER, {Kind.BID})
     assert wire.decode_bid(body) == ("lamp", 1250)
+
+
+def test_one_signed_event_datagram_carries_a_batch_of_events():
+    v = vectors.load("announce")[0]
+    signing_key = SigningKey(bytes(range(64, 96)))
+    datagram = wire.seal_events(signing_key, GROUP_KEY, 7, 3, EVENTS, NONCE)
+    assert datagram[:-64].hex() == v["envelope"]
+    checked = wire.verify_datagram(datagram, signing_key.verify_key)
+    assert wire.open_events(checked, GROUP_KEY) == [{**e, "epoch": 7, "seq": 3} for e in EVENTS]
+
+
+@pytest.mark.parametrize("body", [b"[]", b"{}", b'{"kind": "bid"}', b'[{"kind": "bid"}, 3]',
+                                  b"[" * 10_000, b"\xff"])
+def test_an_event_datagram_that_is_not_an_array_of_events_is_refused(body):
+    signing_key = SigningKey(bytes(range(64, 96)))
+    datagram = wire.seal_event_body(signing_key, GROUP_KEY, 7, 3, body)
+    checked = wire.verify_datagram(datagram, signing_key.verify_key)
+    with pytest.raises(ProtocolError):
+        wire.open_events(checked, GROUP_KEY)
+
+
+def test_a_batch_too_big_for_one_datagram_is_split_in_order():
+    events = [wire.encode_event({"kind": "bid", "amount": n, "note": "x" * 100})
+              for n in range(500)]
+    bodies = wire.event_bodies(events, limit=4_000)
+    assert len(bodies) > 1 and all(len(b) <= 4_000 for b in bodies)
+    assert [e["amount"] for b in bodies for e in json.loads(b)] == list(range(500))
+    big = wire.encode_event({"kind": "opened", "note": "y" * 5_000})
+    assert wire.event_bodies([events[0], big, events[1]], limit=4_000)[1] == b"[" + big + b"]"
 
 
 if __name__ == "__main__":
