@@ -59,7 +59,7 @@ from agora.errors import (
 )
 from agora.files import atomic_write
 from agora.protocol import ErrorCode
-from agora.sockets import make_socket, recv_bounded
+from agora.sockets import make_socket, recv_bounded, recv_rest
 
 if TYPE_CHECKING:
     from agents.agent import Agent
@@ -69,7 +69,7 @@ log = logging.getLogger("agora.peer")
 DEFAULT_PEER_TIMEOUT = 2.5
 IDLE_TIMEOUT = 600.0
 MAX_CONVERSATIONS = 256
-#: Messages handled per socket per poll, so one busy peer cannot starve the others.
+#: Conversation requests handled per poll, so a flood of them cannot starve conversations.
 DRAIN_LIMIT = 100
 LOOPBACK = ("127.0.0.1", "::1")
 #: How often a receiving node asks the broker for letters left while it was away.
@@ -77,6 +77,8 @@ MAILBOX_POLL_INTERVAL = 30.0
 LETTERS_SEEN_NAME = "letters_seen.json"
 #: Idle conversations are looked for at most this often (not on every poll: a hot path).
 TICK_INTERVAL = 1.0
+# Plain ints on the hot path: pyzmq's flags are enums (IntFlag operations cost µs).
+_NOBLOCK, _RCVTIMEO = int(zmq.NOBLOCK), int(zmq.RCVTIMEO)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,10 @@ class PeerNode:
         self.poller = zmq.Poller()
         self.poller.register(self.inbox, zmq.POLLIN)
         self.conversations: dict[zmq.Socket, Conversation] = {}
+        #: The PAIRs of each peer's conversations (usually one), for send's look-up.
+        self._by_peer: dict[str, list[zmq.Socket]] = {}
+        #: The receive timeout (ms) each PAIR has now; send waits for its ACK in recv().
+        self._wait_ms: dict[zmq.Socket, int] = {}
         self.incoming: deque[PeerMessage] = deque()
         #: Messages dropped as bad input (garbage, wrong key, replay...); each was logged.
         self.dropped = 0
@@ -156,12 +162,18 @@ class PeerNode:
             oldest = min(self.conversations, key=lambda s: self.conversations[s].last_active)
             self._close(oldest, say_bye=True, now=now)
         self.conversations[sock] = conversation
+        self._by_peer.setdefault(conversation.peer, []).append(sock)
         self.poller.register(sock, zmq.POLLIN)
 
     def _close(self, sock: zmq.Socket, say_bye: bool, now: float) -> None:
         conversation = self.conversations.pop(sock, None)
         if conversation is None:
             return  # closed already (the peer said BYE while we waited)
+        socks = self._by_peer[conversation.peer]
+        socks.remove(sock)
+        if not socks:
+            del self._by_peer[conversation.peer]
+        self._wait_ms.pop(sock, None)
         if say_bye:
             try:
                 sock.send(conversation.bye(now)[0], zmq.NOBLOCK)
@@ -177,8 +189,12 @@ class PeerNode:
             self._close(sock, say_bye=True, now=now)
 
     def _latest(self, peer: str) -> zmq.Socket | None:
-        socks = [s for s, c in self.conversations.items() if c.peer == peer]
-        return max(socks, key=lambda s: self.conversations[s].last_active, default=None)
+        socks = self._by_peer.get(peer)
+        if not socks:
+            return None
+        if len(socks) == 1:
+            return socks[0]
+        return max(socks, key=lambda s: self.conversations[s].last_active)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -220,10 +236,17 @@ class PeerNode:
                     break
                 if frames is not None:  # None: over the whole-message bound, dropped
                     self._on_inbox(frames)
-        for sock in [s for s in self.conversations if s in ready]:
-            for _ in range(DRAIN_LIMIT):
-                if sock not in self.conversations or not self._on_pair(sock):
-                    break
+        # One message per ready conversation per wake-up: the poll is level-triggered, so
+        # the next one reports what is still waiting (busy peers take turns), and nothing
+        # pays for a receive that finds the socket empty.
+        for sock in [s for s in ready if s in self.conversations]:
+            conversation = self.conversations.get(sock)
+            if conversation is not None:  # None: closed by a BYE just handled
+                try:
+                    frame = sock.recv(_NOBLOCK, copy=False)
+                except zmq.Again:
+                    continue  # reported ready, yet nothing to read after all
+                self._on_pair(sock, conversation, frame)
 
     def _drop(self, what: str, exc: Exception) -> None:
         self.dropped += 1
@@ -274,27 +297,26 @@ class PeerNode:
         except zmq.ZMQError as exc:
             log.info("could not answer a conversation request: %s", exc.strerror)
 
-    def _on_pair(self, sock: zmq.Socket) -> bool:
-        """Handle one message waiting on a conversation PAIR; False if none was waiting."""
-        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            return False  # cheaper than a receive that raises zmq.Again (the drain's last try)
-        try:
-            frames = recv_bounded(sock, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        if frames is None:  # over the whole-message bound: dropped, uncopied
-            return True
-        conversation = self.conversations[sock]
+    def _on_pair(self, sock: zmq.Socket, conversation: Conversation, frame: zmq.Frame) -> None:
+        """Handle one message received on a conversation PAIR (its first frame, uncopied):
+        acknowledge it first, then keep what it says."""
+        if frame.more:  # not a conversation message: read it within the bounds, then refuse
+            rest = recv_rest(sock, size=len(frame), origin=frame)
+            if rest is None:  # over the whole-message bound: dropped, uncopied
+                return
+            frames = [frame.bytes, *rest]
+        else:
+            frames = [frame.bytes]
         now = time.time()
         try:
             events, replies = conversation.handle(frames, now)
         except ProtocolError as exc:
             self._drop(f"a message on conversation {conversation.short_id} with "
                        f"{conversation.peer}", exc)
-            return True
+            return
         for reply in replies:
             try:
-                sock.send(reply[0], zmq.NOBLOCK)
+                sock.send(reply[0], _NOBLOCK)
             except zmq.ZMQError as exc:
                 log.info("could not acknowledge %s: %s", conversation.peer, exc.strerror)
         for event in events:
@@ -306,7 +328,6 @@ class PeerNode:
                 self._close(sock, say_bye=False, now=now)
             elif isinstance(event, Acked):
                 pass  # conversation.acked moved; send() waits on it
-        return True
 
     def tick(self, now: float) -> None:
         """Close conversations idle for longer than ``idle_timeout``."""
@@ -376,16 +397,28 @@ class PeerNode:
         except zmq.Again:
             raise PeerTimeout(f"{conversation.peer} is not taking messages "
                               f"(send timed out after {timeout:g}s)") from None
+        # The ACK is received right here, in the caller's thread, by a blocking recv bounded
+        # by RCVTIMEO (set only when it changes): no poller, no hand-off.
         deadline = started + timeout
-        while conversation.acked < seq:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000), zmq.POLLIN):
+        wait_ms = int(timeout * 1000)
+        while True:
+            if wait_ms <= 0:
                 raise PeerTimeout(f"{conversation.peer} did not acknowledge in {timeout:g}s")
-            self._on_pair(sock)  # an ACK, or a message from the peer (kept for poll())
+            if self._wait_ms.get(sock) != wait_ms:
+                sock.setsockopt(_RCVTIMEO, wait_ms)
+                self._wait_ms[sock] = wait_ms
+            try:
+                frame = sock.recv(copy=False)
+            except zmq.Again:
+                raise PeerTimeout(f"{conversation.peer} did not acknowledge in "
+                                  f"{timeout:g}s") from None
+            self._on_pair(sock, conversation, frame)  # an ACK, or a message kept for poll()
+            if conversation.acked >= seq:
+                return Receipt(conversation.peer, seq, conversation.short_id,
+                               time.monotonic() - started)
             if sock not in self.conversations:
                 raise PeerError(f"{conversation.peer} closed the conversation")
-        return Receipt(conversation.peer, seq, conversation.short_id,
-                       time.monotonic() - started)
+            wait_ms = int((deadline - time.monotonic()) * 1000)
 
     def _open(self, peer: str, entry: dict[str, Any], timeout: float) -> zmq.Socket:
         """Send HELLO to the inbox the directory ``entry`` names; connect a PAIR to WELCOME's

@@ -57,12 +57,15 @@ from agora.envelope import (
     ReplayGuard,
     box_key,
     clear,
+    header_prefix,
     is_fresh,
     open_clear,
     open_envelope,
+    open_prefixed,
     peek,
     public_key,
     seal,
+    seal_prefixed,
     timestamp_counter,
 )
 from agora.errors import (
@@ -280,10 +283,14 @@ class Conversation:
 
     def __post_init__(self) -> None:
         self._me, self._other = int(self.role), int(OTHER[self.role])
-
-    @property
-    def short_id(self) -> str:
-        return self.conversation_id.hex()[:8]
+        self.short_id = self.conversation_id.hex()[:8]
+        # Headers packed once (all but the counter): what we seal, by kind, and what the
+        # peer must have sealed, by the kind octet an incoming envelope claims.
+        cid = self.conversation_id
+        self._out_message, self._out_ack, self._out_bye = (
+            header_prefix(_PEER, kind, self._me, cid) for kind in (_MESSAGE, _ACK, _BYE))
+        self._expected = {kind: header_prefix(_PEER, kind, self._other, cid)
+                          for kind in _PAIR_KINDS}
 
     def _seal(self, kind: int, counter: int, body: bytes) -> bytes:
         return seal(self.key, Header(_PEER, kind, self._me, self.conversation_id, counter), body)
@@ -297,14 +304,14 @@ class Conversation:
         """
         data = encode_text(text)
         msg_id = msg_id or os.urandom(MESSAGE_ID_SIZE)
-        self.send_seq += 1
+        seq = self.send_seq = self.send_seq + 1
         self.last_active = now
         body = encode_message(msg_id, int(now * 1000), data)
-        return self.send_seq, msg_id, [self._seal(_MESSAGE, self.send_seq, body)]
+        return seq, msg_id, [seal_prefixed(self.key, self._out_message, seq, body)]
 
     def bye(self, now: float) -> list[bytes]:
         self.send_seq += 1
-        return [self._seal(_BYE, self.send_seq, b"")]
+        return [seal_prefixed(self.key, self._out_bye, self.send_seq, b"")]
 
     def handle(self, frames: list[bytes], now: float) -> tuple[list[Event], list[list[bytes]]]:
         """Check one PAIR message; return its events and the replies to send.
@@ -317,9 +324,17 @@ class Conversation:
         data = frames[0]
         if len(data) > MAX_MESSAGE_SIZE:
             raise ProtocolError("message is over the size limit")
-        header, body = open_envelope(self.key, data, _PEER, self._other, _PAIR_KINDS,
-                                     self.conversation_id)
-        seq, kind = header.counter, header.kind
+        # The kind octet (not yet authenticated) only chooses which header to expect: the
+        # whole header must then be that one, and the tag authenticates it.
+        expected = self._expected.get(data[4]) if len(data) > 4 else None
+        opened = None if expected is None else open_prefixed(self.key, data, expected)
+        if opened is None:  # not a header this conversation expects: the full checks say why
+            header, body = open_envelope(self.key, data, _PEER, self._other, _PAIR_KINDS,
+                                         self.conversation_id)
+            seq = header.counter
+        else:
+            seq, body = opened
+        kind = data[4]
         if kind == _ACK:
             # Idempotent, so no replay memory: a replayed ACK moves nothing.
             if not 0 < seq <= self.send_seq:
@@ -336,7 +351,7 @@ class Conversation:
         self.last_active = now
         if kind == _BYE:
             return [Closed()], []
-        ack = [self._seal(_ACK, seq, b"")]
+        ack = [seal_prefixed(self.key, self._out_ack, seq, b"")]
         if not self.recent_ids.add(msg_id):
             return [], [ack]  # a retransmission we already showed: acknowledge it only
         return [PeerMessage(self.peer, text, sent_at / 1000, now, seq, self.short_id)], [ack]

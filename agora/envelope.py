@@ -174,6 +174,42 @@ def _decrypt(key: bytes, data: bytes) -> bytes:
     return ffi.buffer(out, size)[:]
 
 
+# -- one context's hot path: the header packed once (a conversation's MESSAGE/ACK) ----------
+
+#: A header without its counter: the same bytes for every message of one channel, kind,
+#: sender and context.
+PREFIX_SIZE = HEADER_SIZE - 8
+
+
+def header_prefix(channel: int, kind: int, sender: int, context: bytes) -> bytes:
+    """The first PREFIX_SIZE bytes of every header of (channel, kind, sender, context): pack
+    it once per context, then :func:`seal_prefixed` and :func:`open_prefixed` per message."""
+    return HEADER.pack(MAGIC, VERSION, channel, kind, sender, context, 0)[:PREFIX_SIZE]
+
+
+def seal_prefixed(key: bytes, prefix: bytes, counter: int, body: bytes) -> bytes:
+    """Exactly :func:`seal` of the header ``prefix`` + ``counter``, without packing it."""
+    head = prefix + counter.to_bytes(8, "big")
+    nonce = os.urandom(NONCE_SIZE)
+    out = ffi.new("unsigned char[]", len(body) + TAG_SIZE)
+    lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out, ffi.NULL, body, len(body), head, HEADER_SIZE, ffi.NULL, nonce, key)
+    return head + nonce + ffi.buffer(out)[:]
+
+
+def open_prefixed(key: bytes, data: bytes, prefix: bytes) -> tuple[int, bytes] | None:
+    """``(counter, body)`` of an envelope whose header is ``prefix`` + a counter.
+
+    The same checks as :func:`open_envelope` with every field of ``prefix`` expected (magic,
+    version, channel, kind, sender, context; compared in constant time), then the tag.
+    None when the header is not ``prefix`` or the envelope is truncated: the caller then
+    runs :func:`open_envelope`, which says why. ProtocolError if the tag fails.
+    """
+    if len(data) < MIN_SEALED or not hmac.compare_digest(data[:PREFIX_SIZE], prefix):
+        return None
+    return int.from_bytes(data[PREFIX_SIZE:HEADER_SIZE], "big"), _decrypt(key, data)
+
+
 def clear(header: Header, body: bytes) -> bytes:
     """An envelope in clear: only for what cannot be sealed (a refusal to a stranger, the
     broker's public key). Receivers must treat its content as unauthenticated."""
@@ -287,4 +323,5 @@ __all__ = [
     "CONTEXT_SIZE", "HEADER_SIZE", "Header", "KEY_SIZE", "MIN_SEALED", "NONCE_SIZE",
     "NO_CONTEXT", "ReplayGuard", "TAG_SIZE", "box_key", "clear", "context_id", "is_fresh",
     "open_clear", "open_envelope", "peek", "public_key", "seal", "timestamp_counter",
+    "PREFIX_SIZE", "header_prefix", "open_prefixed", "seal_prefixed",
 ]

@@ -157,3 +157,31 @@ def test_forget_ends_a_context():
     guard.admit(SID, 1, 0.0)
     guard.forget(SID)
     assert len(guard) == 0
+
+
+def test_prefixed_seal_and_open_are_the_same_envelope_as_seal_and_open_envelope():
+    prefix = envelope.header_prefix(Channel.CLIENT, Kind.CALL, Sender.CLIENT, SID)
+    assert prefix == call(9).pack()[:envelope.PREFIX_SIZE]
+    fast = envelope.seal_prefixed(KEY, prefix, 9, b"body")
+    assert open_envelope(KEY, fast, Channel.CLIENT, Sender.CLIENT, {Kind.CALL}, SID) == (
+        call(9), b"body")
+    assert envelope.open_prefixed(KEY, seal(KEY, call(9), b"body"), prefix) == (9, b"body")
+
+
+@pytest.mark.parametrize("other", [call(sender=Sender.BROKER), call(kind=Kind.REPLY),
+                                   call(channel=Channel.WORKER), call(context=bytes(16))])
+def test_prefixed_open_leaves_any_other_header_to_open_envelope(other):
+    prefix = envelope.header_prefix(Channel.CLIENT, Kind.CALL, Sender.CLIENT, SID)
+    assert envelope.open_prefixed(KEY, seal(KEY, other, b"x"), prefix) is None
+    assert envelope.open_prefixed(KEY, seal(KEY, call(), b"x")[:envelope.MIN_SEALED - 1],
+                                  prefix) is None
+
+
+def test_prefixed_open_refuses_a_changed_byte():
+    prefix = envelope.header_prefix(Channel.CLIENT, Kind.CALL, Sender.CLIENT, SID)
+    data = bytearray(seal(KEY, call(), b"some body bytes"))
+    for position in (25, 29, 30, 60, -1):  # counter, nonce, ciphertext, tag
+        changed = bytearray(data)
+        changed[position] ^= 0x01
+        with pytest.raises(ProtocolError, match="could not be authenticated"):
+            envelope.open_prefixed(KEY, bytes(changed), prefix)

@@ -243,15 +243,18 @@ def test_bad_input_on_a_conversation_is_dropped_and_good_messages_still_arrive(z
         conversation, pair = raw_conversation(zctx, ana, bob)
         _, _, first = conversation.message("one", time.time())
         _, _, second = conversation.message("two", time.time())
+        _, _, third = conversation.message("three", time.time())
         tampered = [first[0][:-1] + bytes([first[0][-1] ^ 1])]
-        for frames in ([b"garbage"], tampered, first, first, second):  # 'first' twice: replay
-            pair.send_multipart(frames)
+        two_frames = [third[0], b"tail"]  # a good envelope, but not a one-frame message
+        for frames in ([b"garbage"], tampered, first, first, second, two_frames):
+            pair.send_multipart(frames)  # 'first' twice: a replay
         inbox.wait_for(2)
         time.sleep(0.1)
     pair.close(0)
     assert [m.text for m in inbox.received] == ["one", "two"]
-    assert bob.peer.dropped == 3
+    assert bob.peer.dropped == 4
     assert "replayed or reordered" in caplog.text and "could not be authenticated" in caplog.text
+    assert "one frame" in caplog.text
 
 
 def test_oversized_message_on_a_conversation_is_dropped(zctx, ana_bob):
