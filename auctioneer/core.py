@@ -30,6 +30,8 @@ from agora.auction_wire import (
     REQUEST_KINDS,
     clear_error,
     decode_request_body,
+    encode_accepted,
+    encode_bid_event,
     encode_event,
     event_bodies,
     format_money,
@@ -450,7 +452,7 @@ class AuctioneerCore:
         except ProtocolError as exc:
             log.info("refused an auction request in clear: %s", exc)
             return clear_error(request, ErrorCode.BAD_REQUEST, str(exc))
-        kind = Kind(header.kind)
+        kind = header.kind  # a plain int (one of REQUEST_KINDS): no enum made per request
         if not is_fresh(header.counter, now, FRESHNESS_WINDOW):
             return self._refuse(key, header, ErrorCode.STALE, "request is too old or from "
                                 "the future (counter = your clock in ms); check the clock")
@@ -459,13 +461,13 @@ class AuctioneerCore:
             cached = self._replies.get(slot)
             if cached is not None and cached[1] == header.counter:
                 # An exact retransmission (a retry, or a replay): same answer, nothing redone.
-                log.info("repeated %s request answered from cache", kind.name)
+                log.info("repeated %s request answered from cache", Kind(kind).name)
                 return cached[2]
             return self._refuse(key, header, ErrorCode.REPLAYED, "request was seen before")
         try:
             username = self._admissible(kind, public_key, member, now)
         except RemoteError as exc:
-            log.info("refused %s: %s", kind.name, exc.message)
+            log.info("refused %s: %s", Kind(kind).name, exc.message)
             return self._refuse(key, header, exc.code, exc.message)
         if not self._guard.admit(slot, header.counter, now):
             return self._refuse(key, header, ErrorCode.SERVICE_UNAVAILABLE,
@@ -475,10 +477,12 @@ class AuctioneerCore:
             reply = seal_reply(key, header, Kind.RESULT,
                                self._handlers[kind](public_key, username, fields, header, now))
         except RemoteError as exc:
-            log.info("refused %s: %s", kind.name, exc.message)
+            # Outbid is the auction's everyday business, not worth a line each.
+            log.log(logging.DEBUG if exc.code is ErrorCode.BID_TOO_LOW else logging.INFO,
+                    "refused %s: %s", Kind(kind).name, exc.message)
             reply = seal_reply(key, header, Kind.REFUSED, exc.to_dict())
         except ProtocolError as exc:
-            log.info("refused a malformed %s: %s", kind.name, exc)
+            log.info("refused a malformed %s: %s", Kind(kind).name, exc)
             reply = seal_reply(key, header, Kind.REFUSED,
                                {"code": ErrorCode.BAD_REQUEST.value, "message": str(exc)})
         self._replies[slot] = (now + 2 * FRESHNESS_WINDOW, header.counter, reply)
@@ -545,7 +549,7 @@ class AuctioneerCore:
         return {"results": self.store.results()}
 
     def _bid(self, public_key: bytes, username: str, fields: dict[str, Any], header: Header,
-             now: float) -> dict[str, Any]:
+             now: float) -> dict[str, Any] | bytes:
         self._check_bidder(public_key, username, now)
         stored = self.store.bid_of_request(public_key, header.context)
         if stored is not None:
@@ -574,15 +578,15 @@ class AuctioneerCore:
         # Stored (committed), with its request id, before anything is announced or answered.
         self.store.add_bid(lot.item.id, amount, username, public_key, now, closes_at,
                            header.context, extended)
-        bid = Bid(amount, username, public_key, now)
-        lot.bids.append(bid)
+        lot.bids.append(Bid(amount, username, public_key, now))
         lot.closes_at = closes_at
-        self.announce(Event.BID, item=lot.item.id, **bid.public(), closes_at=closes_at,
-                      minimum=lot.minimum)
+        # The event and the answer as JSON made directly (the same bytes json.dumps makes
+        # of Event.BID's fields and of the answer): this is every accepted bid's path.
+        self._events.append(encode_bid_event(lot.item.id, amount, username, now, closes_at,
+                                             amount + lot.item.increment_cents))
         if extended:
             self.announce(Event.EXTENDED, item=lot.item.id, closes_at=closes_at)
-        return {"accepted": True, "item": lot.item.id, "amount": amount,
-                "closes_at": closes_at, "extended": extended}
+        return encode_accepted(lot.item.id, amount, closes_at, extended)
 
 
 def _key_of(member: dict[str, Any]) -> bytes | None:

@@ -60,6 +60,8 @@ BATCH = 1000
 #: signature for all, so one check per datagram for every watcher): while bids stream in,
 #: a datagram goes out this often; an event announced on its own waits this long at most.
 ANNOUNCE_DELAY = 0.005
+#: How often the loop reads the connection monitor (ConnectionGuard.service).
+GUARD_INTERVAL = 0.01
 #: How often an idle auctioneer looks for new item files.
 SCAN_INTERVAL = 0.5
 #: An item file changed this recently may still be being written; wait for it.
@@ -142,6 +144,7 @@ class AuctioneerServer:
         self.pause = pause
         self.stop = threading.Event()
         self._next_scan = 0.0
+        self._next_guard = 0.0
         self._announce_at: float | None = None  # when what waits in the outbox must go
 
     def serve(self) -> None:
@@ -159,7 +162,9 @@ class AuctioneerServer:
                 if ready:
                     self._serve_batch()
                 now = time.time()
-                self.guard.service(now)
+                if now >= self._next_guard:  # the connection monitor, not per request batch
+                    self._next_guard = now + GUARD_INTERVAL
+                    self.guard.service(now)
                 self._tick(now)
                 if self.core.idle and now >= self._next_scan:
                     self._next_scan = now + SCAN_INTERVAL
@@ -185,6 +190,8 @@ class AuctioneerServer:
     def _membership(self) -> None:
         """Feed the broker's pushed membership to the core (events in), and pass on the
         core's wish for a fresh snapshot (effect out)."""
+        if self.feed.events.empty() and not self.core.wants_snapshot:
+            return  # the usual case, checked without raising queue.Empty
         for _ in range(1000):
             try:
                 event, value, at = self.feed.events.get_nowait()

@@ -296,6 +296,21 @@ def test_an_event_datagram_that_is_not_an_array_of_events_is_refused(body):
         wire.open_events(checked, GROUP_KEY)
 
 
+@pytest.mark.parametrize(("item_id", "bidder", "at", "closes_at", "extended"), [
+    ("lamp", "ana", 1700000001.0, 1700000060.0, False),
+    ("lâmpada \"azul\" \u2603", "joão.silva", 1764000000.123456, 1e22, True),
+    ("x" * 200, "b\\o\nb", 0.1 + 0.2, 1764000000.5, False),
+])
+def test_the_bid_fast_paths_write_what_json_dumps_writes(item_id, bidder, at, closes_at,
+                                                          extended):
+    assert wire.encode_accepted(item_id, 1250, closes_at, extended) == wire.encode_json(
+        {"accepted": True, "item": item_id, "amount": 1250, "closes_at": closes_at,
+         "extended": extended})
+    assert wire.encode_bid_event(item_id, 1250, bidder, at, closes_at, 1350) == \
+        wire.encode_event({"kind": "bid", "item": item_id, "amount": 1250, "bidder": bidder,
+                           "at": at, "closes_at": closes_at, "minimum": 1350})
+
+
 def test_a_batch_too_big_for_one_datagram_is_split_in_order():
     events = [wire.encode_event({"kind": "bid", "amount": n, "note": "x" * 100})
               for n in range(500)]
