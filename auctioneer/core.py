@@ -175,6 +175,15 @@ class AuctioneerCore:
         self._guard = ReplayGuard(ttl=2 * FRESHNESS_WINDOW, max_contexts=REPLAY_CONTEXTS)
         # request slot -> (expiry, counter, reply), for exact retransmissions
         self._replies: OrderedDict[bytes, tuple[float, int, list[bytes]]] = OrderedDict()
+        # bidder key + request id -> (expiry, item, amount, closes_at, extended) of the bids
+        # stored in the last 2 x FRESHNESS_WINDOW. A retry of a stored bid (its answer lost,
+        # even in a crash) has the original's counter, so it is fresh only that long: it can
+        # only be one of these. No more requests than the replay guard admits get in here.
+        self._stored: OrderedDict[bytes, tuple[float, str, int, float, bool]] = OrderedDict()
+        for key, request_id, item_id, amount, closes_at, extended in store.bids_since(
+                now - 2 * FRESHNESS_WINDOW):
+            self._stored[key + request_id] = (now + 2 * FRESHNESS_WINDOW, item_id, amount,
+                                              closes_at, extended)
         self._next_heartbeat = now
         self.epoch = 0
         self.seq = 0
@@ -513,11 +522,12 @@ class AuctioneerCore:
 
     def _purge_replies(self, now: float) -> None:
         self._guard.purge(now)
-        while self._replies:
-            slot, (expires, _, _) = next(iter(self._replies.items()))
-            if expires > now:
-                break
-            del self._replies[slot]
+        for cache in (self._replies, self._stored):
+            while cache:
+                slot, entry = next(iter(cache.items()))
+                if entry[0] > now:
+                    break
+                del cache[slot]
 
     def _join(self, public_key: bytes, username: str, fields: dict[str, Any],
               header: Header, now: float) -> dict[str, Any]:
@@ -551,14 +561,15 @@ class AuctioneerCore:
     def _bid(self, public_key: bytes, username: str, fields: dict[str, Any], header: Header,
              now: float) -> dict[str, Any] | bytes:
         self._check_bidder(public_key, username, now)
-        stored = self.store.bid_of_request(public_key, header.context)
+        request = public_key + header.context
+        stored = self._stored.get(request)
         if stored is not None:
             # A retry of a bid already stored (its reply lost, perhaps in a crash): the
             # original acceptance, never a second bid nor "too low" against itself.
             log.info("retried bid of %s answered from the store", username)
-            return {"accepted": True, "item": stored["item_id"],
-                    "amount": stored["amount_cents"], "closes_at": stored["closes_at"],
-                    "extended": bool(stored["extended"])}
+            _, item_id, amount, closes_at, extended = stored
+            return {"accepted": True, "item": item_id, "amount": amount,
+                    "closes_at": closes_at, "extended": extended}
         item_id, amount = fields["item"], fields["amount"]
         if not 0 < amount <= MAX_CENTS:
             raise ProtocolError(f"amount must be between 1 and {MAX_CENTS} cents")
@@ -578,6 +589,8 @@ class AuctioneerCore:
         # Stored (committed), with its request id, before anything is announced or answered.
         self.store.add_bid(lot.item.id, amount, username, public_key, now, closes_at,
                            header.context, extended)
+        self._stored[request] = (now + 2 * FRESHNESS_WINDOW, lot.item.id, amount, closes_at,
+                                 extended)
         lot.bids.append(Bid(amount, username, public_key, now))
         lot.closes_at = closes_at
         # The event and the answer as JSON made directly (the same bytes json.dumps makes

@@ -59,7 +59,7 @@ BATCH = 1000
 #: Seconds an announcement may wait for others to share its datagram (one seal and one
 #: signature for all, so one check per datagram for every watcher): while bids stream in,
 #: a datagram goes out this often; an event announced on its own waits this long at most.
-ANNOUNCE_DELAY = 0.005
+ANNOUNCE_DELAY = 0.010
 #: How often the loop reads the connection monitor (ConnectionGuard.service).
 GUARD_INTERVAL = 0.01
 #: How often an idle auctioneer looks for new item files.

@@ -142,16 +142,13 @@ class AuctionStore:
         if not self._batching:
             conn.commit()
 
-    def bid_of_request(self, public_key: bytes, request_id: bytes) -> dict[str, Any] | None:
-        """The bid this bidder's request stored, if it did (answers a retry)."""
-        # Plain SQL: rows_where() looks the table and the views up on every call.
-        cursor = self.db.conn.execute(
-            "SELECT * FROM bids WHERE public_key = ? AND request_id = ? LIMIT 1",
-            (public_key, request_id))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([c[0] for c in cursor.description], row, strict=True))
+    def bids_since(self, since: float) -> list[tuple[bytes, bytes, str, int, float, bool]]:
+        """``(public key, request id, item, amount, closes at, extended)`` of every bid
+        stored at or after ``since``, oldest first (the ones a retry may still ask about)."""
+        rows = self.db.conn.execute(
+            "SELECT public_key, request_id, item_id, amount_cents, closes_at, extended "
+            "FROM bids WHERE ts >= ? AND request_id IS NOT NULL ORDER BY id", (since,))
+        return [(bytes(r[0]), bytes(r[1]), r[2], r[3], r[4], bool(r[5])) for r in rows]
 
     def void_bids(self, item_id: str, public_key: bytes) -> None:
         """A revoked bidder's bids on an item no longer count (kept, marked void)."""

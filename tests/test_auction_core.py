@@ -480,6 +480,21 @@ def test_bid_stored_before_a_crash_and_retried_after_restart_gets_its_acceptance
     assert refused(again.bid, ana, 1500, now=T0 + 4).code is ErrorCode.BID_TOO_LOW
 
 
+def test_a_bid_sent_again_under_its_request_id_is_not_stored_twice():
+    h = Harness()
+    h.core.open_item(item(duration=60), "lamp.json", T0)
+    ana = h.bidder("ana")
+    h.join(ana)
+    first = ana.frames(Kind.BID, {"item": "lamp", "amount": 1500}, T0 + 1)
+    request_id = peek(first[1]).context
+    ana.answer(h.core.handle(first, T0 + 1), first)
+    again = ana.frames(Kind.BID, {"item": "lamp", "amount": 1500}, T0 + 2, request_id)
+    assert ana.answer(h.core.handle(again, T0 + 2), again) == {
+        "accepted": True, "item": "lamp", "amount": 1500, "closes_at": T0 + 60,
+        "extended": False}
+    assert [b["amount_cents"] for b in h.store.bids("lamp")] == [1500]
+
+
 def test_revoked_bidder_stops_counting_at_once_and_the_next_valid_bid_wins(tmp_path):
     h = Harness(tmp_path / "auction.db")
     h.core.open_item(item(duration=30), "lamp.json", T0)

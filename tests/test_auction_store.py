@@ -39,12 +39,12 @@ def test_a_bid_outside_a_batch_is_committed_at_once(store, tmp_path):
     assert store.open_items()[0]["closes_at"] == T0 + 70  # extended: the item's time moved
 
 
-def test_a_retried_request_finds_its_stored_bid(store):
+def test_bids_since_a_time_name_their_requests(store):
     store.add_bid("lamp", 1000, "ana", b"k" * 32, T0 + 1, T0 + 60, bytes([6]) * 16, False)
-    stored = store.bid_of_request(b"k" * 32, bytes([6]) * 16)
-    assert (stored["amount_cents"], stored["closes_at"], stored["extended"]) == (1000, T0 + 60, 0)
-    assert store.bid_of_request(b"k" * 32, bytes([7]) * 16) is None
-    assert store.bid_of_request(b"j" * 32, bytes([6]) * 16) is None
+    store.add_bid("lamp", 1100, "bob", b"j" * 32, T0 + 5, T0 + 70, bytes([7]) * 16, True)
+    assert store.bids_since(T0 + 2) == [(b"j" * 32, bytes([7]) * 16, "lamp", 1100, T0 + 70,
+                                         True)]
+    assert [b[3] for b in store.bids_since(T0)] == [1000, 1100]
 
 
 def test_a_failed_write_rolls_back_the_whole_batch(store, tmp_path):
