@@ -211,7 +211,7 @@ class PeerNode:
         for fd in watch:
             self.poller.register(fd, zmq.POLLIN)
         try:
-            ready = dict(self.poller.poll(0 if self.incoming else int(timeout * 1000)))
+            ready = self.poller.poll(0 if self.incoming else int(timeout * 1000))
         finally:
             for fd in watch:
                 self.poller.unregister(fd)
@@ -225,28 +225,35 @@ class PeerNode:
             self.fetch_letters(now)
         messages = list(self.incoming)
         self.incoming.clear()
-        return messages, {fd for fd in watch if fd in ready}
+        return messages, {fd for fd, _ in ready if fd in watch} if watch else set()
 
-    def _handle_ready(self, ready: dict[Any, int]) -> None:
-        if self.inbox in ready:
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    frames = recv_bounded(self.inbox, zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if frames is not None:  # None: over the whole-message bound, dropped
-                    self._on_inbox(frames)
-        # One message per ready conversation per wake-up: the poll is level-triggered, so
-        # the next one reports what is still waiting (busy peers take turns), and nothing
-        # pays for a receive that finds the socket empty.
-        for sock in [s for s in ready if s in self.conversations]:
-            conversation = self.conversations.get(sock)
-            if conversation is not None:  # None: closed by a BYE just handled
-                try:
-                    frame = sock.recv(_NOBLOCK, copy=False)
-                except zmq.Again:
-                    continue  # reported ready, yet nothing to read after all
-                self._on_pair(sock, conversation, frame)
+    def _handle_ready(self, ready: list[tuple[Any, int]]) -> None:
+        # The inbox comes first (registered first). One message per ready conversation per
+        # wake-up: the poll is level-triggered, so the next one reports what is still
+        # waiting (busy peers take turns), and nothing pays for a receive that finds the
+        # socket empty.
+        conversations = self.conversations
+        for sock, _ in ready:
+            if sock is self.inbox:
+                self._drain_inbox()
+                continue
+            conversation = conversations.get(sock)
+            if conversation is None:
+                continue  # a watched descriptor, or closed by a BYE just handled
+            try:
+                frame = sock.recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                continue  # reported ready, yet nothing to read after all
+            self._on_pair(sock, conversation, frame)
+
+    def _drain_inbox(self) -> None:
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = recv_bounded(self.inbox, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frames is not None:  # None: over the whole-message bound, dropped
+                self._on_inbox(frames)
 
     def _drop(self, what: str, exc: Exception) -> None:
         self.dropped += 1

@@ -177,9 +177,10 @@ def test_prefixed_open_leaves_any_other_header_to_open_envelope(other):
                                   prefix) is None
 
 
-def test_prefixed_open_refuses_a_changed_byte():
+@pytest.mark.parametrize("body", [b"", b"some body bytes"])
+def test_prefixed_open_refuses_a_changed_byte(body):
     prefix = envelope.header_prefix(Channel.CLIENT, Kind.CALL, Sender.CLIENT, SID)
-    data = bytearray(seal(KEY, call(), b"some body bytes"))
+    data = bytearray(seal(KEY, call(), body))
     for position in (25, 29, 30, 60, -1):  # counter, nonce, ciphertext, tag
         changed = bytearray(data)
         changed[position] ^= 0x01
