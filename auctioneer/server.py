@@ -12,7 +12,9 @@ requests as soon as its bids are committed, and publishes their events a little 
 (``ANNOUNCE_DELAY``): every event announced meanwhile shares one sealed, signed datagram.
 The auctioneer is a service principal of the broker: a third thread
 (:class:`~auctioneer.feed.MembershipFeed`) follows the membership the broker pushes, and
-the loop feeds it to the core between requests; no request ever waits for the broker.
+the loop feeds it to the core between requests; no request ever waits for the broker. A
+fourth checkpoints the store's WAL into its file (its fsyncs), so that no commit of the
+loop waits for one.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ BATCH = 1000
 ANNOUNCE_DELAY = 0.010
 #: How often the loop reads the connection monitor (ConnectionGuard.service).
 GUARD_INTERVAL = 0.01
+#: Seconds between two checkpoints of the store's WAL, made off the request loop.
+CHECKPOINT_INTERVAL = 0.5
 #: How often an idle auctioneer looks for new item files.
 SCAN_INTERVAL = 0.5
 #: An item file changed this recently may still be being written; wait for it.
@@ -153,6 +157,9 @@ class AuctioneerServer:
                  self.publisher.endpoint)
         thread = threading.Thread(target=self.publisher.serve, name="publisher", daemon=True)
         thread.start()
+        checkpoints = threading.Thread(target=self._checkpoints, name="checkpoint",
+                                       daemon=True)
+        checkpoints.start()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
@@ -171,12 +178,23 @@ class AuctioneerServer:
                     self._open_next(now)
                 self._flush_due(time.monotonic())
         finally:
+            self.stop.set()  # however the loop ended: the checkpoint thread stops too
             self._flush()
             self.publisher.stop.set()
             self.feed.stop.set()
             thread.join(timeout=5)
+            checkpoints.join(timeout=5)
             self._feed_thread.join(timeout=5)
             log.info("auctioneer stopped")
+
+    def _checkpoints(self) -> None:
+        """The store's checkpoints (its fsyncs), on this thread: a commit of the request
+        loop never waits for one. A failure is logged and tried again later."""
+        while not self.stop.wait(CHECKPOINT_INTERVAL):
+            try:
+                self.store.checkpoint()
+            except Exception:
+                log.exception("could not checkpoint the auction database; will try again")
 
     def wait_for_membership(self, timeout: float) -> bool:
         """Apply the broker's first membership snapshot before serving, waiting up to

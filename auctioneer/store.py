@@ -19,19 +19,29 @@ import sqlite_utils
 
 from auctioneer.items import Item
 
+#: WAL pages after which a commit checkpoints by itself (SQLite's default is 1 000): only
+#: reached if the server's checkpoint thread is not keeping up, or not running.
+AUTOCHECKPOINT_PAGES = 20_000
+
 
 class AuctionStore:
     def __init__(self, path: Path | None) -> None:
         # Opened by the thread that builds the server, used by the one that serves it (one
         # at a time), hence check_same_thread=False.
+        self.path = path
         self.db = sqlite_utils.Database(
             sqlite3.connect(path or ":memory:", check_same_thread=False))
         if path:
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints (the only fsyncs in WAL + NORMAL) are left to :meth:`checkpoint`,
+            # which the server runs on a thread of its own, so a commit never waits for one;
+            # this bound is a safety net only, should that thread not run.
+            self.db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         self._create_tables()
         self._batching = False
         self._failed: BaseException | None = None
+        self._checkpointer: sqlite3.Connection | None = None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -182,7 +192,22 @@ class AuctionStore:
             self.db["meta"].upsert({"key": "epoch", "value": epoch}, pk="key")
         return epoch
 
+    def checkpoint(self) -> int:
+        """Copy committed pages from the WAL into the database file (a PASSIVE checkpoint,
+        fsyncs included), on a connection of the calling thread's own: writers go on
+        meanwhile, and what was committed was durable against a crash already. Returns
+        the WAL frames left to copy (0: the file holds everything committed)."""
+        if self.path is None:
+            return 0
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, check_same_thread=False)
+        _, frames, copied = self._checkpointer.execute(
+            "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return max(0, frames - copied)
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.db.close()
 
 

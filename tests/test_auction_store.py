@@ -47,6 +47,17 @@ def test_bids_since_a_time_name_their_requests(store):
     assert [b[3] for b in store.bids_since(T0)] == [1000, 1100]
 
 
+def test_a_checkpoint_moves_committed_bids_into_the_database_file(store, tmp_path):
+    before = (tmp_path / "auction.db").stat().st_size
+    with store.batch():
+        for n in range(200):
+            store.add_bid("lamp", 1000 + n, "ana", b"k" * 32, T0 + 1, T0 + 60,
+                          n.to_bytes(16, "big"), False)
+    assert store.checkpoint() == 0
+    assert (tmp_path / "auction.db").stat().st_size > before
+    assert len(store.bids("lamp")) == 200
+
+
 def test_a_failed_write_rolls_back_the_whole_batch(store, tmp_path):
     with pytest.raises(sqlite3.Error):  # noqa: PT012 - the error leaves at the batch's end
         with store.batch():
