@@ -141,13 +141,16 @@ def peek(data: bytes) -> Header:
 
 def open_envelope(key: bytes, data: bytes, channel: Channel, sender: Sender,
                   kinds: Collection[int] | None = None, context: bytes | None = None,
-                  ) -> tuple[Header, bytes]:
+                  header: Header | None = None) -> tuple[Header, bytes]:
     """Check and decrypt an envelope; ``(header, body)`` or ProtocolError.
 
     ``sender`` is the role expected to have sealed it (never our own), ``kinds`` the kinds
     acceptable here, ``context`` the context it must belong to (None: the caller checks it).
+    ``header`` is what :func:`peek` returned for this very ``data``, if the caller has it
+    (it is read once, not twice; every check below is still made on it).
     """
-    header = peek(data)
+    if header is None:
+        header = peek(data)
     if header.channel != channel:
         raise ProtocolError("message belongs to another agora channel")
     if header.sender != sender:

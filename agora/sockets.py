@@ -85,23 +85,50 @@ def recv_rest(sock: zmq.Socket, *, frames: int = 1, size: int = 0,
     without being copied into Python and thrown away, so an oversized message costs no more
     than one frame of our memory; with a ``guard``, the connection it came from is shut (as
     libzmq does for a frame over ZMQ_MAXMSGSIZE), which drops whatever else it queued.
-    ``origin`` is a frame of the message received uncopied (it knows its connection).
+    ``origin`` is the last frame read, received uncopied: it knows its connection, and
+    whether more frames follow (without it, the socket is asked).
+
+    Each frame is received uncopied and its ``more`` flag read from it: one call into libzmq
+    per frame, where asking the socket (``RCVMORE``) would be a second one.
     """
     rest: list[bytes] = []
-    while sock.getsockopt(zmq.RCVMORE):
+    more = origin.more if origin is not None else sock.getsockopt(zmq.RCVMORE)
+    last = origin
+    while more:
         if frames >= max_frames or size > max_size:
             _discard(sock)
             break
-        frame = sock.recv()
-        rest.append(frame)
+        last = sock.recv(copy=False)
+        more = last.more
+        data = last.bytes
+        rest.append(data)
         frames += 1
-        size += len(frame)
+        size += len(data)
     else:
         if size <= max_size:
             return rest
     if guard is not None:
-        guard.oversized(_source_fd(origin))
+        guard.oversized(_source_fd(last))
     return None
+
+
+def recv_routed(sock: zmq.Socket, flags: int = 0, *, max_frames: int = MAX_MESSAGE_FRAMES,
+                max_size: int = MAX_MESSAGE_SIZE, guard: ConnectionGuard | None = None,
+                ) -> tuple[bytes, list[bytes] | None, zmq.Frame]:
+    """One message from a ROUTER: ``(identity, other frames, last frame)``.
+
+    A ROUTER puts the sender's identity first, and never alone (every message has a frame
+    of its own after it), so the identity is received copied and the rest by
+    :func:`recv_rest` (``None`` if over the bounds: dropped, its connection shut). The last
+    frame is the one received uncopied, for the message's metadata (``Peer-Address``).
+    Raises ``zmq.Again`` as ``recv`` does when ``NOBLOCK`` finds nothing.
+    """
+    identity = sock.recv(flags)
+    last = sock.recv(copy=False)
+    data = last.bytes
+    rest = recv_rest(sock, frames=2, size=len(data), max_frames=max_frames,
+                     max_size=max_size, guard=guard, origin=last)
+    return identity, None if rest is None else [data, *rest], last
 
 
 def recv_bounded(sock: zmq.Socket, flags: int = 0, *, max_frames: int = MAX_MESSAGE_FRAMES,
@@ -119,8 +146,8 @@ def recv_bounded(sock: zmq.Socket, flags: int = 0, *, max_frames: int = MAX_MESS
 
 def _discard(sock: zmq.Socket) -> None:
     """Throw away the rest of a message, uncopied."""
-    while sock.getsockopt(zmq.RCVMORE):
-        sock.recv(copy=False)
+    while sock.recv(copy=False).more:
+        pass
 
 
 def _source_fd(frame: zmq.Frame | None) -> int | None:

@@ -38,6 +38,9 @@ def printable(value: object, limit: int = MAX_PRINTABLE) -> str:
     """
     if value is None:
         return "-"
+    if (type(value) is str and len(value) <= limit and value.isprintable()
+            and "\\" not in value):
+        return value  # nothing to escape or cut (the common case: our own names)
     if isinstance(value, bytes | bytearray | memoryview):
         text = bytes(value).decode("utf-8", "surrogateescape")
     else:

@@ -156,6 +156,10 @@ class BrokerCore:
         self._preauth_guard = ReplayGuard(ttl=2 * FRESHNESS_WINDOW)
         self._recent_registrations = ExpiringCache(ttl=2 * FRESHNESS_WINDOW, max_items=1000)
         self._audit = AuditBuffer()
+        # Bookkeeping that need not precede an answer, done by settle() once it is sent:
+        # audit decisions (AuditBuffer.add arguments) and answers kept for retransmission.
+        self._audit_soon: list[tuple[Any, ...]] = []
+        self._remember_soon: list[tuple[Session, int, bytes, list[bytes]]] = []
         self._audit_retention = audit_days * 86400.0
         self._next_audit_prune = 0.0
         #: The address of the peer whose message is being handled (audit ``source``).
@@ -192,12 +196,18 @@ class BrokerCore:
 
     def handle(self, identity: bytes, frames: list[bytes], now: float,
                address: str = "127.0.0.1") -> list[Outgoing]:
-        """Process one client or worker message; never raises for anything a peer sent."""
+        """Process one client or worker message; never raises for anything a peer sent.
+
+        Bookkeeping that need not precede the answers is left for :meth:`settle` (the socket
+        loop calls it once they are sent); it is done first here if still pending.
+        """
+        if self._audit_soon or self._remember_soon:
+            self.settle()
         self._source = address
         channel = _channel(frames)
-        if channel == Channel.NOTICE:
+        if channel == _NOTICE:
             return self._guarded("notice", self.notices.handle, identity, frames, now)
-        if channel == Channel.WORKER:
+        if channel == _WORKER:
             return self._guarded("worker", self.workers.handle, identity, frames, now)
         out = self._client(identity, frames, now, address)
         if self.store.membership_writes != self._membership_writes:
@@ -208,6 +218,21 @@ class BrokerCore:
             out += self._outbox
             self._outbox = []
         return out + self.notices.flush(now)
+
+    def settle(self) -> None:
+        """Do the bookkeeping left from the messages handled so far: their audit decisions
+        and the answers kept for exact retransmissions. Called by the socket loop after it
+        sent the answers (so it overlaps the caller's next step), and first thing by
+        handle(), tick() and flush_audit(), so none of it is skipped or seen late."""
+        if self._remember_soon:
+            for session, counter, nonce, reply in self._remember_soon:
+                session.remember(counter, nonce, reply)
+            self._remember_soon.clear()
+        if self._audit_soon:
+            add = self._audit.add
+            for decision in self._audit_soon:
+                add(*decision)
+            self._audit_soon.clear()
 
     def _guarded(self, channel: str,
                  handler: Callable[[bytes, list[bytes], float], list[Outgoing]],
@@ -229,7 +254,7 @@ class BrokerCore:
                 raise ProtocolError("empty message")
             data = frames[-1]
             header = peek(data)
-            if header.channel != Channel.CLIENT or header.sender != Sender.CLIENT:
+            if header.channel != _CLIENT or header.sender != _BY_CLIENT:
                 raise ProtocolError("not a client request")
             handler = self._session_kinds.get(header.kind)
             if handler is not None:
@@ -257,6 +282,7 @@ class BrokerCore:
         Each timer is guarded as message handling is: one that raises is logged (with its
         traceback the first time) and the others, and the broker, keep running.
         """
+        self.settle()
         self._source = ""
         out: list[Outgoing] = []
         for name, timer in self._timers:
@@ -334,6 +360,7 @@ class BrokerCore:
 
     def flush_audit(self, now: float) -> None:
         """Write the buffered audit rows (a bounded batch: see broker.audit)."""
+        self.settle()
         self._last_audit_flush = now
         self.store.write_audit(self._audit.take())
 
@@ -359,8 +386,9 @@ class BrokerCore:
 
     def audit_later(self, username: str | None, action: str, outcome: str, now: float,
                     detail: str = "") -> None:
-        """Count an audit decision; hot paths never wait for a SQLite write (tick writes)."""
-        self._audit.add(now, username, action, outcome, detail, self._source)
+        """Count an audit decision; hot paths never wait for a SQLite write (tick writes),
+        nor for the count itself: it is made by settle(), after the answer went out."""
+        self._audit_soon.append((now, username, action, outcome, detail, self._source))
 
     # -- pre-authentication: BROKER_KEY, REGISTER, LOGIN ----------------------------------
     #
@@ -612,7 +640,8 @@ class BrokerCore:
         if session is None:
             log.info("session request refused: unknown session")
             raise RemoteError(ErrorCode.UNKNOWN_SESSION, "no such session (log in again)")
-        _, body = open_envelope(session.key, data, Channel.CLIENT, Sender.CLIENT)
+        _, body = open_envelope(session.key, data, Channel.CLIENT, Sender.CLIENT,
+                                header=header)
         # Authenticated from here on: every answer is sealed under the session key.
         nonce = data[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE]
         admitted = self.sessions.admit(session, counter, now)
@@ -647,7 +676,7 @@ class BrokerCore:
         except ProtocolError as exc:
             reply = [session_refusal(session.key, sid, counter, ErrorCode.BAD_REQUEST,
                                      str(exc))]
-        session.remember(counter, nonce, reply)
+        self._remember_soon.append((session, counter, nonce, reply))
         return [(identity, reply)]
 
     def _logout(self, session: Session, body: bytes, now: float) -> Any:
@@ -702,6 +731,11 @@ def report_internal_error(failures: dict[str, int], what: str) -> None:
         log.exception("internal error in the %s; the broker keeps serving", what)
     elif str(count).rstrip("0") == "1":
         log.error("internal error in the %s again (%d times)", what, count)
+
+
+# Plain ints for the hot path's comparisons (no enum look-ups per message).
+_CLIENT, _NOTICE, _WORKER = int(Channel.CLIENT), int(Channel.NOTICE), int(Channel.WORKER)
+_BY_CLIENT = int(Sender.CLIENT)
 
 
 def _channel(frames: list[bytes]) -> int | None:
