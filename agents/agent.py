@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,16 @@ from agora.crypto import (
     normalize_fingerprint,
     unb64,
 )
-from agora.envelope import box_key, peek, seal, timestamp_counter
+from agora.envelope import (
+    box_key,
+    header_prefix,
+    peek,
+    seal,
+    seal_prefixed,
+    timestamp_counter,
+)
 from agora.errors import LocalError, RemoteError, WrongPassword
-from agora.protocol import MAX_MESSAGE_SIZE, ErrorCode, Kind
+from agora.protocol import MAX_MESSAGE_SIZE, Channel, ErrorCode, Kind, Sender
 from agora.sockets import bind_router
 from agora.wire import (
     broker_key_request,
@@ -54,7 +61,6 @@ from agora.wire import (
     open_session_reply,
     register_context,
     request_header,
-    seal_session_request,
 )
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
@@ -82,6 +88,18 @@ class _Session:
     key: bytes  # the session key's raw bytes: every request is sealed with it directly
     counter: int = 0
     worker_counter: int = 0  # the worker channel's own sequence (agents.worker)
+    #: Packed request headers but their counter, by kind (agora.envelope.header_prefix).
+    heads: dict[int, bytes] = field(default_factory=dict)
+
+    def seal_request(self, kind: int, body: bytes) -> tuple[int, bytes]:
+        """The next request counter and the request sealed on it: the same bytes as
+        :func:`agora.wire.seal_session_request`, with the header packed once per kind."""
+        prefix = self.heads.get(kind)
+        if prefix is None:
+            prefix = self.heads[kind] = header_prefix(Channel.CLIENT, kind, Sender.CLIENT,
+                                                      self.sid)
+        self.counter = counter = self.counter + 1
+        return counter, seal_prefixed(self.key, prefix, counter, body)
 
 
 
@@ -299,8 +317,7 @@ class Agent:
         session = self.session
         if session is None:
             raise LocalError("not logged in")
-        session.counter = counter = session.counter + 1
-        sealed = seal_session_request(session.key, session.sid, counter, kind, body)
+        counter, sealed = session.seal_request(kind, body)
         try:
             return open_session_reply(session.key, self.connection.request([sealed]),
                                       session.sid, counter)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from agents.transport import receive
 from agora.envelope import peek
 from agora.errors import (
     AgoraError,
@@ -46,10 +47,13 @@ from agora.errors import (
 )
 from agora.protocol import MAX_MESSAGE_SIZE, MAX_PIPELINE, Kind
 from agora.sockets import make_socket
-from agora.wire import encode_call, open_session_reply, seal_session_request
+from agora.wire import encode_call, open_session_reply
 
 if TYPE_CHECKING:
     from agents.agent import Agent
+
+# Plain ints: no IntFlag arithmetic or look-ups per message.
+SNDMORE, EVENTS, POLLIN = int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 
 #: An answer: the call's result, or the error that request ended with.
 Answer = Any
@@ -96,11 +100,11 @@ class Pipeline:
             raise LocalError("not logged in" if session is None else "pipeline is closed")
         while len(self._in_flight) >= self.depth:
             self._ready.append(self._next(None))
-        session.counter = counter = session.counter + 1
-        sealed = seal_session_request(session.key, session.sid, counter, kind, body)
+        counter, sealed = session.seal_request(kind, body)
         if len(sealed) > MAX_MESSAGE_SIZE:
             raise MessageTooLarge(f"message is over the {MAX_MESSAGE_SIZE // 1024} KiB limit")
-        self._socket.send_multipart([b"", sealed])
+        self._socket.send(b"", SNDMORE)
+        self._socket.send(sealed)
         self._in_flight[counter] = _InFlight(sealed, time.monotonic() + self.timeout, 1)
         return counter
 
@@ -149,6 +153,12 @@ class Pipeline:
         """Wait for the next answer, retrying or giving up requests at their deadlines."""
         sock = self._socket
         assert sock is not None
+        # Answers already waiting: none of the deadline bookkeeping below is needed. (With a
+        # time limit, that is checked first, as before: timeout=0 only asks about deadlines.)
+        while until is None and sock.getsockopt(EVENTS) & POLLIN:
+            answered = self._open(receive(sock))
+            if answered is not None:
+                return answered
         while True:
             now = time.monotonic()
             expired = self._expire(now)
@@ -161,7 +171,7 @@ class Pipeline:
                 wake = min(wake, until)
             if not sock.poll(max(1, int((wake - now) * 1000) + 1)):
                 continue
-            answered = self._open(sock.recv_multipart())
+            answered = self._open(receive(sock))
             if answered is not None:
                 return answered
 
@@ -172,7 +182,7 @@ class Pipeline:
                 continue
             if flight.tries < self.retries:
                 assert self._socket is not None
-                self._socket.send_multipart([b"", flight.sealed])
+                self._socket.send_multipart([b"", flight.sealed])  # a retry: rare
                 flight.tries += 1
                 flight.deadline = now + self.timeout
                 continue

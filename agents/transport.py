@@ -34,17 +34,23 @@ class BrokerConnection:
 
     def request(self, frames: list[bytes]) -> list[bytes]:
         """Send ``frames`` and return the reply; BrokerUnreachable after all retries."""
-        if sum(len(f) for f in frames) > MAX_MESSAGE_SIZE:
+        one = frames[0] if len(frames) == 1 else None  # a session request: one frame
+        size = len(one) if one is not None else sum(len(f) for f in frames)
+        if size > MAX_MESSAGE_SIZE:
             raise MessageTooLarge(f"message is over the {MAX_MESSAGE_SIZE // 1024} KiB limit")
         for _ in range(self.retries):
-            if self._socket is None:
-                self._socket = self._connect()
-            self._socket.send_multipart(frames)
+            sock = self._socket
+            if sock is None:
+                sock = self._socket = self._connect()
+            if one is not None:
+                sock.send(one)
+            else:
+                sock.send_multipart(frames)
             try:
                 # RCVTIMEO rather than poll + recv: one system call less per request.
-                return self._socket.recv_multipart()
+                return receive(sock)
             except zmq.Again:
-                self._socket.close(0)  # the REQ state machine is stuck; start over
+                sock.close(0)  # the REQ state machine is stuck; start over
                 self._socket = None
         raise BrokerUnreachable(
             f"broker unreachable at {self.endpoint} "
@@ -54,3 +60,14 @@ class BrokerConnection:
         if self._socket is not None:
             self._socket.close(0)
             self._socket = None
+
+
+def receive(sock: zmq.Socket) -> list[bytes]:
+    """One whole message; each frame received uncopied for its ``more`` flag (one call into
+    libzmq per frame, where ``recv_multipart`` also asks the socket for RCVMORE)."""
+    frame = sock.recv(copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(copy=False)
+        frames.append(frame.bytes)
+    return frames

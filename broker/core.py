@@ -42,6 +42,7 @@ from agora.envelope import (
     open_envelope,
     peek,
     seal,
+    seal_prefixed,
 )
 from agora.errors import ProtocolError, RemoteError
 from agora.keyfile import KeyPair
@@ -60,6 +61,7 @@ from agora.text import printable
 from agora.wire import (
     broker_key_reply,
     client_error,
+    compact_json,
     decode_json,
     decode_login,
     decode_register,
@@ -70,7 +72,6 @@ from agora.wire import (
     register_context,
     reply_header,
     session_refusal,
-    session_result,
     split_call,
 )
 from broker.audit import AuditBuffer
@@ -670,7 +671,9 @@ class BrokerCore:
                 self._outbox += self.workers.submit(session, identity, counter, nonce,
                                                     result.service, result.args, now)
                 return []
-            reply = [session_result(session.key, sid, counter, result)]
+            # = session_result(session.key, sid, counter, result), header packed once
+            reply = [seal_prefixed(session.key, session.result_head, counter,
+                                   compact_json(result))]
         except RemoteError as exc:
             reply = [session_refusal(session.key, sid, counter, exc.code, exc.message)]
         except ProtocolError as exc:

@@ -36,7 +36,8 @@ KEY_FILE = "broker.key"
 #: Held while a data directory is opened or created, so two processes make one key.
 LOCK_FILE = "broker.lock"
 POLL_MS = 100
-SNDMORE = int(zmq.SNDMORE)  # a plain int: no IntFlag arithmetic per frame
+# Plain ints: no IntFlag arithmetic or look-ups per frame.
+SNDMORE, EVENTS, POLLIN = int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 #: Most messages handled per wake-up before their answers are sent (see serve()).
 BATCH = 64
 #: How often the core's timers run (heartbeats, call timeouts, expiry, audit flush).
@@ -136,7 +137,8 @@ class BrokerServer:
         socket's I/O thread then carries many answers instead of one."""
         out: list[Outgoing] = []
         for _ in range(BATCH):
-            if not self.socket.poll(0):  # cheaper than a receive that raises zmq.Again
+            # Asking the socket costs less than poll(0) or a receive that raises zmq.Again.
+            if not self.socket.getsockopt(EVENTS) & POLLIN:
                 break
             out += self._dispatch(*recv_routed(self.socket, guard=self.guard))
         if out:

@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agora.envelope import ReplayGuard
+from agora.envelope import ReplayGuard, header_prefix
 from agora.protocol import (
     MAX_PIPELINE,
     MAX_SESSIONS_PER_PRINCIPAL,
@@ -20,9 +20,12 @@ from agora.protocol import (
     RATE_WINDOW,
     SESSION_IDLE_TIMEOUT,
     SESSION_MAX_AGE,
+    Channel,
     EndReason,
+    Kind,
     Level,
     PrincipalKind,
+    Sender,
 )
 
 SESSION_ID_SIZE = 16
@@ -60,6 +63,13 @@ class Session:
     # counter -> (request nonce, reply) of the last answered requests, so an exact
     # retransmission (Lazy Pirate retry) gets the same answer instead of acting twice.
     replies: dict[int, tuple[bytes, list[bytes]]] = field(default_factory=dict)
+    #: The packed header of a RESULT answer in this session but its counter
+    #: (agora.envelope.header_prefix): results are sealed without packing a header each time.
+    result_head: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.result_head = header_prefix(Channel.CLIENT, Kind.RESULT, Sender.BROKER,
+                                         self.sid)
 
     @property
     def short_id(self) -> str:
