@@ -61,6 +61,7 @@ from agora.wire import (
     open_session_reply,
     register_context,
     request_header,
+    result_prefix,
 )
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
@@ -90,6 +91,11 @@ class _Session:
     worker_counter: int = 0  # the worker channel's own sequence (agents.worker)
     #: Packed request headers but their counter, by kind (agora.envelope.header_prefix).
     heads: dict[int, bytes] = field(default_factory=dict)
+    #: The same for the broker's RESULT answers (agora.wire.result_prefix).
+    result_prefix: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.result_prefix = result_prefix(self.sid)
 
     def seal_request(self, kind: int, body: bytes) -> tuple[int, bytes]:
         """The next request counter and the request sealed on it: the same bytes as
@@ -320,7 +326,7 @@ class Agent:
         counter, sealed = session.seal_request(kind, body)
         try:
             return open_session_reply(session.key, self.connection.request([sealed]),
-                                      session.sid, counter)
+                                      session.sid, counter, session.result_prefix)
         except RemoteError as exc:
             # A clear unknown-session (the broker restarted, or the session expired) is not
             # authenticated: the only thing done on it is logging in again, which proves the

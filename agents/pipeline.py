@@ -205,7 +205,8 @@ class Pipeline:
         if counter not in self._in_flight:
             return None
         try:
-            answer: Answer = open_session_reply(session.key, frames[1:], session.sid, counter)
+            answer: Answer = open_session_reply(session.key, frames[1:], session.sid, counter,
+                                                session.result_prefix)
         except RemoteError as exc:
             answer = exc
         except ProtocolError:

@@ -28,8 +28,10 @@ from agora.envelope import (
     Header,
     clear,
     context_id,
+    header_prefix,
     open_clear,
     open_envelope,
+    open_prefixed,
     peek,
     seal,
 )
@@ -189,12 +191,28 @@ def raise_if_clear_error(data: bytes) -> None:
         raise decode_refusal(body, authenticated=False)
 
 
-def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int) -> Any:
+def result_prefix(sid: bytes) -> bytes:
+    """The packed header of every RESULT in session ``sid`` but its counter: a caller keeps
+    it and gives it to :func:`open_session_reply`, which then opens a RESULT in one step."""
+    return header_prefix(Channel.CLIENT, Kind.RESULT, Sender.BROKER, sid)
+
+
+def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int,
+                       prefix: bytes | None = None) -> Any:
     """The result of the reply to session request ``counter``; RemoteError for a refusal
-    (``authenticated=False`` when it came in clear); ProtocolError for anything else."""
+    (``authenticated=False`` when it came in clear); ProtocolError for anything else.
+
+    With ``prefix`` (:func:`result_prefix` of ``sid``), a RESULT for ``counter`` is checked
+    by one constant-time comparison of its header and opened (open_prefixed); anything else
+    takes the general path below, which says what is wrong with it.
+    """
     if len(frames) != 1:
         raise ProtocolError("broker reply must be one frame")
     data = frames[0]
+    if prefix is not None:
+        opened = open_prefixed(key, data, prefix)
+        if opened is not None and opened[0] == counter:
+            return _result(opened[1])
     raise_if_clear_error(data)
     header, body = open_envelope(key, data, Channel.CLIENT, Sender.BROKER, SESSION_REPLIES,
                                  sid)
@@ -202,6 +220,10 @@ def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int
         raise ProtocolError("session reply does not answer this request")
     if header.kind == Kind.REFUSED:
         raise decode_refusal(body)
+    return _result(body)
+
+
+def _result(body: bytes) -> Any:
     try:
         return _loads(body.decode("utf-8"))
     except (ValueError, RecursionError):

@@ -158,3 +158,25 @@ def test_every_client_message_kind_has_a_vector():
 
 if __name__ == "__main__":
     write("client", build())
+
+
+def test_a_result_opened_with_the_kept_prefix_is_checked_as_on_the_general_path():
+    from agora.errors import ProtocolError, RemoteError
+    from agora.wire import open_session_reply, result_prefix, session_refusal, session_result
+
+    prefix = result_prefix(SESSION_ID)
+    result = session_result(SESSION_KEY, SESSION_ID, 7, {"text": "hi"})
+    for kept in (None, prefix):
+        assert open_session_reply(SESSION_KEY, [result], SESSION_ID, 7, kept) == {"text": "hi"}
+        with pytest.raises(ProtocolError, match="does not answer this request"):
+            open_session_reply(SESSION_KEY, [result], SESSION_ID, 8, kept)
+        with pytest.raises(ProtocolError, match="another context"):
+            open_session_reply(SESSION_KEY, [result], bytes(16), 7,
+                               None if kept is None else result_prefix(bytes(16)))
+        tampered = result[:-1] + bytes([result[-1] ^ 1])
+        with pytest.raises(ProtocolError, match="authenticated"):
+            open_session_reply(SESSION_KEY, [tampered], SESSION_ID, 7, kept)
+        refused = session_refusal(SESSION_KEY, SESSION_ID, 7, ErrorCode.FORBIDDEN, "no")
+        with pytest.raises(RemoteError) as refusal:
+            open_session_reply(SESSION_KEY, [refused], SESSION_ID, 7, kept)
+        assert refusal.value.code == ErrorCode.FORBIDDEN and refusal.value.authenticated
