@@ -110,6 +110,11 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
 
 
+class JSONText(bytes):
+    """A result that is compact JSON already (a built-in service passing octets through,
+    like ``echo``): sent as it is, not encoded again."""
+
+
 def compact_json(obj: Any) -> bytes:
     """Compact JSON, no key sorting (the call path's encoder)."""
     return _dumps(obj).encode("utf-8")

@@ -59,6 +59,7 @@ from agora.protocol import (
 )
 from agora.text import printable
 from agora.wire import (
+    JSONText,
     broker_key_reply,
     client_error,
     compact_json,
@@ -109,6 +110,8 @@ class CallContext:
     session: Session
     now: float
     core: BrokerCore
+    #: The call's arguments as the caller sent them: a JSON object, checked (b"" for none).
+    args_json: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -672,8 +675,8 @@ class BrokerCore:
                                                     result.service, result.args, now)
                 return []
             # = session_result(session.key, sid, counter, result), header packed once
-            reply = [seal_prefixed(session.key, session.result_head, counter,
-                                   compact_json(result))]
+            body = result if type(result) is JSONText else compact_json(result)
+            reply = [seal_prefixed(session.key, session.result_head, counter, body)]
         except RemoteError as exc:
             reply = [session_refusal(session.key, sid, counter, exc.code, exc.message)]
         except ProtocolError as exc:
@@ -710,7 +713,7 @@ class BrokerCore:
                               "principals")
         call_args = decode_json(raw_args) if raw_args else {}
         try:
-            result = service.handler(CallContext(session, now, self), call_args)
+            result = service.handler(CallContext(session, now, self, raw_args), call_args)
         except (RemoteError, ProtocolError):
             self.audit_later(session.username, f"call:{name}", "refused", now)
             raise

@@ -13,7 +13,7 @@ from typing import Any
 from agora.crypto import b64
 from agora.errors import RemoteError
 from agora.protocol import ErrorCode, Level, PrincipalKind
-from agora.wire import field
+from agora.wire import JSONText, field
 from broker.core import CallContext, Service
 from broker.mailbox import mailbox_services
 from broker.notes import NotesStore
@@ -31,9 +31,10 @@ def whoami(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def echo(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Returns its arguments: a connectivity and latency check."""
-    return args
+def echo(ctx: CallContext, args: dict[str, Any]) -> Any:
+    """Returns its arguments: a connectivity and latency check. The JSON object the caller
+    sent (checked by the broker) goes back as its octets, not decoded and encoded again."""
+    return JSONText(ctx.args_json) if ctx.args_json else args
 
 
 def lookup(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

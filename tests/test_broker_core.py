@@ -595,3 +595,15 @@ def test_random_and_mutated_frames_never_break_the_core(world):
     world.clock.advance(61)  # let the rate limiter forget the fuzz failures
     agent.login()
     assert agent.whoami()["username"] == "ana.lima"
+
+
+def test_echo_returns_the_callers_json_object_and_refuses_what_is_not_one(world):
+    agent = world.agent()
+    args = {"text": "héllo", "n": [1, 2.5, None], "nested": {"ok": True}}
+    assert agent.call("echo", args) == args
+    assert agent.call("echo") == {}
+    sid, key = agent.session.sid, agent.session.key
+    for counter, body in ((50, b"\x04echo{oops"), (51, b"\x04echo[1, 2]")):
+        reply = world.send(agent, [seal_session_request(key, sid, counter, Kind.CALL, body)])
+        with refused(ErrorCode.BAD_REQUEST):
+            answer(agent, reply, counter)
