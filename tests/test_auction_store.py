@@ -45,6 +45,7 @@ def test_bids_since_a_time_name_their_requests(store):
     assert store.bids_since(T0 + 2) == [(b"j" * 32, bytes([7]) * 16, "lamp", 1100, T0 + 70,
                                          True)]
     assert [b[3] for b in store.bids_since(T0)] == [1000, 1100]
+    assert store.bids_since(T0 + 6) == []
 
 
 def test_a_checkpoint_moves_committed_bids_into_the_database_file(store, tmp_path):
