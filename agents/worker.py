@@ -13,7 +13,8 @@ other exception becomes ``service-failed`` (its text stays in this process's log
 
 The handler runs in the loop's own thread (no hand-off to another thread on the call
 path); while it runs, the loop lends the socket to a helper thread that keeps heart-beating
-if the call is long. One request at a time, as in 7/MDP: run several workers for
+if the call is long. One request at a time, as in 7/MDP (the broker may send the next
+one before the first is answered: it waits in the socket): run several workers for
 parallelism. When the broker
 goes silent, restarts or forgets the session, the worker reconnects (logging in again if
 needed) and attaches anew.
@@ -95,6 +96,36 @@ def invoke(handler: Callable[..., Any], args: dict[str, Any], caller: Caller,
     return handler(*bound.args, **bound.kwargs)
 
 
+class Keywords:
+    """How a handler takes its arguments, worked out once: for a handler whose parameters
+    can all be passed by keyword, :meth:`invoke` checks the names itself (what
+    ``Signature.bind`` would refuse, it refuses, with bind's own words) and calls it
+    directly; any other handler goes through :func:`invoke`."""
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+        self.signature = inspect.signature(handler)
+        params = self.signature.parameters.values()
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        self.simple = all(p.kind in keyword or p.kind is inspect.Parameter.VAR_KEYWORD
+                          for p in params)
+        self.names = frozenset(p.name for p in params if p.kind in keyword)
+        self.required = frozenset(p.name for p in params
+                                  if p.kind in keyword and p.default is p.empty)
+        self.any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        self.wants_caller = "caller" in self.signature.parameters
+
+    def invoke(self, args: dict[str, Any], caller: Caller) -> Any:
+        """``invoke(handler, args, caller)``, without binding a signature per call."""
+        if not self.simple or "caller" in args:
+            return invoke(self.handler, args, caller, self.signature)
+        kwargs = {**args, "caller": caller} if self.wants_caller else args
+        if not self.required.issubset(kwargs) or not (self.any_name
+                                                      or self.names.issuperset(kwargs)):
+            return invoke(self.handler, args, caller, self.signature)  # bind says why
+        return self.handler(**kwargs)
+
+
 class ServiceWorker:
     def __init__(self, agent: Agent, service: str, handler: Callable[..., Any],
                  level: int | Level = Level.PUBLIC, description: str = "",
@@ -105,7 +136,7 @@ class ServiceWorker:
         self.agent = agent
         self.service = service
         self.handler = handler
-        self._signature = inspect.signature(handler)  # once, not per call
+        self._keywords = Keywords(handler)  # its signature, worked out once
         self.level = Level(int(level))
         self.description = description or (inspect.getdoc(handler) or "").split("\n")[0]
         self.heartbeat_interval = heartbeat_interval
@@ -181,50 +212,53 @@ class ServiceWorker:
     def _serve_connection(self) -> None:
         """One attachment: returns to reconnect, raises when it cannot go on."""
         assert self._socket is not None
+        # A blocking receive with a timeout (no poller: one system call less per request),
+        # bounded so stop and heartbeats are noticed even when nothing arrives.
+        self._socket.setsockopt(zmq.RCVTIMEO, min(100, int(self.heartbeat_interval * 1000)))
+        silence = self.heartbeat_interval * self.liveness
         expiry = time.monotonic() + self.attach_timeout
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        # Bounded so stop and heartbeats are noticed even when nothing arrives.
-        poll_ms = min(100, int(self.heartbeat_interval * 1000))
         while not self.stop.is_set():
-            if poller.poll(poll_ms):
-                try:
-                    command, raw = self._receive()
-                except ProtocolError as exc:
-                    log.info("ignored a bad message from the broker: %s", exc)
-                    continue
-                except RemoteError as exc:
-                    self._refused(exc)
-                    return
-                expiry = time.monotonic() + self.heartbeat_interval * self.liveness
-                if command is Kind.READY:
-                    self.attached.set()
-                    log.info("attached as %s (level %d)", self.service, self.level)
-                elif command is Kind.REQUEST:
-                    try:
-                        rid, _, username, level, _, args = decode_request(raw)
-                    except ProtocolError as exc:
-                        log.info("ignored a bad request from the broker: %s", exc)
-                        continue
-                    ok, answer = self._call(args, Caller(username, level))
-                    self.served += 1  # counted before the caller can see the answer
-                    self._send_body(Kind.REPLY, encode_reply(rid, ok, answer))
-                    # What the broker sent during a long call is read next: not silence.
-                    expiry = time.monotonic() + self.heartbeat_interval * self.liveness
-                elif command is Kind.DISCONNECT:
-                    try:
-                        body = decode_worker_body(command, raw)
-                    except ProtocolError:
-                        body = {}  # sealed by the broker all the same: detached
-                    self._refused(RemoteError(str(body.get("code", "internal")),
-                                              str(body.get("message", "disconnected"))))
-                    return
-            now = time.monotonic()
-            if now >= expiry:
-                log.info("broker silent for %.1fs: reconnecting", self.heartbeat_interval
-                         * self.liveness)
-                self.attached.clear()
+            try:
+                kind, raw = self._receive()
+            except zmq.Again:  # nothing within the timeout
+                kind = None
+            except ProtocolError as exc:
+                log.info("ignored a bad message from the broker: %s", exc)
+                continue
+            except RemoteError as exc:
+                self._refused(exc)
                 return
+            if kind == _REQUEST:
+                try:
+                    rid, _, username, level, _, args = decode_request(raw)
+                except ProtocolError as exc:
+                    log.info("ignored a bad request from the broker: %s", exc)
+                    continue
+                ok, answer = self._call(args, Caller(username, level))
+                self.served += 1  # counted before the caller can see the answer
+                self._send_body(Kind.REPLY, encode_reply(rid, ok, answer))
+                # What the broker sent during a long call is read next: not silence.
+                now = time.monotonic()
+                expiry = now + silence
+            else:
+                now = time.monotonic()
+                if kind is not None:
+                    expiry = now + silence
+                    if kind == _READY:
+                        self.attached.set()
+                        log.info("attached as %s (level %d)", self.service, self.level)
+                    elif kind == _DISCONNECT:
+                        try:
+                            body = decode_worker_body(Kind.DISCONNECT, raw)
+                        except ProtocolError:
+                            body = {}  # sealed by the broker all the same: detached
+                        self._refused(RemoteError(str(body.get("code", "internal")),
+                                                  str(body.get("message", "disconnected"))))
+                        return
+                elif now >= expiry:
+                    log.info("broker silent for %.1fs: reconnecting", silence)
+                    self.attached.clear()
+                    return
             if now - self._last_sent >= self.heartbeat_interval:
                 self._send(Kind.HEARTBEAT, {})
         if self.attached.is_set():
@@ -238,7 +272,7 @@ class ServiceWorker:
             except ProtocolError:
                 raise RemoteError(ErrorCode.BAD_REQUEST, "arguments are not a JSON "
                                   "object") from None
-            result = invoke(self.handler, kwargs, caller, self._signature)
+            result = self._keywords.invoke(kwargs, caller)
             # Encoded once, here: it must travel as JSON and fit the broker's reply to the
             # caller, which forwards these octets as they are.
             data = compact_json(result)
@@ -284,7 +318,8 @@ class ServiceWorker:
 
     def _send_body(self, command: Kind, body: bytes) -> None:
         session = self.agent.session
-        if session is None or self._socket is None:
+        sock = self._socket
+        if session is None or sock is None:
             raise LocalError("worker is not logged in")
         # The worker's own sequence in this session (the agent's requests have theirs).
         with _COUNTER_LOCK:
@@ -293,21 +328,31 @@ class ServiceWorker:
         envelope = seal(session.key, Header(Channel.WORKER, command, Sender.WORKER,
                                             session.sid, counter), body)
         try:
-            self._socket.send_multipart([b"", envelope])
+            sock.send(b"", zmq.SNDMORE)  # frame by frame: cheaper than send_multipart
+            sock.send(envelope)
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.info("could not send %s to the broker", command.name)
 
-    def _receive(self) -> tuple[Kind, bytes]:
-        """One broker message: (kind, raw body); ProtocolError to ignore it; RemoteError
-        UNKNOWN_SESSION when the broker says (in clear) it does not know the session."""
+    def _receive(self) -> tuple[int, bytes]:
+        """One broker message: (kind, raw body); zmq.Again if none came in time;
+        ProtocolError to ignore it; RemoteError UNKNOWN_SESSION when the broker says (in
+        clear) it does not know the session."""
         session = self.agent.session
-        assert self._socket is not None and session is not None
-        frames = self._socket.recv_multipart()
-        if len(frames) != 2 or frames[0] != b"":
+        sock = self._socket
+        assert sock is not None and session is not None
+        # [empty delimiter, envelope], each received uncopied for its "more" flag (no
+        # RCVMORE look-ups); the broker is the only peer of this socket.
+        delimiter = sock.recv(copy=False)
+        if not delimiter.more or len(delimiter) != 0:
+            _discard(sock, delimiter)
+            raise ProtocolError("not a worker-channel message")
+        frame = sock.recv(copy=False)
+        if frame.more:
+            _discard(sock, frame)
             raise ProtocolError("not a worker-channel message")
         try:
-            header, raw = open_to_worker(session.key, frames[1], session.sid)
+            header, raw = open_to_worker(session.key, frame.bytes, session.sid)
         except UnauthenticatedRefusal as exc:
             # Unauthenticated: acted on only by logging in again, which proves itself.
             if exc.code == ErrorCode.UNKNOWN_SESSION.value:
@@ -315,8 +360,17 @@ class ServiceWorker:
             raise
         if not self._guard.admit(session.sid, header.counter, time.time()):
             raise ProtocolError("replayed broker message")
-        return Kind(header.kind), raw
+        return header.kind, raw
 
+
+def _discard(sock: zmq.Socket, frame: zmq.Frame) -> None:
+    """Throw away the rest of a message whose ``frame`` was just received."""
+    while frame.more:
+        frame = sock.recv(copy=False)
+
+
+#: Worker-channel kinds as plain ints, compared per message without making enum members.
+_READY, _REQUEST, _DISCONNECT = int(Kind.READY), int(Kind.REQUEST), int(Kind.DISCONNECT)
 
 _COUNTER_LOCK = threading.Lock()
 

@@ -65,6 +65,10 @@ log = logging.getLogger("agora.broker")
 
 #: A worker still serving one request this long after its caller's deadline is detached.
 WEDGED_GRACE = 30.0
+#: Requests a worker holds at once. A worker serves one at a time, in order; the second is
+#: given only when no worker of the service is idle, so it is waiting in the worker's socket
+#: when the first is answered instead of a round trip through the broker later.
+WORKER_WINDOW = 2
 
 #: A message to send: (ROUTER identity of the peer, frames after the routing envelope).
 Outgoing = tuple[bytes, list[bytes]]
@@ -77,9 +81,10 @@ WORKER_ERROR_CODES = {ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.NOT_
                       ErrorCode.SERVICE_FAILED}
 #: How often tick() looks at workers and deadlines (it is called after every message batch).
 CHECK_INTERVAL = 0.05
+_REPLY = int(Kind.REPLY)  # compared per message as a plain int
 
 
-@dataclass
+@dataclass(slots=True)
 class Worker:
     """One attached worker process (one DEALER socket, one worker session)."""
 
@@ -89,8 +94,9 @@ class Worker:
     service: str
     expiry: float  # dead if nothing arrives before this
     next_heartbeat: float
-    request: bytes | None = None  # id of the request it is serving, if busy
-    busy_until: float = 0.0  # past this, a worker still on one request is wedged
+    #: ids of the requests it was given and has not answered (at most WORKER_WINDOW),
+    #: oldest first -> past this time, a worker still on that request is wedged
+    requests: dict[bytes, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +108,8 @@ class WorkerService:
     description: str
     workers: dict[bytes, Worker] = dataclasses.field(default_factory=dict)
     idle: deque[bytes] = dataclasses.field(default_factory=deque)  # least recently used first
+    #: Workers serving a request with room for one more (under WORKER_WINDOW), oldest first.
+    spare: dict[bytes, None] = dataclasses.field(default_factory=dict)
     queue: deque[bytes] = dataclasses.field(default_factory=deque)  # request ids waiting
 
 
@@ -209,7 +217,7 @@ class WorkerRegistry:
             sid = peek(data).context
         except ProtocolError as exc:
             return [(identity, [worker_error(NO_CONTEXT, ErrorCode.BAD_REQUEST, str(exc))])]
-        session = self.sessions.get(sid)
+        session = self.sessions.by_id.get(sid)
         if session is None or session.expired(now):
             out = self._detach(identity, now, "session ended")
             return out + [(identity, [worker_error(sid, ErrorCode.UNKNOWN_SESSION,
@@ -228,20 +236,21 @@ class WorkerRegistry:
             return self._refuse(session, identity, ErrorCode.TOO_MANY_ATTEMPTS,
                                 "too many worker sessions; try again later", now)
         session.last_seen = now
-        command = Kind(header.kind)
         worker = self.workers.get(identity)
         if worker is not None and worker.sid != sid:
             return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
                                 "this socket is attached under another session", now)
         try:
+            if header.kind == _REPLY and worker is not None:  # the call path: first
+                worker.expiry = now + self.heartbeat_interval * self.liveness
+                return self._reply(worker, raw, now)
+            command = Kind(header.kind)
             if command is Kind.READY:
                 return self._ready(session, identity, decode_worker_body(command, raw), now)
             if worker is None:
                 return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
                                     "not attached: send READY first", now)
             worker.expiry = now + self.heartbeat_interval * self.liveness
-            if command is Kind.REPLY:
-                return self._reply(worker, raw, now)
             decode_worker_body(command, raw)  # HEARTBEAT empty, DISCONNECT JSON
             if command is Kind.DISCONNECT:
                 log.info("worker %s of %s detached", worker.username, worker.service)
@@ -300,20 +309,24 @@ class WorkerRegistry:
 
     def _reply(self, worker: Worker, body: bytes, now: float) -> list[Outgoing]:
         rid, ok, data = decode_reply(body)
-        if worker.request != rid:
+        requests = worker.requests
+        if requests.pop(rid, None) is None:
             raise ProtocolError("reply to a request this worker was not given")
-        worker.request = None
         service = self.services[worker.service]
-        service.idle.append(worker.identity)
+        if requests:
+            service.spare[worker.identity] = None
+        else:
+            service.spare.pop(worker.identity, None)
+            service.idle.append(worker.identity)
         call = self.pending.get(rid)
-        out: list[Outgoing] = []
         if call is None:
             log.info("late reply from %s for %s dropped", worker.username, worker.service)
             self.audit(worker.username, f"worker:{worker.service}", "late-reply", now)
+            out: list[Outgoing] = []
         elif ok:
             # The result's JSON octets go to the caller as they came: the broker does not
             # parse what it only forwards (the caller's decoder checks them).
-            out += self._answer(call, Status.OK, {"result": data}, "ok", now)
+            out = self._answer(call, Status.OK, {"result": data}, "ok", now)
         else:
             try:
                 error = decode_json(data)
@@ -326,10 +339,11 @@ class WorkerRegistry:
             if code not in WORKER_ERROR_CODES:
                 code = ErrorCode.SERVICE_FAILED
             message = str(error.get("message") or f"service {call.service} failed")[:300]
-            out += self._answer(call, Status.ERROR, {"code": code.value, "message": message},
-                                "failed" if code is ErrorCode.SERVICE_FAILED else "refused",
-                                now)
-        return out + self._dispatch(service, now)
+            out = self._answer(call, Status.ERROR, {"code": code.value, "message": message},
+                               "failed" if code is ErrorCode.SERVICE_FAILED else "refused", now)
+        if service.queue:
+            out += self._dispatch(service, now)
+        return out
 
     def rebind(self, bindings: dict[str, dict[str, Any]], now: float) -> list[Outgoing]:
         """The operator changed the bindings: new levels apply at once, and workers whose
@@ -371,7 +385,7 @@ class WorkerRegistry:
                 log.info("worker %s of %s is silent: presumed dead", worker.username,
                          worker.service)
                 out += self._detach(worker.identity, now, "worker died")
-            elif worker.request is not None and worker.busy_until < now:
+            elif worker.requests and next(iter(worker.requests.values())) < now:
                 out += self._refuse(session, worker.identity, ErrorCode.TIMEOUT,
                                     "no answer to a request long after its timeout: "
                                     "detached as wedged", now)
@@ -390,23 +404,32 @@ class WorkerRegistry:
     # -- internals -----------------------------------------------------------------------
 
     def _dispatch(self, service: WorkerService, now: float) -> list[Outgoing]:
-        """Hand queued requests to idle workers, least recently used first."""
+        """Hand queued requests to workers: idle ones first, least recently used first, then
+        those with room for one more (WORKER_WINDOW)."""
         out: list[Outgoing] = []
-        while service.queue and service.idle:
-            call = self.pending.get(service.queue.popleft())
+        queue, idle, spare = service.queue, service.idle, service.spare
+        while queue and (idle or spare):
+            call = self.pending.get(queue.popleft())
             if call is None:
                 continue  # timed out or abandoned while queued
-            worker = self.workers[service.idle.popleft()]
-            session = self.sessions.get(worker.sid)
+            if idle:
+                identity = idle.popleft()
+            else:
+                identity = next(iter(spare))
+                del spare[identity]
+            worker = self.workers[identity]
+            session = self.sessions.by_id.get(worker.sid)
             if session is None:  # ended since the last tick: put the call back
-                service.queue.appendleft(call.rid)
-                out += self._detach(worker.identity, now, "session ended")
+                queue.appendleft(call.rid)
+                out += self._detach(identity, now, "session ended")
                 continue
-            worker.request, call.worker = call.rid, worker.identity
             # Its caller gets `timeout` at the deadline; a worker still on it well after that
             # is wedged (heartbeats alone prove only that its loop runs, not its handler).
-            worker.busy_until = call.deadline + max(self.call_timeout, WEDGED_GRACE)
-            out.append(self._request(session, worker.identity, call, now))
+            worker.requests[call.rid] = call.deadline + max(self.call_timeout, WEDGED_GRACE)
+            if len(worker.requests) < WORKER_WINDOW:
+                spare[identity] = None
+            call.worker = identity
+            out.append(self._request(session, identity, call, now))
         return out
 
     def _answer(self, call: PendingCall, status: Status, body: dict[str, Any], outcome: str,
@@ -439,17 +462,21 @@ class WorkerRegistry:
             return []
         service = self.services[worker.service]
         service.workers.pop(identity, None)
+        service.spare.pop(identity, None)
         if identity in service.idle:
             service.idle.remove(identity)
         self.audit(worker.username, f"worker:{worker.service}", "detached", now, reason)
-        call = self.pending.get(worker.request) if worker.request else None
-        if call is None:
-            return []
-        log.info("call %s by %s failed: %s", call.service, call.username, reason)
-        return self._answer(call, Status.ERROR, {
-            "code": ErrorCode.SERVICE_FAILED.value,
-            "message": f"the worker serving {call.service} went away mid-request "
-                       f"({reason})"}, "worker-died", now)
+        out: list[Outgoing] = []
+        for rid in worker.requests:  # its calls fail at once
+            call = self.pending.get(rid)
+            if call is None:
+                continue
+            log.info("call %s by %s failed: %s", call.service, call.username, reason)
+            out += self._answer(call, Status.ERROR, {
+                "code": ErrorCode.SERVICE_FAILED.value,
+                "message": f"the worker serving {call.service} went away mid-request "
+                           f"({reason})"}, "worker-died", now)
+        return out
 
     def _refuse(self, session: Session, identity: bytes, code: ErrorCode, message: str,
                 now: float) -> list[Outgoing]:

@@ -90,6 +90,7 @@ def test_printable_escapes_what_a_peer_sent():
     assert printable(FORGED) == ("carol.dias\\n2026-01-01 12:00:00 agora.broker login "
                                  "carol.dias ok")
     assert printable("x" * 100) == "x" * 80 + "..."
+    assert printable("x" * 80) == "x" * 80 and printable("call:bench.echo") == "call:bench.echo"
     assert printable("a\\nb\x1b[2J\u2028") == "a\\\\nb\\x1b[2J\\u2028"
     assert printable(b"\xff\x00ok") == "\\xff\\x00ok"
     assert printable(None) == "-"

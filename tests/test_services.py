@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from agents import Agent, examples
-from agents.worker import Caller, ServiceWorker, invoke, run_worker
+from agents.worker import Caller, Keywords, ServiceWorker, invoke, run_worker
 from agora.errors import RemoteError
 from agora.protocol import ErrorCode, Kind, PrincipalKind
 from agora.wire import encode_call
@@ -268,3 +268,30 @@ def test_worker_attaches_again_after_a_broker_restart(broker):
         restarted.stop.set()
         serving.join(timeout=5)
         restarted.close()
+
+
+def _outcome(call) -> tuple:
+    try:
+        return ("ok", call())
+    except RemoteError as exc:
+        return ("refused", exc.code, exc.message)
+
+
+def test_handler_keywords_refuse_exactly_what_signature_bind_refuses():
+    def plain(a, b=1, *, c):
+        return [a, b, c]
+
+    def anything(**kw):
+        return kw
+
+    def positional(a, /, b):
+        return [a, b]
+
+    caller = Caller("ana", 1)
+    cases = [(plain, {"a": 1, "c": 2}), (plain, {"a": 1}), (plain, {"a": 1, "c": 2, "d": 3}),
+             (anything, {"x": 1}), (anything, {"caller": "x"}), (positional, {"a": 1, "b": 2}),
+             (sample_workers.tagged, {"n": 1}), (sample_workers.tagged, {"n": 1, "x": 2}),
+             (sample_workers.tagged, {"n": 1, "caller": "root"})]
+    for handler, args in cases:
+        expected = _outcome(lambda h=handler, a=args: invoke(h, a, caller))
+        assert _outcome(lambda h=handler, a=args: Keywords(h).invoke(a, caller)) == expected

@@ -37,7 +37,7 @@ from agora.wire import (
 from broker.core import BrokerCore
 from broker.services import builtin_services
 from broker.store import Store
-from broker.workers import WEDGED_GRACE
+from broker.workers import WEDGED_GRACE, WORKER_WINDOW
 from tests.vectors import load, vector, write
 
 T0 = 1_000_000.0
@@ -160,14 +160,38 @@ def test_calls_are_balanced_across_idle_workers(core):
     assert ana.answer(only(out, ana.identity)) == 1
 
 
-def test_call_waits_in_queue_until_a_worker_is_free(core):
+def test_a_busy_worker_holds_one_more_call_then_calls_wait_in_queue(core):
     w = attached(core)
-    ana, bob = client(core, "ana"), client(core, "bob")
+    ana, bob, cy = client(core, "ana"), client(core, "bob"), client(core, "cy")
+    assert WORKER_WINDOW == 2
     first = request_to(w, ana.call("upper"))
-    assert to(bob.call("upper"), w.identity) == []  # w is busy: bob's call queues
+    second = request_to(w, bob.call("upper"))  # no idle worker: w gets its next one now
+    assert to(cy.call("upper"), w.identity) == []  # w holds WORKER_WINDOW: cy's call queues
     out = w.send(Kind.REPLY, {"id": first["id"], "ok": True, "result": "a"})
     assert ana.answer(only(out, ana.identity)) == "a"
-    assert request_to(w, out)["caller"]["username"] == "bob"
+    assert request_to(w, out)["caller"]["username"] == "cy"
+    out = w.send(Kind.REPLY, {"id": second["id"], "ok": True, "result": "b"})
+    assert bob.answer(only(out, bob.identity)) == "b"
+
+
+def test_an_idle_worker_gets_the_next_call_before_a_busy_one(core):
+    w1, w2 = attached(core, "w1"), attached(core, "w2")
+    ana, bob, cy = client(core, "ana"), client(core, "bob"), client(core, "cy")
+    first = request_to(w1, ana.call("upper"))
+    request_to(w2, bob.call("upper"))
+    w1.send(Kind.REPLY, {"id": first["id"], "ok": True, "result": "a"})
+    request_to(w1, cy.call("upper"))  # w1 idle again, w2 busy: w1, not w2's spare room
+
+
+def test_silent_worker_holding_two_calls_fails_both_at_once(core):
+    w, ana, bob = attached(core), client(core, "ana"), client(core, "bob")
+    request_to(w, ana.call("upper"))
+    request_to(w, bob.call("upper"))
+    out = core.tick(T0 + DEAD_AFTER + 0.1)
+    for peer in (ana, bob):
+        with pytest.raises(RemoteError) as err:
+            peer.answer(only(out, peer.identity))
+        assert err.value.code is ErrorCode.SERVICE_FAILED
 
 
 def test_service_without_workers_answers_unavailable_at_once(core):
