@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 from agents.agent import Agent
-from agora.envelope import Header, ReplayGuard, seal
+from agora.envelope import Header, ReplayGuard, header_prefix, open_prefixed, seal, seal_prefixed
 from agora.errors import (
     AgoraError,
     LocalError,
@@ -158,6 +158,9 @@ class ServiceWorker:
         self._socket_lock = threading.Lock()
         self._handler_started: float | None = None  # monotonic time, while a handler runs
         self._last_sent = 0.0
+        # The session's REQUEST (in) and REPLY (out) headers but the counter, packed once per
+        # session (envelope.header_prefix): (session id, request prefix, reply prefix).
+        self._prefixes = (b"", b"", b"")
 
     @property
     def in_call(self) -> bool:
@@ -325,8 +328,11 @@ class ServiceWorker:
         with _COUNTER_LOCK:
             session.worker_counter += 1
             counter = session.worker_counter
-        envelope = seal(session.key, Header(Channel.WORKER, command, Sender.WORKER,
-                                            session.sid, counter), body)
+        if command is Kind.REPLY:  # = seal(Header(WORKER, REPLY, WORKER, sid, counter), body)
+            envelope = seal_prefixed(session.key, self._prefix(session.sid)[2], counter, body)
+        else:
+            envelope = seal(session.key, Header(Channel.WORKER, command, Sender.WORKER,
+                                                session.sid, counter), body)
         try:
             sock.send(b"", zmq.SNDMORE)  # frame by frame: cheaper than send_multipart
             sock.send(envelope)
@@ -351,8 +357,17 @@ class ServiceWorker:
         if frame.more:
             _discard(sock, frame)
             raise ProtocolError("not a worker-channel message")
+        data = frame.bytes
+        # A REQUEST in this session: checked against its header packed once (constant time),
+        # then the tag; anything else the long way, which says why it is refused.
+        opened = open_prefixed(session.key, data, self._prefix(session.sid)[1])
+        if opened is not None:
+            counter, raw = opened
+            if not self._guard.admit(session.sid, counter, time.time()):
+                raise ProtocolError("replayed broker message")
+            return _REQUEST, raw
         try:
-            header, raw = open_to_worker(session.key, frame.bytes, session.sid)
+            header, raw = open_to_worker(session.key, data, session.sid)
         except UnauthenticatedRefusal as exc:
             # Unauthenticated: acted on only by logging in again, which proves itself.
             if exc.code == ErrorCode.UNKNOWN_SESSION.value:
@@ -361,6 +376,15 @@ class ServiceWorker:
         if not self._guard.admit(session.sid, header.counter, time.time()):
             raise ProtocolError("replayed broker message")
         return header.kind, raw
+
+
+    def _prefix(self, sid: bytes) -> tuple[bytes, bytes, bytes]:
+        """(sid, REQUEST prefix, REPLY prefix) of session ``sid``, packed once per session."""
+        if self._prefixes[0] != sid:
+            self._prefixes = (sid, header_prefix(Channel.WORKER, Kind.REQUEST, Sender.BROKER,
+                                                 sid),
+                              header_prefix(Channel.WORKER, Kind.REPLY, Sender.WORKER, sid))
+        return self._prefixes
 
 
 def _discard(sock: zmq.Socket, frame: zmq.Frame) -> None:

@@ -27,7 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agora.envelope import NO_CONTEXT, Header, ReplayGuard, peek, seal
+from agora.envelope import (
+    NO_CONTEXT,
+    ReplayGuard,
+    header_prefix,
+    open_prefixed,
+    peek,
+    seal_prefixed,
+)
 from agora.errors import ProtocolError, RemoteError
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
@@ -97,6 +104,14 @@ class Worker:
     #: ids of the requests it was given and has not answered (at most WORKER_WINDOW),
     #: oldest first -> past this time, a worker still on that request is wedged
     requests: dict[bytes, float] = dataclasses.field(default_factory=dict)
+    #: Its REPLY and REQUEST headers but the counter, packed once (envelope.header_prefix).
+    reply_prefix: bytes = b""
+    request_prefix: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.reply_prefix = header_prefix(Channel.WORKER, Kind.REPLY, Sender.WORKER, self.sid)
+        self.request_prefix = header_prefix(Channel.WORKER, Kind.REQUEST, Sender.BROKER,
+                                            self.sid)
 
 
 @dataclass
@@ -213,6 +228,11 @@ class WorkerRegistry:
         if len(data) > MAX_MESSAGE_SIZE:
             return [(identity, [worker_error(NO_CONTEXT, ErrorCode.TOO_LARGE,
                                              "message is over the size limit")])]
+        worker = self.workers.get(identity)
+        if worker is not None:
+            out = self._reply_fast(worker, data, now)
+            if out is not None:
+                return out
         try:
             sid = peek(data).context
         except ProtocolError as exc:
@@ -260,6 +280,32 @@ class WorkerRegistry:
             return self._refuse(session, identity, ErrorCode.BAD_REQUEST, str(exc), now)
         except RemoteError as exc:
             return self._refuse(session, identity, exc.code, exc.message, now)
+
+    def _reply_fast(self, worker: Worker, data: bytes, now: float) -> list[Outgoing] | None:
+        """The call path: a REPLY from an attached worker in its live session, checked as
+        :meth:`handle` checks it (the header is the worker's REPLY header but the counter,
+        compared in constant time, then the tag, then the replay guard). None for anything
+        else, which :meth:`handle` then takes the long way (and answers as it must)."""
+        session = self.sessions.by_id.get(worker.sid)
+        if session is None or session.expired(now):
+            return None
+        try:
+            opened = open_prefixed(session.key, data, worker.reply_prefix)
+        except ProtocolError:
+            return None
+        if opened is None:
+            return None
+        counter, raw = opened
+        admitted = self.guard.admit(worker.sid, counter, now,
+                                    expires=session.created + SESSION_MAX_AGE)
+        if not admitted:
+            return None  # replayed or a full guard: the long way drops or refuses it
+        session.last_seen = now
+        worker.expiry = now + self.heartbeat_interval * self.liveness
+        try:
+            return self._reply(worker, raw, now)
+        except ProtocolError as exc:
+            return self._refuse(session, worker.identity, ErrorCode.BAD_REQUEST, str(exc), now)
 
     def _ready(self, session: Session, identity: bytes, body: dict[str, Any], now: float,
                ) -> list[Outgoing]:
@@ -429,7 +475,7 @@ class WorkerRegistry:
             if len(worker.requests) < WORKER_WINDOW:
                 spare[identity] = None
             call.worker = identity
-            out.append(self._request(session, identity, call, now))
+            out.append(self._request(session, worker, call, now))
         return out
 
     def _answer(self, call: PendingCall, status: Status, body: dict[str, Any], outcome: str,
@@ -488,14 +534,14 @@ class WorkerRegistry:
                                    {"code": code.value, "message": message}))
         return out
 
-    def _request(self, session: Session, identity: bytes, call: PendingCall, now: float,
+    def _request(self, session: Session, worker: Worker, call: PendingCall, now: float,
                  ) -> Outgoing:
         """The REQUEST handing ``call`` to a worker: the caller's args octets as they came."""
         body = encode_request(call.rid, call.service.encode(), call.username.encode(),
                               call.level, max(0.0, call.deadline - now), call.args)
-        header = Header(Channel.WORKER, Kind.REQUEST, Sender.BROKER, session.sid,
-                        next(self._out_counter))
-        return identity, [seal(session.key, header, body)]
+        # = seal(Header(WORKER, REQUEST, BROKER, worker's session id, counter), body)
+        return worker.identity, [seal_prefixed(session.key, worker.request_prefix,
+                                        next(self._out_counter), body)]
 
     def _to_worker(self, session: Session, identity: bytes, command: Kind,
                    body: dict[str, Any]) -> Outgoing:

@@ -9,10 +9,13 @@ import pytest
 import zmq
 
 from agents import Agent, examples
+from agents.agent import _Session
 from agents.worker import Caller, Keywords, ServiceWorker, invoke, run_worker
+from agora.crypto import new_symmetric_key
+from agora.envelope import Header, seal
 from agora.errors import RemoteError
-from agora.protocol import ErrorCode, Kind, PrincipalKind
-from agora.wire import encode_call
+from agora.protocol import Channel, ErrorCode, Kind, PrincipalKind, Sender
+from agora.wire import decode_reply, encode_call, encode_request, open_worker_message
 from broker.server import BrokerServer
 from tests import sample_workers
 from tests.conftest import PASSWORD
@@ -295,3 +298,45 @@ def test_handler_keywords_refuse_exactly_what_signature_bind_refuses():
     for handler, args in cases:
         expected = _outcome(lambda h=handler, a=args: invoke(h, a, caller))
         assert _outcome(lambda h=handler, a=args: Keywords(h).invoke(a, caller)) == expected
+
+
+def test_worker_drops_a_replayed_request(tmp_path, zctx):
+    """A fake broker replays a REQUEST it sealed: the worker answers it once only."""
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 5000)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    agent = Agent(tmp_path / "w", broker=f"tcp://127.0.0.1:{port}", context=zctx)
+    sid, key = b"s" * 16, new_symmetric_key()
+    agent.session = _Session(sid, key)
+    worker = ServiceWorker(agent, "upper", lambda **args: args, 1)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    try:
+        identity, _, ready = router.recv_multipart()
+
+        def to_worker(kind: Kind, counter: int, body: bytes) -> list[bytes]:
+            return [identity, b"", seal(key, Header(Channel.WORKER, kind,
+                                                            Sender.BROKER, sid, counter), body)]
+
+        def replied() -> bytes:
+            while True:
+                frames = router.recv_multipart()
+                header, raw = open_worker_message(key, frames[-1], sid, Sender.WORKER)
+                if header.kind == Kind.REPLY:
+                    return decode_reply(raw)[0]
+
+        router.send_multipart(to_worker(Kind.READY, 1, b'{"service":"upper","level":1}'))
+        first = to_worker(Kind.REQUEST, 2, encode_request(b"1" * 8, b"upper", b"ana", 1, 5,
+                                                          b'{"n":1}'))
+        router.send_multipart(first)
+        assert replied() == b"1" * 8
+        router.send_multipart(first)  # replayed
+        router.send_multipart(to_worker(Kind.REQUEST, 3, encode_request(
+            b"2" * 8, b"upper", b"ana", 1, 5, b'{"n":2}')))
+        assert replied() == b"2" * 8  # the replay was dropped, not answered again
+        assert worker.served == 2
+    finally:
+        worker.stop.set()
+        thread.join(5)
+        router.close(0)

@@ -557,3 +557,12 @@ def test_worker_vectors_cover_every_message_kind():
 
 if __name__ == "__main__":  # regenerate docs/vectors/worker.json (only when the format changes)
     write("worker", build_worker_vectors())
+
+
+def test_replayed_reply_is_dropped_without_an_answer_or_detaching_the_worker(core):
+    w, ana, bob = attached(core), client(core, "ana"), client(core, "bob")
+    request = request_to(w, ana.call("upper"))
+    frames = w.worker_frames(Kind.REPLY, {"id": request["id"], "ok": True, "result": "A"})
+    assert ana.answer(only(core.handle(w.identity, frames, T0), ana.identity)) == "A"
+    assert core.handle(w.identity, frames, T0) == []  # no second answer, no DISCONNECT
+    assert request_to(w, bob.call("upper"))["caller"]["username"] == "bob"  # still attached
