@@ -63,7 +63,6 @@ from agora.wire import (
     open_worker_message,
     seal_worker_message,
     session_refusal,
-    session_reply,
     worker_error,
 )
 from broker.sessions import Session, SessionTable
@@ -491,8 +490,8 @@ class WorkerRegistry:
         session = self.sessions.get(call.sid)
         if session is None:  # the caller logged out or was revoked meanwhile
             return []
-        if status is Status.OK:
-            sealed = session_reply(session.key, call.sid, call.counter, Kind.RESULT,
+        if status is Status.OK:  # = session_reply(..., Kind.RESULT, result), header packed once
+            sealed = seal_prefixed(session.key, session.result_head, call.counter,
                                    body["result"])
         else:
             sealed = session_refusal(session.key, call.sid, call.counter,
