@@ -329,6 +329,10 @@ class Watching:
         self.watcher.close()
 
 
+#: Seconds of bidding in one run at most (see bids()).
+BIDDING_BUDGET = 12.0
+
+
 def bids(setup: Setup) -> list[Row]:
     plan = setup.plan
     endpoint = setup.auction_endpoint
@@ -363,9 +367,15 @@ def bids(setup: Setup) -> list[Row]:
 
         ops = [bidder(c) for c in bidders]
 
+        # The auctioneer remembers every request of the last 2 x FRESHNESS_WINDOW for replay
+        # (at most REPLAY_CONTEXTS, 100,000) and refuses service past that, as it should;
+        # at several thousand bids/s a long run would reach it. Bidding is therefore capped
+        # at BIDDING_BUDGET seconds per run, spread over the rounds (a rate needs no more).
+        bid_seconds = min(plan.seconds, BIDDING_BUDGET / plan.rounds)
+
         def run_bids(seconds: float) -> Sample:
             before = len(accepted)
-            sample = threaded_loops(ops, seconds)
+            sample = threaded_loops(ops, min(seconds, bid_seconds))
             return Sample(len(accepted) - before, sample.seconds, sample.latencies_ns)
 
         signer = SignVerify()
