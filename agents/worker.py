@@ -334,8 +334,7 @@ class ServiceWorker:
             envelope = seal(session.key, Header(Channel.WORKER, command, Sender.WORKER,
                                                 session.sid, counter), body)
         try:
-            sock.send(b"", zmq.SNDMORE)  # frame by frame: cheaper than send_multipart
-            sock.send(envelope)
+            sock.send(envelope)  # one frame, no empty delimiter (PROTOCOL.md 4.3)
             self._last_sent = time.monotonic()
         except zmq.Again:
             log.info("could not send %s to the broker", command.name)
@@ -347,12 +346,8 @@ class ServiceWorker:
         session = self.agent.session
         sock = self._socket
         assert sock is not None and session is not None
-        # [empty delimiter, envelope], each received uncopied for its "more" flag (no
-        # RCVMORE look-ups); the broker is the only peer of this socket.
-        delimiter = sock.recv(copy=False)
-        if not delimiter.more or len(delimiter) != 0:
-            _discard(sock, delimiter)
-            raise ProtocolError("not a worker-channel message")
+        # One frame, the envelope (no empty delimiter: PROTOCOL.md 4.3), received uncopied
+        # for its "more" flag (no RCVMORE look-up); the broker is the only peer of this socket.
         frame = sock.recv(copy=False)
         if frame.more:
             _discard(sock, frame)

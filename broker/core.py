@@ -200,7 +200,9 @@ class BrokerCore:
 
     def handle(self, identity: bytes, frames: list[bytes], now: float,
                address: str = "127.0.0.1") -> list[Outgoing]:
-        """Process one client or worker message; never raises for anything a peer sent.
+        """Process one message (its frames after the routing identity and the empty
+        delimiter); never raises for anything a peer sent. Worker messages, which come
+        without a delimiter, the socket loop passes to :meth:`handle_worker` instead.
 
         Bookkeeping that need not precede the answers is left for :meth:`settle` (the socket
         loop calls it once they are sent); it is done first here if still pending.
@@ -222,6 +224,14 @@ class BrokerCore:
             out += self._outbox
             self._outbox = []
         return out + self.notices.flush(now)
+
+    def handle_worker(self, identity: bytes, frames: list[bytes], now: float,
+                      ) -> list[Outgoing]:
+        """One message from a worker's DEALER socket, which sends no empty delimiter
+        (PROTOCOL.md 4.3): its frames after the routing identity, as they came."""
+        if self._audit_soon or self._remember_soon:
+            self.settle()
+        return self._guarded("worker", self.workers.handle, identity, frames, now)
 
     def settle(self) -> None:
         """Do the bookkeeping left from the messages handled so far: their audit decisions

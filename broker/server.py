@@ -22,6 +22,7 @@ from agora.protocol import (
     MAX_MESSAGE_FRAMES,
     MAX_MESSAGE_SIZE,
     MAX_SESSIONS_PER_PRINCIPAL,
+    Channel,
 )
 from agora.sockets import ConnectionGuard, bind_router, recv_routed
 from broker.core import DEFAULT_AUDIT_DAYS, BrokerCore, Outgoing, report_internal_error
@@ -40,6 +41,8 @@ POLL_MS = 100
 SNDMORE, EVENTS, POLLIN = int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 #: Most messages handled per wake-up before their answers are sent (see serve()).
 BATCH = 64
+#: The clear start of every envelope on channel WORKER: magic, version, channel (1.3).
+WORKER_HEAD = b"AG\x02" + bytes((int(Channel.WORKER),))
 #: How often the core's timers run (heartbeats, call timeouts, expiry, audit flush).
 TICK_INTERVAL = 0.05
 
@@ -151,9 +154,17 @@ class BrokerServer:
             log.info("dropped a message over %d frames or %d bytes",
                      MAX_MESSAGE_FRAMES, MAX_MESSAGE_SIZE)
             return []
-        # Envelope: [identity, empty delimiter, body...], as a REQ socket sends it; DEALER
-        # peers (workers) send the empty frame themselves, as in 7/MDP.
-        if len(rest) < 2 or rest[0] != b"":
+        first = rest[0]
+        if first:
+            # No delimiter: a worker's DEALER, whose every message is [identity, envelope]
+            # on channel WORKER (PROTOCOL.md 4.3); anything else without one is dropped.
+            if first[:4] != WORKER_HEAD:
+                log.info("dropped a message without a routing envelope")
+                return []
+            return self.core.handle_worker(identity, rest, time.time())
+        # [identity, empty delimiter, body...], as a REQ socket sends it (clients, and the
+        # DEALERs of the NOTICE channel and pipelined callers, which add the empty frame).
+        if len(rest) < 2 or rest[-1][:4] == WORKER_HEAD:
             log.info("dropped a message without a routing envelope")
             return []
         address = "127.0.0.1"
@@ -170,6 +181,9 @@ class BrokerServer:
         for identity, body in outgoing:
             try:
                 send(identity, SNDMORE)
+                if len(body) == 1 and body[0][:4] == WORKER_HEAD:  # to a worker: no delimiter
+                    send(body[0])
+                    continue
                 if not body:
                     send(b"")
                     continue

@@ -13,16 +13,23 @@ import zmq
 from agents import Agent
 from agora.crypto import b64
 from agora.envelope import Header, peek, seal, timestamp_counter
-from agora.errors import BrokerUnreachable, MessageTooLarge, RemoteError
+from agora.errors import (
+    BrokerUnreachable,
+    MessageTooLarge,
+    RemoteError,
+    UnauthenticatedRefusal,
+)
 from agora.protocol import MAX_MESSAGE_SIZE, Channel, ErrorCode, Kind, Sender
 from agora.wire import (
     broker_key_request,
     encode_call,
     login_context,
+    open_to_worker,
     raise_if_clear_error,
     register_context,
     request_header,
     seal_session_request,
+    seal_worker_message,
 )
 from broker.server import BrokerServer
 from tests.conftest import PASSWORD
@@ -99,6 +106,26 @@ def test_broker_error_reply_for_unknown_kind_over_socket(broker, zctx):
     with pytest.raises(RemoteError, match="unknown request kind") as err:
         raise_if_clear_error(reply)
     assert err.value.code is ErrorCode.BAD_REQUEST and not err.value.authenticated
+    sock.close(0)
+
+
+def test_worker_channel_messages_carry_no_delimiter_and_others_are_dropped(broker, zctx):
+    """PROTOCOL.md 4.3: a worker's DEALER sends [envelope] on channel WORKER and gets the
+    same layout back; a WORKER message with the delimiter, or a client one without, is
+    dropped without a reply (the socket's next message is still answered)."""
+    sid = os.urandom(16)
+    ready = seal_worker_message(os.urandom(32), sid, 1, Sender.WORKER, Kind.READY,
+                                {"service": "upper", "level": 1})
+    sock = raw_dealer(zctx, broker.endpoint)
+    sock.send(seal_session_request(os.urandom(32), sid, 1, Kind.CALL, encode_call("echo", {})))
+    sock.send_multipart([b"", ready])
+    sock.send(ready)
+    frames = sock.recv_multipart()
+    assert len(frames) == 1  # the answer to the last one only, without a delimiter
+    with pytest.raises(UnauthenticatedRefusal) as err:
+        open_to_worker(os.urandom(32), frames[0], sid)
+    assert err.value.code == "unknown-session"
+    assert sock.poll(300) == 0
     sock.close(0)
 
 

@@ -313,10 +313,10 @@ def test_worker_drops_a_replayed_request(tmp_path, zctx):
     thread = threading.Thread(target=worker.serve, daemon=True)
     thread.start()
     try:
-        identity, _, ready = router.recv_multipart()
+        identity, ready = router.recv_multipart()  # no empty delimiter (PROTOCOL.md 4.3)
 
         def to_worker(kind: Kind, counter: int, body: bytes) -> list[bytes]:
-            return [identity, b"", seal(key, Header(Channel.WORKER, kind,
+            return [identity, seal(key, Header(Channel.WORKER, kind,
                                                             Sender.BROKER, sid, counter), body)]
 
         def replied() -> bytes:
