@@ -119,9 +119,12 @@ def box_key(private_key: bytes, peer_public_key: bytes) -> bytes:
 def seal(key: bytes, header: Header, body: bytes, nonce: bytes | None = None) -> bytes:
     """The envelope of ``body`` under ``key``. ``nonce`` is for test vectors only: leave it
     out and a fresh random one is used (192-bit nonces are safe to draw at random)."""
-    if nonce is None:
-        nonce = os.urandom(NONCE_SIZE)
-    head = header.pack()
+    return _encrypt(key, header.pack(), body,
+                    nonce if nonce is not None else os.urandom(NONCE_SIZE))
+
+
+def _encrypt(key: bytes, head: bytes, body: bytes, nonce: bytes) -> bytes:
+    """header | nonce | ciphertext and tag of ``body``, with the header as associated data."""
     out = ffi.new("unsigned char[]", len(body) + TAG_SIZE)
     lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
         out, ffi.NULL, body, len(body), head, HEADER_SIZE, ffi.NULL, nonce, key)
@@ -166,15 +169,19 @@ def open_envelope(key: bytes, data: bytes, channel: Channel, sender: Sender,
 
 
 def _decrypt(key: bytes, data: bytes) -> bytes:
-    size = len(data) - HEADER_SIZE - NONCE_SIZE - TAG_SIZE
-    out = ffi.new("unsigned char[]", max(size, 1))
-    cipher = data[HEADER_SIZE + NONCE_SIZE:]
+    """The body of an envelope at least MIN_SEALED long; ProtocolError if its tag fails.
+
+    Pointers into ``data`` instead of copies of its parts; libsodium checks the tag of an
+    empty body without an output buffer."""
+    size = len(data) - MIN_SEALED
+    at = ffi.from_buffer(data)
+    body = bytearray(size)
     rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        out, ffi.NULL, ffi.NULL, cipher, len(cipher), data[:HEADER_SIZE], HEADER_SIZE,
-        data[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE], key)
+        ffi.from_buffer(body) if size else ffi.NULL, ffi.NULL, ffi.NULL,
+        at + HEADER_SIZE + NONCE_SIZE, size + TAG_SIZE, at, HEADER_SIZE, at + HEADER_SIZE, key)
     if rc != 0:
         raise ProtocolError("message could not be authenticated (tampered, or wrong key)")
-    return ffi.buffer(out, size)[:]
+    return bytes(body)
 
 
 # -- one context's hot path: the header packed once (a conversation's MESSAGE/ACK) ----------
@@ -192,12 +199,7 @@ def header_prefix(channel: int, kind: int, sender: int, context: bytes) -> bytes
 
 def seal_prefixed(key: bytes, prefix: bytes, counter: int, body: bytes) -> bytes:
     """Exactly :func:`seal` of the header ``prefix`` + ``counter``, without packing it."""
-    head = prefix + counter.to_bytes(8, "big")
-    nonce = os.urandom(NONCE_SIZE)
-    out = ffi.new("unsigned char[]", len(body) + TAG_SIZE)
-    lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        out, ffi.NULL, body, len(body), head, HEADER_SIZE, ffi.NULL, nonce, key)
-    return head + nonce + ffi.buffer(out)[:]
+    return _encrypt(key, prefix + counter.to_bytes(8, "big"), body, os.urandom(NONCE_SIZE))
 
 
 def open_prefixed(key: bytes, data: bytes, prefix: bytes) -> tuple[int, bytes] | None:
@@ -210,17 +212,7 @@ def open_prefixed(key: bytes, data: bytes, prefix: bytes) -> tuple[int, bytes] |
     """
     if len(data) < MIN_SEALED or not hmac.compare_digest(data[:PREFIX_SIZE], prefix):
         return None
-    # As _decrypt, with pointers into ``data`` instead of copies of its parts; libsodium
-    # checks the tag of an empty body without an output buffer.
-    size = len(data) - MIN_SEALED
-    at = ffi.from_buffer(data)
-    body = bytearray(size)
-    rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        ffi.from_buffer(body) if size else ffi.NULL, ffi.NULL, ffi.NULL,
-        at + HEADER_SIZE + NONCE_SIZE, size + TAG_SIZE, at, HEADER_SIZE, at + HEADER_SIZE, key)
-    if rc != 0:
-        raise ProtocolError("message could not be authenticated (tampered, or wrong key)")
-    return int.from_bytes(data[PREFIX_SIZE:HEADER_SIZE], "big"), bytes(body)
+    return int.from_bytes(data[PREFIX_SIZE:HEADER_SIZE], "big"), _decrypt(key, data)
 
 
 def clear(header: Header, body: bytes) -> bytes:
