@@ -56,9 +56,9 @@ from agora.envelope import (
     peek,
     seal,
 )
-from agora.errors import LocalError, ProtocolError, RemoteError, UnauthenticatedRefusal
+from agora.errors import LocalError, ProtocolError, UnauthenticatedRefusal
 from agora.protocol import MAX_DATAGRAM, Channel, ErrorCode, Kind, Sender
-from agora.wire import decode_json
+from agora.wire import decode_json, decode_refusal
 
 # -- money ----------------------------------------------------------------------------------
 
@@ -222,23 +222,15 @@ def open_reply(key: bytes, frames: list[bytes], request: Header) -> dict[str, An
     data = frames[0]
     if peek(data).kind == Kind.ERROR:
         header, body = open_clear(data, Channel.AUCTION, Sender.AUCTIONEER, {Kind.ERROR})
-        error = _error_of(body)
+        error = decode_refusal(body)
         raise UnauthenticatedRefusal(error.code.value, error.message)
     header, body = open_envelope(key, data, Channel.AUCTION, Sender.AUCTIONEER, REPLY_KINDS,
                                  request.context)
     if header.counter != request.counter:
         raise ProtocolError("auctioneer reply answers another request")
     if header.kind == Kind.REFUSED:
-        raise _error_of(body)
+        raise decode_refusal(body)
     return decode_json(body)
-
-
-def _error_of(body: bytes) -> RemoteError:
-    try:
-        obj = decode_json(body)
-        return RemoteError(str(obj.get("code", "internal")), str(obj.get("message", "error")))
-    except ProtocolError:
-        return RemoteError(ErrorCode.INTERNAL, "malformed error reply")
 
 
 def encode_json(obj: Any) -> bytes:

@@ -21,7 +21,6 @@ import json
 import struct
 from typing import Any
 
-from agora.crypto import open_sealed
 from agora.envelope import (
     HEADER_SIZE,
     NO_CONTEXT,
@@ -65,29 +64,6 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProtocolError(f"field {name!r} missing or of the wrong type")
     return value
-
-
-def remote_error(body: bytes) -> RemoteError:
-    try:
-        obj = decode_json(body)
-        return RemoteError(str(obj.get("code", "internal")), str(obj.get("message", "error")))
-    except ProtocolError:
-        return RemoteError(ErrorCode.INTERNAL, "malformed error reply")
-
-
-# -- sealed envelopes ---------------------------------------------------------------------
-
-def open_with_header(box: Any, data: bytes, header: struct.Struct,
-                     what: str) -> tuple[tuple[Any, ...], bytes]:
-    """Decrypt ``data`` and split the plaintext into ``header``'s fields and the rest.
-
-    Every sealed agora envelope is a fixed binary header then a body; this is the one place
-    that checks the header fits. ProtocolError for anything that does not open or fit.
-    """
-    plain = open_sealed(box, data)
-    if len(plain) < header.size:
-        raise ProtocolError(f"{what} too short")
-    return header.unpack_from(plain), plain[header.size :]
 
 
 # -- client channel, AGORA/2 (docs/PROTOCOL.md section 3) -----------------------------------
@@ -508,7 +484,7 @@ def open_to_worker(key: bytes, data: bytes, sid: bytes) -> tuple[Header, bytes]:
     header = peek(data)
     if header.kind == Kind.ERROR:
         _, body = open_clear(data, Channel.WORKER, Sender.BROKER, {Kind.ERROR})
-        error = remote_error(body)
+        error = decode_refusal(body)
         raise UnauthenticatedRefusal(error.code.value, error.message)
     return open_worker_message(key, data, sid, Sender.BROKER)
 
