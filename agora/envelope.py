@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 import struct
 from collections import OrderedDict
@@ -69,6 +70,11 @@ KEY_SIZE = 32
 MIN_SEALED = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
 NO_CONTEXT = bytes(CONTEXT_SIZE)
 _PREFIX = MAGIC + bytes([VERSION])
+#: The cffi type of the output buffers, looked up once (not parsed from a string per call).
+_BYTES = ffi.typeof("unsigned char[]")
+#: Below this size a ciphertext is handed to libsodium as a slice (a small copy costs less
+#: than making a pointer into it); larger ones by pointer, never copied.
+_SLICE_BELOW = 2048
 
 
 class Header(NamedTuple):
@@ -118,14 +124,41 @@ def box_key(private_key: bytes, peer_public_key: bytes) -> bytes:
 
 def seal(key: bytes, header: Header, body: bytes, nonce: bytes | None = None) -> bytes:
     """The envelope of ``body`` under ``key``. ``nonce`` is for test vectors only: leave it
-    out and a fresh random one is used (192-bit nonces are safe to draw at random)."""
-    return _encrypt(key, header.pack(), body,
-                    nonce if nonce is not None else os.urandom(NONCE_SIZE))
+    out and a fresh one from :func:`fresh_nonce` is used."""
+    return _encrypt(key, header.pack(), body, nonce if nonce is not None else fresh_nonce())
+
+
+class _NonceSource:
+    """Nonces that never repeat: a random 16-octet prefix drawn per process, then a 64-bit
+    counter (PROTOCOL.md 1.3).
+
+    XChaCha20-Poly1305 needs a nonce used once per key; a random 192-bit one would do, but
+    costs a system call per message (getrandom), a measurable share of a call. Two processes
+    sealing under one key (client and broker share a session key) draw their prefixes
+    independently, so theirs collide with probability 2^-128. A forked child draws a new
+    prefix (os.register_at_fork): it must not repeat its parent's next nonces.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(NONCE_SIZE - 8)
+        # itertools.count's next() is one C call under the GIL: safe across threads.
+        self.counter = itertools.count(1)
+
+    def __call__(self) -> bytes:
+        return self.prefix + next(self.counter).to_bytes(8, "big")
+
+
+#: The next nonce of this process (see _NonceSource).
+fresh_nonce = _NonceSource()
+os.register_at_fork(after_in_child=fresh_nonce.reset)
 
 
 def _encrypt(key: bytes, head: bytes, body: bytes, nonce: bytes) -> bytes:
     """header | nonce | ciphertext and tag of ``body``, with the header as associated data."""
-    out = ffi.new("unsigned char[]", len(body) + TAG_SIZE)
+    out = ffi.new(_BYTES, len(body) + TAG_SIZE)
     lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
         out, ffi.NULL, body, len(body), head, HEADER_SIZE, ffi.NULL, nonce, key)
     return head + nonce + ffi.buffer(out)[:]
@@ -171,17 +204,23 @@ def open_envelope(key: bytes, data: bytes, channel: Channel, sender: Sender,
 def _decrypt(key: bytes, data: bytes) -> bytes:
     """The body of an envelope at least MIN_SEALED long; ProtocolError if its tag fails.
 
-    Pointers into ``data`` instead of copies of its parts; libsodium checks the tag of an
-    empty body without an output buffer."""
+    A small envelope's nonce and ciphertext are passed as slices, a large one's as pointers
+    into ``data`` (no copy); libsodium checks the tag of an empty body without an output
+    buffer."""
     size = len(data) - MIN_SEALED
-    at = ffi.from_buffer(data)
-    body = bytearray(size)
-    rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        ffi.from_buffer(body) if size else ffi.NULL, ffi.NULL, ffi.NULL,
-        at + HEADER_SIZE + NONCE_SIZE, size + TAG_SIZE, at, HEADER_SIZE, at + HEADER_SIZE, key)
+    out = ffi.new(_BYTES, size) if size else ffi.NULL
+    if size < _SLICE_BELOW:
+        rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            out, ffi.NULL, ffi.NULL, data[HEADER_SIZE + NONCE_SIZE:], size + TAG_SIZE,
+            data, HEADER_SIZE, data[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE], key)
+    else:
+        at = ffi.from_buffer(data)
+        rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            out, ffi.NULL, ffi.NULL, at + HEADER_SIZE + NONCE_SIZE, size + TAG_SIZE, at,
+            HEADER_SIZE, at + HEADER_SIZE, key)
     if rc != 0:
         raise ProtocolError("message could not be authenticated (tampered, or wrong key)")
-    return bytes(body)
+    return ffi.buffer(out)[:] if size else b""
 
 
 # -- one context's hot path: the header packed once (a conversation's MESSAGE/ACK) ----------
@@ -199,7 +238,7 @@ def header_prefix(channel: int, kind: int, sender: int, context: bytes) -> bytes
 
 def seal_prefixed(key: bytes, prefix: bytes, counter: int, body: bytes) -> bytes:
     """Exactly :func:`seal` of the header ``prefix`` + ``counter``, without packing it."""
-    return _encrypt(key, prefix + counter.to_bytes(8, "big"), body, os.urandom(NONCE_SIZE))
+    return _encrypt(key, prefix + counter.to_bytes(8, "big"), body, fresh_nonce())
 
 
 def open_prefixed(key: bytes, data: bytes, prefix: bytes) -> tuple[int, bytes] | None:
@@ -328,5 +367,5 @@ __all__ = [
     "CONTEXT_SIZE", "HEADER_SIZE", "Header", "KEY_SIZE", "MIN_SEALED", "NONCE_SIZE",
     "NO_CONTEXT", "ReplayGuard", "TAG_SIZE", "box_key", "clear", "context_id", "is_fresh",
     "open_clear", "open_envelope", "peek", "public_key", "seal", "timestamp_counter",
-    "PREFIX_SIZE", "header_prefix", "open_prefixed", "seal_prefixed",
+    "PREFIX_SIZE", "header_prefix", "open_prefixed", "seal_prefixed", "fresh_nonce",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import nacl.bindings
 import pytest
@@ -39,12 +40,56 @@ def test_seal_matches_libsodium_public_binding():
     assert data == head + nonce + expected
 
 
+# A small body is opened from slices of the envelope, a large one by pointer: both checked.
+@pytest.mark.parametrize("body", [b"some body bytes", bytes(range(256)) * 40],
+                         ids=["small", "large"])
 @pytest.mark.parametrize("position", [0, 3, 4, 5, 10, 29, 30, 60, -1])
-def test_any_changed_byte_is_refused(position):
-    data = bytearray(seal(KEY, call(), b"some body bytes"))
+def test_any_changed_byte_is_refused(position, body):
+    sealed = seal(KEY, call(), body)
+    assert open_envelope(KEY, sealed, Channel.CLIENT, Sender.CLIENT, {Kind.CALL}, SID)[1] == body
+    data = bytearray(sealed)
     data[position] ^= 0x01
     with pytest.raises(ProtocolError):
         open_envelope(KEY, bytes(data), Channel.CLIENT, Sender.CLIENT, {Kind.CALL}, SID)
+
+
+def nonce_of(data: bytes) -> bytes:
+    return data[envelope.HEADER_SIZE:envelope.HEADER_SIZE + envelope.NONCE_SIZE]
+
+
+def test_no_two_envelopes_share_a_nonce_across_threads():
+    nonces: list[bytes] = []
+
+    def seal_many() -> None:
+        nonces.extend(nonce_of(seal(KEY, call(), b"x")) for _ in range(2000))
+
+    threads = [threading.Thread(target=seal_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    nonces += [nonce_of(envelope.seal_prefixed(KEY, bytes(22), 1, b"x")) for _ in range(2000)]
+    assert len(set(nonces)) == len(nonces) == 10_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_repeats_its_parents_nonces():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next nonce, to the parent, and out without cleanup
+        try:
+            os.write(write_end, nonce_of(seal(KEY, call(), b"x")))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        child = os.read(read_end, envelope.NONCE_SIZE)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    parent = nonce_of(seal(KEY, call(), b"x"))
+    assert len(child) == envelope.NONCE_SIZE
+    assert child[:16] != parent[:16]  # a prefix of its own, not the parent's next counters
 
 
 def test_truncated_message_is_refused():
