@@ -37,7 +37,7 @@ __all__ = [
     "Box", "PrivateKey", "PublicKey", "SealedBox", "SecretBox", "SigningKey", "VerifyKey",
     "b64", "unb64", "constant_time_equal", "fingerprint", "hash_secret", "new_token",
     "new_symmetric_key", "new_one_time_id", "normalize_one_time_id", "password_key",
-    "seal", "open_sealed", "public_key_from_bytes",
+    "seal", "open_sealed",
 ]
 
 
@@ -126,14 +126,3 @@ def open_sealed(box: SecretBox | Box, data: bytes) -> bytes:
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise ProtocolError("message could not be decrypted") from None
 
-
-def public_key_from_bytes(data: bytes) -> PublicKey:
-    if len(data) != PublicKey.SIZE:
-        raise ProtocolError("public key must be 32 bytes")
-    return PublicKey(data)
-
-
-def verify_key_from_bytes(data: bytes) -> VerifyKey:
-    if len(data) != 32:
-        raise ProtocolError("verify key must be 32 bytes")
-    return VerifyKey(data)
