@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from agents.auction import AuctionClient
+from agents.auction_view import AuctionView
 from agora.auction_wire import seal_request
 from agora.crypto import SigningKey
 from agora.envelope import peek, timestamp_counter
@@ -314,13 +316,19 @@ def test_view_drops_duplicates_from_the_second_path():
     assert [e["kind"] for e in events] == ["rekey", "opened"]
 
 
-def test_the_bids_of_one_batch_are_announced_in_one_signed_datagram():
-    h = Harness()
+def watched_item(h: Harness) -> tuple[AuctionClient, AuctionClient, AuctionView]:
+    """An open item, two joined bidders (ana and bob) and ana's view; the outbox emptied."""
     h.core.open_item(item(), "lamp.json", T0)
     ana, bob = h.bidder("ana"), h.bidder("bob")
     view = h.view(ana)
     h.join(bob)
     h.core.take_outbox()
+    return ana, bob, view
+
+
+def test_the_bids_of_one_batch_are_announced_in_one_signed_datagram():
+    h = Harness()
+    ana, bob, view = watched_item(h)
     for n, who in enumerate([ana, bob, ana]):
         h.bid(who, 1000 + 100 * n, now=T0 + 1)
     (datagram,) = h.core.take_outbox()
@@ -331,11 +339,7 @@ def test_the_bids_of_one_batch_are_announced_in_one_signed_datagram():
 
 def test_a_snapshot_counts_the_events_announced_before_it():
     h = Harness()
-    h.core.open_item(item(), "lamp.json", T0)
-    ana, bob = h.bidder("ana"), h.bidder("bob")
-    view = h.view(ana)
-    h.join(bob)
-    h.core.take_outbox()
+    ana, bob, view = watched_item(h)
     h.bid(bob, 1000, now=T0 + 1)
     view.apply_snapshot(h.ask(ana, Kind.SNAPSHOT, {}, T0 + 1))  # shows bob's bid...
     h.bid(bob, 1100, now=T0 + 2)
@@ -347,11 +351,7 @@ def test_a_snapshot_counts_the_events_announced_before_it():
 
 def test_view_notices_a_gap_and_a_snapshot_repairs_it():
     h = Harness()
-    h.core.open_item(item(), "lamp.json", T0)
-    ana, bob = h.bidder("ana"), h.bidder("bob")
-    view = h.view(ana)
-    h.join(bob)
-    h.core.take_outbox()  # the view's snapshot already covers these
+    ana, bob, view = watched_item(h)  # the view's snapshot already covers what came before
     h.bid(bob, 1000, now=T0 + 1)
     (lost,) = h.core.take_outbox()
     h.bid(bob, 1100, now=T0 + 2)
