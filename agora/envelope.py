@@ -204,12 +204,12 @@ def open_envelope(key: bytes, data: bytes, channel: Channel, sender: Sender,
 def _decrypt(key: bytes, data: bytes) -> bytes:
     """The body of an envelope at least MIN_SEALED long; ProtocolError if its tag fails.
 
-    A small envelope's nonce and ciphertext are passed as slices, a large one's as pointers
-    into ``data`` (no copy); libsodium checks the tag of an empty body without an output
-    buffer."""
+    A small envelope's nonce and ciphertext are passed as slices, a large one's (or one in
+    another buffer type than bytes) as pointers into ``data`` (no copy); libsodium checks
+    the tag of an empty body without an output buffer."""
     size = len(data) - MIN_SEALED
     out = ffi.new(_BYTES, size) if size else ffi.NULL
-    if size < _SLICE_BELOW:
+    if size < _SLICE_BELOW and type(data) is bytes:  # other buffers: by pointer
         rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
             out, ffi.NULL, ffi.NULL, data[HEADER_SIZE + NONCE_SIZE:], size + TAG_SIZE,
             data, HEADER_SIZE, data[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE], key)

@@ -53,6 +53,14 @@ def test_any_changed_byte_is_refused(position, body):
         open_envelope(KEY, bytes(data), Channel.CLIENT, Sender.CLIENT, {Kind.CALL}, SID)
 
 
+@pytest.mark.parametrize("buffer", [bytearray, memoryview])
+def test_an_envelope_in_any_buffer_opens(buffer):
+    sealed = seal(KEY, call(), b"some body bytes")
+    header, body = open_envelope(KEY, buffer(sealed), Channel.CLIENT, Sender.CLIENT,
+                                 {Kind.CALL}, SID)
+    assert body == b"some body bytes" and header == call()
+
+
 def nonce_of(data: bytes) -> bytes:
     return data[envelope.HEADER_SIZE:envelope.HEADER_SIZE + envelope.NONCE_SIZE]
 
