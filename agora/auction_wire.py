@@ -58,7 +58,7 @@ from agora.envelope import (
 )
 from agora.errors import LocalError, ProtocolError, UnauthenticatedRefusal
 from agora.protocol import MAX_DATAGRAM, Channel, ErrorCode, Kind, Sender
-from agora.wire import decode_json, decode_refusal
+from agora.wire import decode_json, decode_refusal, open_answer
 
 # -- money ----------------------------------------------------------------------------------
 
@@ -224,13 +224,8 @@ def open_reply(key: bytes, frames: list[bytes], request: Header) -> dict[str, An
         header, body = open_clear(data, Channel.AUCTION, Sender.AUCTIONEER, {Kind.ERROR})
         error = decode_refusal(body)
         raise UnauthenticatedRefusal(error.code.value, error.message)
-    header, body = open_envelope(key, data, Channel.AUCTION, Sender.AUCTIONEER, REPLY_KINDS,
-                                 request.context)
-    if header.counter != request.counter:
-        raise ProtocolError("auctioneer reply answers another request")
-    if header.kind == Kind.REFUSED:
-        raise decode_refusal(body)
-    return decode_json(body)
+    return decode_json(open_answer(key, data, Channel.AUCTION, Sender.AUCTIONEER, REPLY_KINDS,
+                                   request.context, request.counter, "auctioneer reply"))
 
 
 def encode_json(obj: Any) -> bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Collection
 from typing import Any
 
 from agora.envelope import (
@@ -178,6 +179,19 @@ def result_prefix(sid: bytes) -> bytes:
     return header_prefix(Channel.CLIENT, Kind.RESULT, Sender.BROKER, sid)
 
 
+def open_answer(key: bytes, data: bytes, channel: Channel, sender: Sender,
+                kinds: Collection[int], context: bytes, counter: int, who: str) -> bytes:
+    """The body of a sealed answer (RESULT or the channel's reply kinds) to the request
+    ``counter`` in ``context``; RemoteError for a sealed REFUSED; ProtocolError otherwise.
+    ``who`` names the answer in the error ("session reply", "auctioneer reply")."""
+    header, body = open_envelope(key, data, channel, sender, kinds, context)
+    if header.counter != counter:
+        raise ProtocolError(f"{who} does not answer this request")
+    if header.kind == Kind.REFUSED:
+        raise decode_refusal(body)
+    return body
+
+
 def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int,
                        prefix: bytes | None = None) -> Any:
     """The result of the reply to session request ``counter``; RemoteError for a refusal
@@ -195,13 +209,8 @@ def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int
         if opened is not None and opened[0] == counter:
             return _result(opened[1])
     raise_if_clear_error(data)
-    header, body = open_envelope(key, data, Channel.CLIENT, Sender.BROKER, SESSION_REPLIES,
-                                 sid)
-    if header.counter != counter:
-        raise ProtocolError("session reply does not answer this request")
-    if header.kind == Kind.REFUSED:
-        raise decode_refusal(body)
-    return _result(body)
+    return _result(open_answer(key, data, Channel.CLIENT, Sender.BROKER, SESSION_REPLIES, sid,
+                               counter, "session reply"))
 
 
 def _result(body: bytes) -> Any:
@@ -356,16 +365,10 @@ def open_preauth_reply(frames: list[bytes], request: Header, result_key: bytes,
     raise_if_clear_error(data)
     kind = data[4] if len(data) > 4 else -1
     key = refusal_key if kind == Kind.REFUSED else result_key
-    header, body = open_envelope(key, data, Channel.CLIENT, Sender.BROKER, SESSION_REPLIES,
-                                 request.context)
-    if header.counter != request.counter:
-        raise ProtocolError("reply does not answer this request")
-    if header.kind == Kind.REFUSED:
-        raise decode_refusal(body)
-    return body
+    return open_answer(key, data, Channel.CLIENT, Sender.BROKER, SESSION_REPLIES,
+                       request.context, request.counter, "reply")
 
 
-# -- worker messages ----------------------------------------------------------------------
 # -- worker messages (docs/PROTOCOL.md 4.3) ------------------------------------------------
 
 #: What a worker may send, and what the broker may send, sealed on Channel.WORKER.
