@@ -62,6 +62,16 @@ def zctx():
     ctx.destroy(linger=0)
 
 
+def raw_dealer(zctx: zmq.Context, endpoint: str, timeout_ms: int = 3000) -> zmq.Socket:
+    """A plain DEALER (no agora code in it) connected to ``endpoint``, for sending raw
+    frames; a receive gives up after ``timeout_ms``."""
+    sock = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    sock.connect(endpoint)
+    return sock
+
+
 class BrokerHarness:
     def __init__(self, data_dir: Path, context: zmq.Context) -> None:
         self.data_dir = data_dir

@@ -16,16 +16,9 @@ import zmq
 
 from agora.protocol import MAX_MESSAGE_FRAMES, MAX_MESSAGE_SIZE
 from agora.sockets import recv_bounded
+from tests.conftest import raw_dealer
 
 FRAME = b"f" * (200 * 1024)  # under the per-frame limit; three of them are over the total
-
-
-def dealer(zctx, endpoint: str) -> zmq.Socket:
-    sock = zctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.connect(endpoint)
-    return sock
 
 
 def test_recv_bounded_drops_too_many_frames_or_too_many_bytes_and_goes_on(zctx):
@@ -33,7 +26,7 @@ def test_recv_bounded_drops_too_many_frames_or_too_many_bytes_and_goes_on(zctx):
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.RCVTIMEO, 3000)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    sock = dealer(zctx, f"tcp://127.0.0.1:{port}")
+    sock = raw_dealer(zctx, f"tcp://127.0.0.1:{port}")
     sock.send_multipart([b"a"] * (MAX_MESSAGE_FRAMES + 1))
     sock.send_multipart([FRAME, FRAME])  # 400 KiB in two frames of 200
     sock.send_multipart([b"small", b"message"])
@@ -55,7 +48,7 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 
 
 def test_broker_drops_a_multi_frame_message_over_the_bound_and_shuts_its_sender(broker, zctx):
-    attacker, other = dealer(zctx, broker.endpoint), dealer(zctx, broker.endpoint)
+    attacker, other = raw_dealer(zctx, broker.endpoint), raw_dealer(zctx, broker.endpoint)
     attacker.send_multipart([b"", b"ana", FRAME, FRAME])
     assert wait_for(lambda: broker.server.guard.shut_oversized == 1)
     other.send_multipart([b"", b"junk"])  # not an envelope: refused in clear
@@ -70,8 +63,8 @@ def test_auctioneer_drops_a_multi_frame_message_over_the_bound(zctx, broker, tmp
 
     auction = AuctionHarness(broker, tmp_path, zctx)
     try:
-        attacker = dealer(zctx, auction.server.endpoint)
-        other = dealer(zctx, auction.server.endpoint)
+        attacker = raw_dealer(zctx, auction.server.endpoint)
+        other = raw_dealer(zctx, auction.server.endpoint)
         # Handled, the big one would be refused as bad-request (not key + one envelope).
         attacker.send_multipart([b"", b"k" * 32, FRAME, FRAME])
         assert wait_for(lambda: auction.server.guard.shut_oversized == 1)
@@ -89,7 +82,7 @@ def test_peer_inbox_drops_a_multi_frame_message_over_the_bound(zctx, broker):
 
     bob = broker.agent("Bob Reis")
     with Listening(bob):
-        sock = dealer(zctx, f"tcp://127.0.0.1:{bob.info.port}")
+        sock = raw_dealer(zctx, f"tcp://127.0.0.1:{bob.info.port}")
         sock.send_multipart([b"GET / HTTP/1.1", FRAME, FRAME])
         sock.send_multipart([b"GET / HTTP/1.0"])
         first = sock.recv_multipart()
@@ -107,7 +100,7 @@ def test_connections_past_the_bound_are_shut_and_memory_is_returned_when_they_go
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     guard = ConnectionGuard(router, max_connections=3)
-    socks = [dealer(zctx, f"tcp://127.0.0.1:{port}") for _ in range(6)]
+    socks = [raw_dealer(zctx, f"tcp://127.0.0.1:{port}") for _ in range(6)]
     for s in socks:
         s.setsockopt(zmq.RECONNECT_IVL, -1)  # a shut connection stays shut
     assert wait_for(lambda: guard.service(time.time()) or guard.refused == 3)
@@ -121,7 +114,7 @@ def test_connections_past_the_bound_are_shut_and_memory_is_returned_when_they_go
 
 
 def test_broker_counts_connections_and_forgets_closed_ones(broker, zctx):
-    socks = [dealer(zctx, broker.endpoint) for _ in range(20)]
+    socks = [raw_dealer(zctx, broker.endpoint) for _ in range(20)]
     guard = broker.server.guard
     assert wait_for(lambda: guard.live == 20)
     for s in socks:

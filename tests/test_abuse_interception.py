@@ -14,8 +14,8 @@ import pytest
 from agents import Agent
 from broker import admin
 from cli.agent_cmd import new_login_line
-from tests.conftest import PASSWORD, agora_env, run_agora
-from tests.test_service_cli import enroll_and_register, ok
+from tests.conftest import PASSWORD, run_agora
+from tests.test_service_cli import broker_process, enroll_and_register, ok
 
 
 def wait_for(predicate, timeout: float = 10.0):
@@ -70,9 +70,7 @@ def test_without_a_subscribed_listener_the_newest_listening_session_gets_peers(b
 
 @pytest.mark.time_limit(90)
 def test_agora_listen_prints_a_new_login_as_you(tmp_path, procs):
-    env = agora_env(AGORA_BROKER_DIR=str(tmp_path / "broker"), AGORA_PASSWORD=PASSWORD)
-    broker = procs("broker", "start", "--bind", "tcp://127.0.0.1:0", env=env)
-    env["AGORA_BROKER"] = broker.expect(r"ready at (\S+)").group(1)
+    broker, env = broker_process(procs, tmp_path)
     enroll_and_register(env, "Ana Lima", 3, "person", tmp_path / "ana")
     listener = procs("listen", env=dict(env, AGORA_HOME=str(tmp_path / "ana")))
     listener.expect("Listening as ana.lima")

@@ -16,8 +16,8 @@ from agora.errors import LocalError, RemoteError
 from agora.protocol import ErrorCode, Kind, Level, PrincipalKind
 from broker.store import Store
 from cli.app import app
-from tests.conftest import PASSWORD, agora_env, run_agora
-from tests.test_service_cli import enroll_and_register, ok
+from tests.conftest import run_agora
+from tests.test_service_cli import broker_process, enroll_and_register, ok
 from tests.test_workers_core import attached, bind, client, core, only, request_to, worker
 
 __all__ = ["core"]  # the fixture, shared with test_workers_core
@@ -114,9 +114,7 @@ def test_enroll_with_a_service_binds_it_and_admin_services_lists_and_changes_it(
 
 
 def test_a_refused_worker_says_why_in_one_line_and_exits_non_zero(tmp_path, procs):
-    env = agora_env(AGORA_BROKER_DIR=str(tmp_path / "broker"), AGORA_PASSWORD=PASSWORD)
-    broker = procs("broker", "start", "--bind", "tcp://127.0.0.1:0", env=env)
-    env["AGORA_BROKER"] = broker.expect(r"ready at (\S+)").group(1)
+    broker, env = broker_process(procs, tmp_path)
     enroll_and_register(env, "Rogue Worker", 5, "service", tmp_path / "rogue")
     result = run_agora("worker", "run", "agents.examples:upper", "--service", "upper",
                        "--level", "1", env=dict(env, AGORA_HOME=str(tmp_path / "rogue")))
@@ -127,9 +125,7 @@ def test_a_refused_worker_says_why_in_one_line_and_exits_non_zero(tmp_path, proc
 
 @pytest.mark.time_limit(90)
 def test_a_worker_whose_handler_hangs_still_stops_on_sigterm(tmp_path, procs):
-    env = agora_env(AGORA_BROKER_DIR=str(tmp_path / "broker"), AGORA_PASSWORD=PASSWORD)
-    broker = procs("broker", "start", "--bind", "tcp://127.0.0.1:0", env=env)
-    env["AGORA_BROKER"] = broker.expect(r"ready at (\S+)").group(1)
+    broker, env = broker_process(procs, tmp_path)
     enroll_and_register(env, "Ana Lima", 3, "person", tmp_path / "ana")
     name = enroll_and_register(env, "Hang Worker", 3, "service", tmp_path / "hang")
     ok(run_agora("admin", "services", "bind", "hang", "--principal", name, "--level", "1",

@@ -32,15 +32,7 @@ from agora.wire import (
     seal_worker_message,
 )
 from broker.server import BrokerServer
-from tests.conftest import PASSWORD
-
-
-def raw_dealer(zctx, endpoint: str) -> zmq.Socket:
-    sock = zctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 2000)
-    sock.connect(endpoint)
-    return sock
+from tests.conftest import PASSWORD, raw_dealer
 
 
 def test_broker_survives_hundreds_of_random_and_mutated_frames(broker, zctx):
@@ -56,7 +48,7 @@ def test_broker_survives_hundreds_of_random_and_mutated_frames(broker, zctx):
                                                   timestamp_counter(time.time())), bytes(80))],
         broker_key_request(),
     ]
-    sock = raw_dealer(zctx, broker.endpoint)
+    sock = raw_dealer(zctx, broker.endpoint, 2000)
     for _ in range(300):
         frames = [bytearray(f) for f in rng.choice(samples)]
         for _ in range(rng.randint(0, 3)):
@@ -80,7 +72,7 @@ def test_broker_survives_hundreds_of_random_and_mutated_frames(broker, zctx):
 
 def test_oversized_message_is_dropped_and_broker_keeps_serving(broker, zctx):
     agent = broker.agent("Ana Lima")
-    sock = raw_dealer(zctx, broker.endpoint)
+    sock = raw_dealer(zctx, broker.endpoint, 2000)
     sock.send_multipart([b"", broker_key_request()[0] + bytes(MAX_MESSAGE_SIZE + 1)])
     with pytest.raises(zmq.Again):
         sock.recv_multipart()  # libzmq dropped the connection; no reply
@@ -95,7 +87,7 @@ def test_agent_refuses_to_send_oversized_request(broker):
 
 
 def test_broker_error_reply_for_unknown_kind_over_socket(broker, zctx):
-    sock = raw_dealer(zctx, broker.endpoint)
+    sock = raw_dealer(zctx, broker.endpoint, 2000)
     request = Header(Channel.CLIENT, 0x66, Sender.CLIENT, bytes(range(16)), 7)
     sock.send_multipart([b"", request.pack()])
     empty, reply = sock.recv_multipart()
@@ -116,7 +108,7 @@ def test_worker_channel_messages_carry_no_delimiter_and_others_are_dropped(broke
     sid = os.urandom(16)
     ready = seal_worker_message(os.urandom(32), sid, 1, Sender.WORKER, Kind.READY,
                                 {"service": "upper", "level": 1})
-    sock = raw_dealer(zctx, broker.endpoint)
+    sock = raw_dealer(zctx, broker.endpoint, 2000)
     sock.send(seal_session_request(os.urandom(32), sid, 1, Kind.CALL, encode_call("echo", {})))
     sock.send_multipart([b"", ready])
     sock.send(ready)

@@ -19,7 +19,7 @@ from agents.peer_protocol import PeerEndpoint
 from agora.envelope import open_clear
 from agora.errors import LocalError, PeerOffline, PeerTimeout, RemoteError, UnauthenticatedRefusal
 from agora.protocol import MAX_MESSAGE_SIZE, Channel, ErrorCode, Kind, Sender
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, raw_dealer
 
 
 class Listening:
@@ -51,18 +51,10 @@ def ana_bob(broker):
     return broker.agent("Ana Lima"), broker.agent("Bob Reis")
 
 
-def raw_dealer(zctx, port: int) -> zmq.Socket:
-    sock = zctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    return sock
-
-
 def raw_hello(zctx, core: PeerEndpoint, receiver: Agent):
     """Send a HELLO by hand; return what ``welcome_received`` makes of the answer."""
     pending = core.hello(receiver.username, bytes(receiver.private_key.public_key), time.time())
-    dealer = raw_dealer(zctx, receiver.info.port)
+    dealer = raw_dealer(zctx, f"tcp://127.0.0.1:{receiver.info.port}")
     try:
         dealer.send_multipart(pending.frames)
         return core.welcome_received(pending, dealer.recv_multipart(), time.time())
@@ -185,7 +177,7 @@ def test_reply_travels_on_the_conversation_the_peer_opened(ana_bob):
 def test_garbage_on_the_inbox_is_refused_and_the_listener_keeps_running(zctx, ana_bob, caplog):
     ana, bob = ana_bob
     with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob) as inbox:
-        dealer = raw_dealer(zctx, bob.info.port)
+        dealer = raw_dealer(zctx, f"tcp://127.0.0.1:{bob.info.port}")
         dealer.send_multipart([b"GET / HTTP/1.1"])
         refusal = dealer.recv_multipart()
         ana.send("bob.reis", "still there?")
@@ -201,7 +193,7 @@ def test_garbage_on_the_inbox_is_refused_and_the_listener_keeps_running(zctx, an
 def test_oversized_message_on_the_inbox_is_dropped(zctx, ana_bob):
     ana, bob = ana_bob
     with Listening(bob) as inbox:
-        dealer = raw_dealer(zctx, bob.info.port)
+        dealer = raw_dealer(zctx, f"tcp://127.0.0.1:{bob.info.port}")
         dealer.send_multipart([b"ana.lima", bytes(32), b"x" * (MAX_MESSAGE_SIZE + 1)])
         time.sleep(0.1)
         ana.send("bob.reis", "after the big one")

@@ -26,6 +26,15 @@ def enroll_and_register(env, name: str, level: int, kind: str, home) -> str:
     return enrolled["username"]
 
 
+def broker_process(procs, tmp_path, *options: str):
+    """A real ``agora broker start`` on tmp_path/broker, and the environment (password,
+    data directory, endpoint) that agora commands reach it with."""
+    env = agora_env(AGORA_BROKER_DIR=str(tmp_path / "broker"), AGORA_PASSWORD=PASSWORD)
+    broker = procs("broker", "start", "--bind", "tcp://127.0.0.1:0", *options, env=env)
+    env["AGORA_BROKER"] = broker.expect(r"ready at (\S+)").group(1)
+    return broker, env
+
+
 def wait_for(predicate, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -35,10 +44,7 @@ def wait_for(predicate, timeout: float = 15) -> None:
 
 
 def test_worker_process_serves_calls_and_its_death_fails_the_call(tmp_path, procs):
-    env = agora_env(AGORA_BROKER_DIR=str(tmp_path / "broker"), AGORA_PASSWORD=PASSWORD)
-    broker = procs("broker", "start", "--bind", "tcp://127.0.0.1:0", "--call-timeout", "20",
-                   env=env)
-    env["AGORA_BROKER"] = broker.expect(r"ready at (\S+)").group(1)
+    broker, env = broker_process(procs, tmp_path, "--call-timeout", "20")
     enroll_and_register(env, "Ana Lima", 3, "person", tmp_path / "ana")
     upper = enroll_and_register(env, "Upper Worker", 3, "service", tmp_path / "upper")
     slow = enroll_and_register(env, "Slow Worker", 3, "service", tmp_path / "slow")
