@@ -12,12 +12,14 @@ import pytest
 
 from agents.notices import Notice
 from tests.conftest import PASSWORD
-from tests.test_auction_net import AuctionHarness, write_item
+from tests.test_auction_net import auction, write_item
 from tests.webui_helpers import console_client, post
 from webui import collab
 from webui.collab import CollabConsole, auction_state, collab_app
 from webui.hub import EventHub
 from webui.security import Access
+
+__all__ = ["auction"]  # the fixture, shared with test_auction_net
 
 
 def wait_for(check, timeout: float = 10.0, what: str = "condition"):
@@ -52,13 +54,6 @@ class Page:
     def close(self) -> None:
         self.client.close()
         self.console.close()
-
-
-@pytest.fixture
-def auction(broker, tmp_path, zctx):
-    harness = AuctionHarness(broker, tmp_path, zctx)
-    yield harness
-    harness.stop()
 
 
 @pytest.fixture
