@@ -51,6 +51,7 @@ from cli.common import (
     TimeoutOption,
     console,
     default_home,
+    describe,
     fail,
     password,
     print_json,
@@ -239,7 +240,7 @@ def bid(
                 if json_out:
                     print_json({"accepted": False, **exc.to_dict()})
                     raise typer.Exit(1) from None
-                raise fail(f"rejected: {exc.message} [{exc.code.value}]") from None
+                raise fail(f"rejected: {describe(exc)}") from None
         if answer.get("accepted") is not True or not isinstance(answer.get("amount"), int):
             # Only a stored bid is "accepted": anything else is not a confirmation.
             if json_out:

@@ -60,15 +60,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def describe(exc: AgoraError) -> str:
+    """One line for one of agora's errors: a refusal with its code in brackets."""
+    if isinstance(exc, RemoteError):
+        return f"{exc.message} [{exc.code.value}]"
+    return str(exc)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn agora's own errors into a one-line message and exit code 1."""
     try:
         yield
-    except RemoteError as exc:
-        raise fail(f"{exc.message} [{exc.code.value}]") from None
     except AgoraError as exc:
-        raise fail(str(exc)) from None
+        raise fail(describe(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(INTERRUPTED) from None  # Ctrl-C: the person knows; no error line
 

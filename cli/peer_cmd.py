@@ -20,9 +20,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from agents.peer import Listener
+from agents.agent import Agent
+from agents.peer import SEND_WINDOW, Listener, Receipt
 from agents.peer_protocol import PeerMessage
-from agora.errors import AgoraError, RemoteError
+from agora.errors import AgoraError
 from agora.protocol import MAILBOX_TTL
 from cli.agent_cmd import ended_by_broker, session
 from cli.common import (
@@ -32,6 +33,7 @@ from cli.common import (
     JsonOption,
     TimeoutOption,
     console,
+    describe,
     err_console,
     fail,
     password,
@@ -133,6 +135,10 @@ def send(
     no_queue: Annotated[bool, typer.Option(
         "--no-queue", help="Fail if USER is offline or not answering, instead of leaving "
         "the message in the broker's mailbox.")] = False,
+    lines: Annotated[bool, typer.Option(
+        "--lines", help="Send each line of the text as a message of its own, in order, "
+        f"up to {SEND_WINDOW} unacknowledged at a time (empty lines are skipped); for "
+        "streams: a log, a file, a script's output.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Send one message to USER and wait for their acknowledgement.
@@ -143,15 +149,27 @@ def send(
     shows it; with --no-queue that is an error instead. Other errors:
     unknown user, no acknowledgement in time, mailbox full.
 
+    With --lines, every line is a message: they go in order without waiting
+    for each acknowledgement in turn, and the command ends once all are
+    acknowledged (or left in the mailbox). If it fails half-way, the error
+    says how many went through first.
+
     Examples: `agora send bob.reis "lunch at noon?"`,
-    `printf '%s\\n' "$PW" "lunch?" | agora send bob.reis`.
+    `printf '%s\\n' "$PW" "lunch?" | agora send bob.reis`,
+    `AGORA_PASSWORD=... tail -n 50 build.log | agora send bob.reis --lines`.
     """
     secret = None
     if text is None or text == "-":
         secret = password()  # STDIN_RULE: the password line comes first, then the text
         text = sys.stdin.read().rstrip("\n")
-    if not text:
+    texts = [line for line in text.splitlines() if line] if lines else [text]
+    if not text or not texts:
         raise fail("nothing to send: give the text as an argument or on stdin")
+    if lines:
+        with user_errors(), session(home, broker, timeout, secret=secret,
+                                    quiet=json_out) as agent:
+            send_lines(agent, user, texts, timeout, not no_queue, json_out)
+        return
     with user_errors(), session(home, broker, timeout, secret=secret, quiet=json_out) as agent:
         with progress(f"Waiting for {user} to acknowledge…", json_out):
             receipt = agent.send(user, text, timeout, queue=not no_queue)
@@ -166,6 +184,38 @@ def send(
         else:
             console.print(f"Delivered to [bold cyan]{escape(receipt.to)}[/] (message "
                           f"{receipt.seq}, {receipt.round_trip * 1000:.1f} ms)", highlight=False)
+
+
+def send_lines(agent: Agent, user: str, texts: list[str], timeout: float, queue: bool,
+               json_out: bool) -> None:
+    """``agora send --lines``: the texts as one stream (PeerNode.send_many), then a summary."""
+    settled: list[Receipt] = []
+    started = time.monotonic()
+    try:
+        with progress(f"Sending {len(texts)} messages to {user}…", json_out):
+            agent.peer.send_many(user, texts, timeout, queue, on_receipt=settled.append)
+    except AgoraError as exc:
+        if not settled:
+            raise
+        raise fail(f"{describe(exc)} (after {len(settled)} of {len(texts)} messages went "
+                   "through)") from None
+    seconds = time.monotonic() - started
+    delivered = sum(r.delivered for r in settled)
+    queued = [r for r in settled if r.queued]
+    if json_out:
+        print_json({"to": user, "messages": len(texts), "delivered": delivered,
+                    "queued": len(queued), "seconds": round(seconds, 6),
+                    "receipts": [r.to_dict() for r in settled]})
+        return
+    if delivered:
+        console.print(f"Delivered {delivered} message{'s' * (delivered != 1)} to "
+                      f"[bold cyan]{escape(user)}[/] in {seconds * 1000:.1f} ms",
+                      highlight=False)
+    if queued:
+        console.print(f"{len(queued)} message{'s' * (len(queued) != 1)} not delivered now "
+                      f"({escape(queued[0].reason)}): left in the broker's mailbox, "
+                      f"end-to-end encrypted, for {MAILBOX_TTL / 86400:g} days.",
+                      highlight=False, soft_wrap=True)
 
 
 @reads_stdin
@@ -206,10 +256,6 @@ def chat(
                 if receipt.queued:
                     err_console.print(f"[yellow]left in the mailbox:[/] "
                                       f"{escape(receipt.reason)}", highlight=False)
-            except RemoteError as exc:
-                err_console.print(f"[red]not delivered:[/] "
-                                  f"{escape(f'{exc.message} [{exc.code.value}]')}",
-                                  highlight=False)
             except AgoraError as exc:
-                err_console.print(f"[red]not delivered:[/] {escape(str(exc))}",
+                err_console.print(f"[red]not delivered:[/] {escape(describe(exc))}",
                                   highlight=False)

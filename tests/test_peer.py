@@ -17,8 +17,15 @@ from agents import Agent
 from agents.peer import Listener
 from agents.peer_protocol import PeerEndpoint
 from agora.envelope import open_clear
-from agora.errors import LocalError, PeerOffline, PeerTimeout, RemoteError, UnauthenticatedRefusal
-from agora.protocol import MAX_MESSAGE_SIZE, Channel, ErrorCode, Kind, Sender
+from agora.errors import (
+    LocalError,
+    MessageTooLarge,
+    PeerOffline,
+    PeerTimeout,
+    RemoteError,
+    UnauthenticatedRefusal,
+)
+from agora.protocol import MAX_MESSAGE_SIZE, MAX_PEER_TEXT, Channel, ErrorCode, Kind, Sender
 from tests.conftest import PASSWORD, raw_dealer
 
 
@@ -106,6 +113,75 @@ def test_listener_receives_from_several_peers_at_the_same_time(broker):
     for agent in senders:
         texts = [m.text for m in received if m.sender == agent.username]
         assert texts == [f"{agent.username} {i}" for i in range(5)]
+
+
+def test_send_many_delivers_every_text_in_order(ana_bob):
+    ana, bob = ana_bob
+    texts = [f"line {i}" for i in range(100)]
+    with Listening(bob) as inbox:
+        receipts = ana.peer.send_many("bob.reis", texts, window=8)
+        received = inbox.wait_for(100)
+    assert [m.text for m in received] == texts
+    assert [r.seq for r in receipts] == list(range(1, 101))
+    assert all(r.delivered for r in receipts)
+
+
+def test_send_many_keeps_a_window_of_messages_unacknowledged(ana_bob):
+    ana, bob = ana_bob
+    in_flight_at_first_ack = []
+
+    def first(receipt) -> None:
+        if not in_flight_at_first_ack:
+            [conversation] = ana.peer.conversations.values()
+            in_flight_at_first_ack.append(conversation.send_seq)
+
+    with Listening(bob) as inbox:
+        ana.peer.send_many("bob.reis", [str(i) for i in range(10)], window=4, on_receipt=first)
+        inbox.wait_for(10)
+    # Four were sent before any ACK was waited for: a stream, not one round trip each.
+    assert in_flight_at_first_ack == [4]
+
+
+def test_send_many_checks_every_text_before_sending_any(ana_bob):
+    ana, bob = ana_bob
+    texts = ["fine", "x" * (MAX_PEER_TEXT + 1), "also fine"]
+    with Listening(bob) as inbox:
+        with pytest.raises(MessageTooLarge):
+            ana.peer.send_many("bob.reis", texts)
+        ana.send("bob.reis", "after")
+        received = inbox.wait_for(1)
+    assert [m.text for m in received] == ["after"]
+
+
+def test_send_many_to_an_offline_peer_leaves_each_text_in_the_mailbox(broker):
+    ana = broker.agent("Ana Lima")
+    bob = broker.agent("Bob Reis", login=False)
+    seen = []
+    receipts = ana.peer.send_many("bob.reis", ["one", "two", "three"], on_receipt=seen.append)
+    assert [r.queued for r in receipts] == [True, True, True] and seen == receipts
+    bob.login(PASSWORD)
+    with Listening(bob) as inbox:
+        received = inbox.wait_for(3)
+    assert [m.text for m in received] == ["one", "two", "three"]
+
+
+def test_send_many_goes_again_on_a_new_conversation_when_the_peer_vanished(broker, ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        ana.send("bob.reis", "before")
+        inbox.wait_for(1)
+    for sock in list(bob.peer.conversations):  # bob's process dies: no goodbye, no logout
+        sock.close(0)
+    bob.inbox.close(0)
+    bob2 = Agent(bob.home, broker=broker.endpoint, context=broker.context, timeout=2.0)
+    broker.agents.append(bob2)
+    bob2.login(PASSWORD)
+    texts = [f"after {i}" for i in range(20)]
+    with Listening(bob2) as inbox2:
+        receipts = ana.peer.send_many("bob.reis", texts, timeout=0.5, window=4)
+        inbox2.wait_for(len(texts) + 1, timeout=0.3)  # time for a copy shown twice
+    assert [m.text for m in inbox2.received] == texts
+    assert len({r.conversation for r in receipts}) == 1 and all(r.delivered for r in receipts)
 
 
 def test_send_to_unknown_user_fails_with_unknown_user(ana_bob):

@@ -60,6 +60,34 @@ def test_message_to_offline_user_waits_in_the_mailbox_until_they_listen(broker, 
                                                                 "mailbox")
 
 
+def test_send_lines_streams_each_line_as_a_message(broker, procs):
+    ana_home, bob_home = homes(broker, "Ana Lima", "Bob Reis")
+    env = agora_env(AGORA_PASSWORD=PASSWORD, AGORA_BROKER=broker.endpoint)
+    listener = procs("listen", "--home", bob_home, "--json", env=env)
+    listener.expect(r"^\{.*listening.*")
+    sent = run_agora("send", "bob.reis", "--lines", "--json", "--home", ana_home, env=env,
+                     input="first\n\nsecond\nthird\n")
+    assert sent.returncode == 0, sent.stderr
+    summary = json.loads(sent.stdout)
+    assert (summary["messages"], summary["delivered"], summary["queued"]) == (3, 3, 0)
+    assert [r["seq"] for r in summary["receipts"]] == [1, 2, 3]
+    texts = [json.loads(listener.expect(r"^\{.*ana\.lima.*").group(0))["text"]
+             for _ in range(3)]
+    assert texts == ["first", "second", "third"]
+
+
+def test_send_lines_that_stop_half_way_say_how_many_went_through(broker, monkeypatch):
+    ana_home, _ = homes(broker, "Ana Lima", "Bob Reis")  # bob offline: letters
+    monkeypatch.setattr("broker.mailbox.MAILBOX_MAX_LETTERS", 2)
+    env = agora_env(AGORA_PASSWORD=PASSWORD, AGORA_BROKER=broker.endpoint)
+    result = run_agora("send", "bob.reis", "--lines", "--home", ana_home, env=env,
+                       input="one\ntwo\nthree\n")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "[mailbox-full]" in line
+    assert line.endswith("(after 2 of 3 messages went through)")
+
+
 def test_send_to_unknown_user_says_so_in_one_line(broker):
     [ana_home] = homes(broker, "Ana Lima")
     env = agora_env(AGORA_PASSWORD=PASSWORD, AGORA_BROKER=broker.endpoint)
