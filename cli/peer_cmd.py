@@ -156,7 +156,7 @@ def send(
 
     Examples: `agora send bob.reis "lunch at noon?"`,
     `printf '%s\\n' "$PW" "lunch?" | agora send bob.reis`,
-    `AGORA_PASSWORD=... tail -n 50 build.log | agora send bob.reis --lines`.
+    `agora send bob.reis --lines "$(tail -n 50 build.log)"`.
     """
     secret = None
     if text is None or text == "-":
