@@ -390,13 +390,10 @@ class PeerNode:
             except PeerError:  # no answer, or the peer said BYE
                 self._stale(peer, sock)
         started = time.monotonic()
-        entry = self.agent.call("lookup", {"username": peer})
-        try:
-            sock = self._open(peer, entry, timeout)
-        except (PeerOffline, PeerTimeout) as exc:
-            if not queue:
-                raise
-            return self._leave_letters(peer, entry, [text], [msg_id], [], str(exc), started)[0]
+        sock, entry, unreachable = self._reopen(peer, timeout, queue)
+        if sock is None:
+            return self._leave_letters(peer, entry, [text], [msg_id], [], unreachable,
+                                       started)[0]
         return self._deliver(sock, text, msg_id, timeout)
 
     def send_many(self, peer: str, texts: Sequence[str], timeout: float | None = None,
@@ -430,13 +427,9 @@ class PeerNode:
             except PeerError:
                 self._stale(peer, sock)
         started = time.monotonic()
-        entry = self.agent.call("lookup", {"username": peer})
-        try:
-            sock = self._open(peer, entry, timeout)
-        except (PeerOffline, PeerTimeout) as exc:
-            if not queue:
-                raise
-            return self._leave_letters(peer, entry, texts, ids, receipts, str(exc), started,
+        sock, entry, unreachable = self._reopen(peer, timeout, queue)
+        if sock is None:
+            return self._leave_letters(peer, entry, texts, ids, receipts, unreachable, started,
                                        on_receipt)
         self._stream(sock, texts, ids, receipts, timeout, window, on_receipt)
         return receipts
@@ -444,6 +437,19 @@ class PeerNode:
     def _stale(self, peer: str, sock: zmq.Socket) -> None:
         log.info("conversation with %s did not answer; opening a new one", peer)
         self._close(sock, say_bye=False, now=time.time())
+
+    def _reopen(self, peer: str, timeout: float, queue: bool,
+                ) -> tuple[zmq.Socket | None, dict[str, Any], str]:
+        """A new conversation with ``peer``, from a fresh directory look-up: (its PAIR, the
+        entry, ""); or, when ``peer`` is offline or does not answer and ``queue`` allows
+        letters, (None, the entry, why). Raises otherwise."""
+        entry = self.agent.call("lookup", {"username": peer})
+        try:
+            return self._open(peer, entry, timeout), entry, ""
+        except (PeerOffline, PeerTimeout) as exc:
+            if not queue:
+                raise
+            return None, entry, str(exc)
 
     def _leave_letters(self, peer: str, entry: dict[str, Any], texts: Sequence[str],
                        ids: list[bytes], receipts: list[Receipt], reason: str,
@@ -467,27 +473,11 @@ class PeerNode:
         conversation = self.conversations[sock]
         started = time.monotonic()
         seq, _, frames = conversation.message(text, time.time(), msg_id)
-        try:
-            sock.send(frames[0])
-        except zmq.Again:
-            raise PeerTimeout(f"{conversation.peer} is not taking messages "
-                              f"(send timed out after {timeout:g}s)") from None
-        # The ACK is received right here, in the caller's thread, by a blocking recv bounded
-        # by RCVTIMEO (set only when it changes): no poller, no hand-off.
+        self._post(sock, conversation, frames[0], timeout)
         deadline = started + timeout
         wait_ms = int(timeout * 1000)
         while True:
-            if wait_ms <= 0:
-                raise PeerTimeout(f"{conversation.peer} did not acknowledge in {timeout:g}s")
-            if self._wait_ms.get(sock) != wait_ms:
-                sock.setsockopt(_RCVTIMEO, wait_ms)
-                self._wait_ms[sock] = wait_ms
-            try:
-                frame = sock.recv(copy=False)
-            except zmq.Again:
-                raise PeerTimeout(f"{conversation.peer} did not acknowledge in "
-                                  f"{timeout:g}s") from None
-            self._on_pair(sock, conversation, frame)  # an ACK, or a message kept for poll()
+            self._take(sock, conversation, wait_ms, timeout)
             if conversation.acked >= seq:
                 return Receipt(conversation.peer, seq, conversation.short_id,
                                time.monotonic() - started)
@@ -514,29 +504,12 @@ class PeerNode:
             while sent < total and len(in_flight) < window:
                 started = time.monotonic()
                 seq, _, frames = conversation.message(texts[sent], time.time(), ids[sent])
-                try:
-                    sock.send(frames[0])
-                except zmq.Again:
-                    raise PeerTimeout(f"{conversation.peer} is not taking messages (send "
-                                      f"timed out after {timeout:g}s)") from None
+                self._post(sock, conversation, frames[0], timeout)
                 in_flight.append((seq, started))
                 sent += 1
             if not in_flight:
                 return
-            # The ACK is received right here, in the caller's thread, by a blocking recv
-            # bounded by RCVTIMEO (set only when it changes, so not per message): no
-            # poller, no hand-off.
-            if wait_ms <= 0:
-                raise PeerTimeout(f"{conversation.peer} did not acknowledge in {timeout:g}s")
-            if self._wait_ms.get(sock) != wait_ms:
-                sock.setsockopt(_RCVTIMEO, wait_ms)
-                self._wait_ms[sock] = wait_ms
-            try:
-                frame = sock.recv(copy=False)
-            except zmq.Again:
-                raise PeerTimeout(f"{conversation.peer} did not acknowledge in "
-                                  f"{timeout:g}s") from None
-            self._on_pair(sock, conversation, frame)  # an ACK, or a message kept for poll()
+            self._take(sock, conversation, wait_ms, timeout)
             acked = conversation.acked
             if in_flight[0][0] <= acked:
                 now = time.monotonic()
@@ -552,6 +525,32 @@ class PeerNode:
                 wait_ms = int((deadline - time.monotonic()) * 1000)
             if sock not in self.conversations and (in_flight or sent < total):
                 raise PeerError(f"{conversation.peer} closed the conversation")
+
+    @staticmethod
+    def _post(sock: zmq.Socket, conversation: Conversation, frame: bytes,
+              timeout: float) -> None:
+        try:
+            sock.send(frame)
+        except zmq.Again:
+            raise PeerTimeout(f"{conversation.peer} is not taking messages "
+                              f"(send timed out after {timeout:g}s)") from None
+
+    def _take(self, sock: zmq.Socket, conversation: Conversation, wait_ms: int,
+              timeout: float) -> None:
+        """Receive and handle the next message of a conversation we wait on for an ACK:
+        right here, in the caller's thread, by a blocking recv bounded by RCVTIMEO (set only
+        when it changes, not per message): no poller, no hand-off. PeerTimeout if none."""
+        if wait_ms <= 0:
+            raise PeerTimeout(f"{conversation.peer} did not acknowledge in {timeout:g}s")
+        if self._wait_ms.get(sock) != wait_ms:
+            sock.setsockopt(_RCVTIMEO, wait_ms)
+            self._wait_ms[sock] = wait_ms
+        try:
+            frame = sock.recv(copy=False)
+        except zmq.Again:
+            raise PeerTimeout(f"{conversation.peer} did not acknowledge in "
+                              f"{timeout:g}s") from None
+        self._on_pair(sock, conversation, frame)  # an ACK, or a message kept for poll()
 
     def _open(self, peer: str, entry: dict[str, Any], timeout: float) -> zmq.Socket:
         """Send HELLO to the inbox the directory ``entry`` names; connect a PAIR to WELCOME's
