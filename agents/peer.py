@@ -414,6 +414,8 @@ class PeerNode:
             raise LocalError("that is you: peer messages go to another collaborator")
         if window < 1:
             raise ValueError("window must be at least 1")
+        if not texts:
+            return []  # no conversation is opened for nothing
         for text in texts:
             encode_text(text)  # all or nothing: no stream stops half-way on a long line
         timeout = self.timeout if timeout is None else timeout

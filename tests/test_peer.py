@@ -153,6 +153,13 @@ def test_send_many_checks_every_text_before_sending_any(ana_bob):
     assert [m.text for m in received] == ["after"]
 
 
+def test_send_many_of_nothing_opens_no_conversation(ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob):
+        assert ana.peer.send_many("bob.reis", []) == []
+    assert ana.peer.conversations == {}
+
+
 def test_send_many_to_an_offline_peer_leaves_each_text_in_the_mailbox(broker):
     ana = broker.agent("Ana Lima")
     bob = broker.agent("Bob Reis", login=False)
