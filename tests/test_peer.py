@@ -172,6 +172,18 @@ def test_send_many_to_an_offline_peer_leaves_each_text_in_the_mailbox(broker):
     assert [m.text for m in received] == ["one", "two", "three"]
 
 
+def test_send_many_to_a_peer_that_stopped_reading_times_out(ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        ana.send("bob.reis", "first")
+        inbox.wait_for(1)
+    # bob is still logged in, with the conversation open, but nothing reads any more
+    started = time.monotonic()
+    with pytest.raises(PeerTimeout):
+        ana.peer.send_many("bob.reis", ["a", "b", "c"], timeout=0.3, queue=False)
+    assert time.monotonic() - started < 3
+
+
 def test_send_many_goes_again_on_a_new_conversation_when_the_peer_vanished(broker, ana_bob):
     ana, bob = ana_bob
     with Listening(bob) as inbox:
