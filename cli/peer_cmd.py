@@ -165,12 +165,10 @@ def send(
     texts = [line for line in text.splitlines() if line] if lines else [text]
     if not text or not texts:
         raise fail("nothing to send: give the text as an argument or on stdin")
-    if lines:
-        with user_errors(), session(home, broker, timeout, secret=secret,
-                                    quiet=json_out) as agent:
-            send_lines(agent, user, texts, timeout, not no_queue, json_out)
-        return
     with user_errors(), session(home, broker, timeout, secret=secret, quiet=json_out) as agent:
+        if lines:
+            send_lines(agent, user, texts, timeout, not no_queue, json_out)
+            return
         with progress(f"Waiting for {user} to acknowledge…", json_out):
             receipt = agent.send(user, text, timeout, queue=not no_queue)
         if json_out:
