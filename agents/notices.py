@@ -41,7 +41,6 @@ from agora.errors import (
 from agora.notice_wire import (
     decode_ack,
     decode_notice,
-    decode_refusal,
     encode_subscribe,
     open_from_broker,
     seal_from_agent,
@@ -56,6 +55,7 @@ from agora.protocol import (
     NoticeType,
 )
 from agora.sockets import make_socket
+from agora.wire import refusal_fields
 
 if TYPE_CHECKING:
     from agents.agent import Agent
@@ -117,7 +117,7 @@ class NoticeReceiver:
             if header.kind == Kind.SUBSCRIBE:
                 value = decode_ack(body)
             elif header.kind == Kind.REFUSED:
-                value = decode_refusal(body)
+                value = refusal_fields(body)
             elif header.kind == Kind.NOTICE:
                 value = decode_notice(body)
         except ProtocolError as exc:

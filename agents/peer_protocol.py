@@ -41,7 +41,6 @@ The clock is always passed in; nothing here sleeps, binds or connects.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -84,6 +83,7 @@ from agora.protocol import (
     Kind,
     Sender,
 )
+from agora.wire import encode_refusal, refusal_fields
 
 CONVERSATION_ID_SIZE = CONTEXT_SIZE
 MESSAGE_ID_SIZE = 16
@@ -213,21 +213,6 @@ def decode_message(body: bytes) -> tuple[bytes, int, str]:
         raise ProtocolError("message has no message id")
     msg_id, sent_at = MESSAGE_HEAD.unpack_from(body)
     return msg_id, sent_at, _decode_text(body[MESSAGE_HEAD.size:])
-
-
-def encode_refusal(code: ErrorCode, message: str) -> bytes:
-    return json.dumps({"code": code.value, "message": message[:300]},
-                      separators=(",", ":")).encode()
-
-
-def decode_refusal(body: bytes) -> tuple[str, str]:
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("refusal body is not JSON") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("refusal body is not a JSON object")
-    return str(obj.get("code", ErrorCode.BAD_REQUEST.value)), str(obj.get("message", ""))[:300]
 
 
 def encode_letter(sender: str, recipient: str, text: bytes) -> bytes:
@@ -444,7 +429,7 @@ class PeerEndpoint:
         data = frames[0]
         if peek(data).kind == Kind.ERROR:
             _, body = open_clear(data, Channel.PEER, Sender.ACCEPTOR, {Kind.ERROR})
-            code, message = decode_refusal(body)
+            code, message = refusal_fields(body)
             raise UnauthenticatedRefusal(code, f"{pending.peer} refused the conversation: "
                                          f"{message}")
         header, body = open_envelope(pending.key, data, Channel.PEER, Sender.ACCEPTOR,
@@ -452,7 +437,7 @@ class PeerEndpoint:
         if header.counter != pending.counter:
             raise ProtocolError("answer is for another HELLO")
         if header.kind == Kind.REFUSED:
-            code, message = decode_refusal(body)
+            code, message = refusal_fields(body)
             raise RemoteError(code, f"{pending.peer} refused the conversation: {message}")
         port = decode_welcome(body)
         conversation = Conversation(pending.peer, pending.peer_key, pending.conversation_id,

@@ -58,6 +58,7 @@ from agora.wire import (
     decode_json,
     decode_request,
     decode_worker_body,
+    encode_refusal,
     encode_reply,
     encode_worker_body,
     open_to_worker,
@@ -284,12 +285,12 @@ class ServiceWorker:
                                   f"over {MAX_CALL_PAYLOAD // 1024} KiB")
             return True, data
         except RemoteError as exc:
-            return False, compact_json(exc.to_dict())
+            return False, encode_refusal(exc.code, exc.message)
         except Exception as exc:
             log.exception("handler of %s failed", self.service)
-            return False, compact_json({"code": ErrorCode.SERVICE_FAILED.value,
-                                        "message": f"service {self.service} failed "
-                                                   f"({type(exc).__name__})"})
+            return False, encode_refusal(ErrorCode.SERVICE_FAILED,
+                                         f"service {self.service} failed "
+                                         f"({type(exc).__name__})")
 
     def _refused(self, exc: RemoteError) -> None:
         self.attached.clear()

@@ -58,7 +58,7 @@ from agora.envelope import (
 )
 from agora.errors import LocalError, ProtocolError, UnauthenticatedRefusal
 from agora.protocol import MAX_DATAGRAM, Channel, ErrorCode, Kind, Sender
-from agora.wire import decode_json, decode_refusal, open_answer
+from agora.wire import decode_json, decode_refusal, encode_refusal, open_answer
 
 # -- money ----------------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ def clear_error(request: Header | None, code: ErrorCode, message: str) -> list[b
     and the bidder treats it as unauthenticated."""
     context, counter = (request.context, request.counter) if request else (bytes(16), 0)
     header = Header(Channel.AUCTION, Kind.ERROR, Sender.AUCTIONEER, context, counter)
-    return [clear(header, encode_json({"code": code.value, "message": message}))]
+    return [clear(header, encode_refusal(code, message))]
 
 
 def open_reply(key: bytes, frames: list[bytes], request: Header) -> dict[str, Any]:

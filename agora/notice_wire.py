@@ -27,6 +27,7 @@ from typing import Any
 from agora.envelope import Header, clear, open_clear, open_envelope, peek, seal
 from agora.errors import ProtocolError, UnauthenticatedRefusal
 from agora.protocol import SUBSCRIBE_MEMBERSHIP, Channel, ErrorCode, Kind, Sender
+from agora.wire import encode_refusal, refusal_fields
 
 #: What an agent may send, and what the broker may send, sealed.
 AGENT_KINDS = frozenset({Kind.SUBSCRIBE, Kind.HEARTBEAT, Kind.DISCONNECT})
@@ -99,15 +100,6 @@ def decode_notice(body: bytes) -> dict[str, Any]:
     return notice
 
 
-def encode_refusal(code: ErrorCode, message: str) -> bytes:
-    return _json({"code": code.value, "message": message})
-
-
-def decode_refusal(body: bytes) -> tuple[str, str]:
-    obj = _object(body)
-    return str(obj.get("code", ErrorCode.BAD_REQUEST.value)), str(obj.get("message", ""))[:300]
-
-
 def seal_from_broker(key: bytes, sid: bytes, kind: Kind, counter: int, body: bytes = b"",
                      nonce: bytes | None = None) -> bytes:
     return seal(key, Header(Channel.NOTICE, kind, Sender.BROKER, sid, counter), body, nonce)
@@ -124,5 +116,5 @@ def open_from_broker(key: bytes, data: bytes, sid: bytes) -> tuple[Header, bytes
     header = peek(data)
     if header.kind == Kind.ERROR:
         _, body = open_clear(data, Channel.NOTICE, Sender.BROKER, {Kind.ERROR})
-        raise UnauthenticatedRefusal(*decode_refusal(body))
+        raise UnauthenticatedRefusal(*refusal_fields(body))
     return open_envelope(key, data, Channel.NOTICE, Sender.BROKER, BROKER_KINDS, sid)

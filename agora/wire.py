@@ -82,6 +82,8 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any
 SESSION_REQUESTS = frozenset({Kind.CALL, Kind.LOGOUT})
 SESSION_REPLIES = frozenset({Kind.RESULT, Kind.REFUSED})
 MAX_SERVICE_NAME = 255
+#: A refusal's message is one line for a person: longer ones are cut to this many characters.
+MAX_REFUSAL_MESSAGE = 300
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
@@ -125,14 +127,24 @@ def decode_call(body: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def encode_refusal(code: ErrorCode | str, message: str) -> bytes:
-    return compact_json({"code": getattr(code, "value", code), "message": message})
+    """A refusal body, the same on every channel (PROTOCOL.md 1.6): JSON {"code", "message"},
+    the message cut at MAX_REFUSAL_MESSAGE characters."""
+    return compact_json({"code": getattr(code, "value", code),
+                         "message": message[:MAX_REFUSAL_MESSAGE]})
+
+
+def refusal_fields(body: bytes) -> tuple[str, str]:
+    """``(code, message)`` of a refusal body; ProtocolError if it is not a JSON object.
+    A missing code reads as ``internal``; a long message is cut as the sender should have."""
+    obj = decode_json(body)
+    return (str(obj.get("code", ErrorCode.INTERNAL.value)),
+            str(obj.get("message", ""))[:MAX_REFUSAL_MESSAGE])
 
 
 def decode_refusal(body: bytes, authenticated: bool = True) -> RemoteError:
     """The RemoteError a refusal body stands for (``internal`` if it is malformed)."""
     try:
-        obj = decode_json(body)
-        code, message = str(obj.get("code", "internal")), str(obj.get("message", "error"))
+        code, message = refusal_fields(body)
     except ProtocolError:
         code, message = ErrorCode.INTERNAL.value, "malformed refusal"
     return RemoteError(code, message, authenticated=authenticated)
@@ -496,4 +508,4 @@ def worker_error(sid: bytes, code: ErrorCode, message: str) -> bytes:
     """A refusal the broker cannot seal (no such session, or the message did not
     authenticate): a clear ERROR envelope, context = the session id the message named."""
     return clear(Header(Channel.WORKER, Kind.ERROR, Sender.BROKER, sid, 0),
-                 encode_json({"code": code.value, "message": message}))
+                 encode_refusal(code, message))

@@ -62,7 +62,7 @@ from agora.protocol import (
     Kind,
     Sender,
 )
-from agora.wire import decode_json
+from agora.wire import decode_json, encode_refusal
 from auctioneer.items import Item
 from auctioneer.store import AuctionStore
 
@@ -489,11 +489,10 @@ class AuctioneerCore:
             # Outbid is the auction's everyday business, not worth a line each.
             log.log(logging.DEBUG if exc.code is ErrorCode.BID_TOO_LOW else logging.INFO,
                     "refused %s: %s", Kind(kind).name, exc.message)
-            reply = seal_reply(key, header, Kind.REFUSED, exc.to_dict())
+            reply = self._refuse(key, header, exc.code, exc.message)
         except ProtocolError as exc:
             log.info("refused a malformed %s: %s", Kind(kind).name, exc)
-            reply = seal_reply(key, header, Kind.REFUSED,
-                               {"code": ErrorCode.BAD_REQUEST.value, "message": str(exc)})
+            reply = self._refuse(key, header, ErrorCode.BAD_REQUEST, str(exc))
         self._replies[slot] = (now + 2 * FRESHNESS_WINDOW, header.counter, reply)
         while len(self._replies) > REPLY_CACHE_SIZE:
             self._replies.popitem(last=False)
@@ -501,7 +500,7 @@ class AuctioneerCore:
 
     def _refuse(self, key: bytes, header: Header, code: ErrorCode,
                 message: str) -> list[bytes]:
-        return seal_reply(key, header, Kind.REFUSED, {"code": code.value, "message": message})
+        return seal_reply(key, header, Kind.REFUSED, encode_refusal(code, message))
 
     def _admissible(self, kind: Kind, public_key: bytes, member: Member | None,
                     now: float) -> str:

@@ -34,7 +34,6 @@ from agora.notice_wire import (
     decode_subscribe,
     encode_ack,
     encode_notice,
-    encode_refusal,
     open_from_agent,
     seal_from_broker,
 )
@@ -51,6 +50,7 @@ from agora.protocol import (
     NoticeType,
     PrincipalKind,
 )
+from agora.wire import encode_refusal
 from broker.sessions import Session, SessionTable
 
 log = logging.getLogger("agora.broker")

@@ -54,6 +54,7 @@ from agora.protocol import (
     Status,
 )
 from agora.wire import (
+    MAX_REFUSAL_MESSAGE,
     REQUEST_ID_SIZE,
     decode_json,
     decode_reply,
@@ -383,7 +384,8 @@ class WorkerRegistry:
                 code = ErrorCode.SERVICE_FAILED
             if code not in WORKER_ERROR_CODES:
                 code = ErrorCode.SERVICE_FAILED
-            message = str(error.get("message") or f"service {call.service} failed")[:300]
+            message = str(error.get("message") or f"service {call.service} failed",
+                          )[:MAX_REFUSAL_MESSAGE]
             out = self._answer(call, Status.ERROR, {"code": code.value, "message": message},
                                "failed" if code is ErrorCode.SERVICE_FAILED else "refused", now)
         if service.queue:

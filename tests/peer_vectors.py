@@ -16,16 +16,15 @@ from agents.peer_protocol import (
     decode_letter,
     decode_message,
     decode_names,
-    decode_refusal,
     decode_welcome,
     encode_letter,
     encode_message,
     encode_names,
-    encode_refusal,
     encode_welcome,
 )
 from agora.envelope import Header, box_key
 from agora.protocol import Channel, ErrorCode, Kind, Sender
+from agora.wire import encode_refusal, refusal_fields
 from tests.vectors import vector, write
 
 ANA = PrivateKey(bytes(range(1, 33)))
@@ -46,7 +45,7 @@ CODECS: dict[int, tuple[Any, Any]] = {
                  lambda b: dict(zip(("from", "to"), decode_names(b)[:2], strict=True))),
     Kind.WELCOME: (lambda f: encode_welcome(f["port"]), lambda b: {"port": decode_welcome(b)}),
     Kind.REFUSED: (lambda f: encode_refusal(ErrorCode(f["code"]), f["message"]),
-                   lambda b: dict(zip(("code", "message"), decode_refusal(b), strict=True))),
+                   lambda b: dict(zip(("code", "message"), refusal_fields(b), strict=True))),
     Kind.MESSAGE: (lambda f: encode_message(bytes.fromhex(f["message_id"]), f["sent_at_ms"],
                                             f["text"].encode()),
                    lambda b: dict(zip(("message_id", "sent_at_ms", "text"),

@@ -180,3 +180,33 @@ def test_a_result_opened_with_the_kept_prefix_is_checked_as_on_the_general_path(
         with pytest.raises(RemoteError) as refusal:
             open_session_reply(SESSION_KEY, [refused], SESSION_ID, 7, kept)
         assert refusal.value.code == ErrorCode.FORBIDDEN and refusal.value.authenticated
+
+
+# -- the refusal body: one codec for every channel (PROTOCOL.md 1.6) ---------------------------
+
+def test_a_refusal_message_is_cut_to_one_line_of_at_most_300_characters():
+    from agora.wire import MAX_REFUSAL_MESSAGE, refusal_fields
+
+    assert MAX_REFUSAL_MESSAGE == 300
+    body = encode_refusal(ErrorCode.BAD_REQUEST, "x" * 1000)
+    assert len(json.loads(body)["message"]) == 300  # the sender cuts it
+    long_body = json.dumps({"code": "bad-request", "message": "y" * 1000}).encode()
+    assert refusal_fields(long_body) == ("bad-request", "y" * 300)  # and the receiver too
+
+
+def test_a_refusal_without_a_code_reads_as_internal():
+    from agora.wire import refusal_fields
+
+    assert refusal_fields(b'{"message":"no code"}') == ("internal", "no code")
+    assert decode_refusal(b"{}").code is ErrorCode.INTERNAL
+
+
+def test_a_refusal_body_that_is_not_a_json_object_is_malformed():
+    from agora.errors import ProtocolError
+    from agora.wire import refusal_fields
+
+    for body in (b"[]", b"not json", b"\xff"):
+        with pytest.raises(ProtocolError):
+            refusal_fields(body)
+        error = decode_refusal(body)  # a sealed answer all the same: the request is over
+        assert (error.code, error.message) == (ErrorCode.INTERNAL, "malformed refusal")

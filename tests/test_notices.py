@@ -23,11 +23,9 @@ from agora.keyfile import KeyPair
 from agora.notice_wire import (
     decode_ack,
     decode_notice,
-    decode_refusal,
     decode_subscribe,
     encode_ack,
     encode_notice,
-    encode_refusal,
     encode_subscribe,
     seal_from_agent,
 )
@@ -42,6 +40,7 @@ from agora.protocol import (
     PrincipalKind,
     Sender,
 )
+from agora.wire import encode_refusal, refusal_fields
 from broker.core import BrokerCore
 from broker.services import builtin_services
 from broker.store import Store
@@ -336,7 +335,7 @@ def _decode(name: str, body: bytes) -> dict:
         flags, heartbeat = decode_ack(body)
         return {"flags": flags, "heartbeat": heartbeat}
     if name == "notice.broker.refused":
-        code, message = decode_refusal(body)
+        code, message = refusal_fields(body)
         return {"code": code, "message": message}
     if name.startswith("notice.broker.notice"):
         return decode_notice(body)

@@ -10,13 +10,13 @@ from agora.crypto import new_symmetric_key
 from agora.envelope import open_envelope, peek, timestamp_counter
 from agora.keyfile import KeyPair
 from agora.notice_wire import (
-    decode_refusal,
     encode_notice,
     encode_subscribe,
     seal_from_agent,
     seal_from_broker,
 )
 from agora.protocol import Channel, Kind, Level, PrincipalKind, Sender
+from agora.wire import refusal_fields
 from broker.core import BrokerCore
 from broker.store import Store
 from tests.attacks import ChannelHarness, Outcome, register
@@ -58,11 +58,11 @@ class BrokerReceivesSubscribe(ChannelHarness):
             return Outcome.refused(json.loads(replies[0][-1])["code"])
         header = peek(data)
         if header.kind == Kind.ERROR:
-            return Outcome.refused(decode_refusal(data[30:])[0])
+            return Outcome.refused(refusal_fields(data[30:])[0])
         _, body = open_envelope(self.key, data, Channel.NOTICE, Sender.BROKER,
                                 {Kind.SUBSCRIBE, Kind.REFUSED}, self.session.sid)
         if header.kind == Kind.REFUSED:
-            return Outcome.refused(decode_refusal(body)[0])
+            return Outcome.refused(refusal_fields(body)[0])
         return Outcome.ok()
 
     def reflected(self) -> list[bytes]:
