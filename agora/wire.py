@@ -135,10 +135,11 @@ def encode_refusal(code: ErrorCode | str, message: str) -> bytes:
 
 def refusal_fields(body: bytes) -> tuple[str, str]:
     """``(code, message)`` of a refusal body; ProtocolError if it is not a JSON object.
-    A missing code reads as ``internal``; a long message is cut as the sender should have."""
+    A missing code reads as ``internal``, a missing message as "no reason given" (a person
+    reads it); a long message is cut as the sender should have."""
     obj = decode_json(body)
     return (str(obj.get("code", ErrorCode.INTERNAL.value)),
-            str(obj.get("message", ""))[:MAX_REFUSAL_MESSAGE])
+            str(obj.get("message") or "no reason given")[:MAX_REFUSAL_MESSAGE])
 
 
 def decode_refusal(body: bytes, authenticated: bool = True) -> RemoteError:

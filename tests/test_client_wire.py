@@ -194,11 +194,14 @@ def test_a_refusal_message_is_cut_to_one_line_of_at_most_300_characters():
     assert refusal_fields(long_body) == ("bad-request", "y" * 300)  # and the receiver too
 
 
-def test_a_refusal_without_a_code_reads_as_internal():
+def test_a_refusal_without_a_code_reads_as_internal_and_without_a_message_says_so():
     from agora.wire import refusal_fields
 
     assert refusal_fields(b'{"message":"no code"}') == ("internal", "no code")
-    assert decode_refusal(b"{}").code is ErrorCode.INTERNAL
+    assert refusal_fields(b'{"code":"forbidden","message":""}') == ("forbidden",
+                                                                     "no reason given")
+    error = decode_refusal(b"{}")
+    assert (error.code, error.message) == (ErrorCode.INTERNAL, "no reason given")
 
 
 def test_a_refusal_body_that_is_not_a_json_object_is_malformed():
