@@ -288,6 +288,47 @@ def test_login_retransmission_gets_same_reply_without_rotating_again(world):
     assert world.store.get("ana.lima")["token_hash"] == token_hash
 
 
+@pytest.mark.parametrize("body", [
+    bytes(34),  # one octet short
+    bytes(32) + b"\x00\x00\x04",  # a flag bit nobody defined
+    bytes(32) + b"\x00\x00\x01",  # listening, on port 0
+], ids=["wrong-size", "unknown-flag", "listening-without-port"])
+def test_a_login_that_proves_its_key_with_a_malformed_body_is_refused_and_rotates_nothing(
+        world, body):
+    agent = world.agent()
+    creds = agent.unlock(PASSWORD)
+    token_hash = world.store.get("ana.lima")["token_hash"]
+    header = request_header(Kind.LOGIN, login_context("ana.lima"),
+                            timestamp_counter(world.clock.now) + 1000)
+    reply = world.send(agent, [b"ana.lima", seal(creds.symmetric_key, header, body)])
+    error = refusal(reply, creds.symmetric_key)  # sealed: the request proved the key
+    assert error.code is ErrorCode.BAD_REQUEST and error.authenticated
+    assert world.store.get("ana.lima")["token_hash"] == token_hash
+    world.clock.advance(2)
+    assert agent.login().username == "ana.lima"  # the token it holds is still the one
+
+
+@pytest.mark.parametrize("body", [
+    bytes(33),  # no username length
+    bytes(32) + b"\x08ana",  # a username shorter than its length says
+    bytes(32) + b"\x08ana.lima\xff\xfe",  # a one-time ID that is not UTF-8
+], ids=["no-username", "short-username", "one-time-id-not-utf8"])
+def test_a_registration_that_proves_its_key_with_a_malformed_body_burns_nothing(world, body):
+    target = world.agent("Ana Lima", register=False)
+    username, otid = target.enrolled
+    private = PrivateKey.generate()
+    client_key = bytes(private.public_key)
+    box = box_key(bytes(private), world.keys.public_key)
+    header = request_header(Kind.REGISTER, register_context(client_key),
+                            timestamp_counter(world.clock.now))
+    reply = world.send(target, [client_key, seal(box, header, body)])
+    error = refusal(reply, box)
+    assert error.code is ErrorCode.BAD_REQUEST and error.authenticated
+    assert world.store.get(username)["one_time_id_hash"] is not None
+    target.register(username, otid, world.keys.fingerprint, PASSWORD)  # still usable
+    assert target.login(PASSWORD).username == username
+
+
 class LosesReply(InMemoryConnection):
     """Loses the broker's replies to REGISTER and LOGIN."""
 
