@@ -28,6 +28,7 @@ from agora.notice_wire import (
     encode_notice,
     encode_subscribe,
     seal_from_agent,
+    seal_from_broker,
 )
 from agora.protocol import (
     NOTICE_HEARTBEAT,
@@ -197,6 +198,33 @@ def test_membership_notices_are_for_service_principals_only(core):
     person = Subscriber(core, "ana", b"n")
     [(kind, (code, _))] = person.opened(person.subscribe(membership=True))
     assert (kind, code) == (Kind.REFUSED, "forbidden")
+
+
+@pytest.mark.parametrize("body", [b"", b"\x00\x00", b"\x80"],
+                         ids=["empty", "two-octets", "unknown-flag"])
+def test_a_malformed_subscribe_is_refused_sealed_and_subscribes_nothing(core, body):
+    sub = Subscriber(core, "ana", b"n")
+    [(kind, (code, _))] = sub.opened(sub.send(Kind.SUBSCRIBE, body))
+    assert (kind, code) == (Kind.REFUSED, "bad-request")
+    assert core.notices.subscriptions == {}
+    assert [k for k, _ in sub.opened(sub.subscribe())] == [Kind.SUBSCRIBE]  # a good one works
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    (Kind.NOTICE, b"not json"),
+    (Kind.NOTICE, b"[1]"),
+    (Kind.NOTICE, b'{"level":1}'),  # no type
+    (Kind.SUBSCRIBE, b"\x00"),  # an acknowledgement is 5 octets
+    (Kind.REFUSED, b"[]"),
+], ids=["notice-not-json", "notice-not-object", "notice-without-type", "short-ack",
+        "refusal-not-object"])
+def test_a_malformed_broker_message_is_dropped_and_does_not_spend_its_counter(kind, body):
+    receiver = NoticeReceiver(bytes(16), key := new_symmetric_key())
+    bad = seal_from_broker(key, bytes(16), kind, 1, body)
+    assert receiver.receive(bad, T0) is None
+    good = seal_from_broker(key, bytes(16), Kind.NOTICE, 1,
+                            encode_notice({"type": "level-changed", "level": 1}))
+    assert receiver.receive(good, T0) == (Kind.NOTICE, {"type": "level-changed", "level": 1})
 
 
 def test_membership_snapshot_and_notices_join_without_a_gap(core):
