@@ -175,7 +175,7 @@ class CredentialsFile:
                 f"no credentials at {self.path}; run 'agora register' first")
         try:
             doc = json.loads(self.path.read_bytes())
-            if doc.get("format") != FORMAT:
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 raise ValueError
             return doc, unb64(doc["box"])
         except (ValueError, KeyError, TypeError, ProtocolError):

@@ -1,0 +1,112 @@
+"""The credentials file (agents/credentials.py): private, and a damaged one is refused in one
+line and left exactly as it was, so nothing a person could still recover is overwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.credentials import Credentials, CredentialsFile
+from agora.crypto import b64, seal
+from agora.errors import CredentialsMissing, LocalError, WrongPassword
+from cli.app import app
+from tests.conftest import PASSWORD
+
+CREDS = Credentials(username="ana.lima", broker="tcp://127.0.0.1:5555",
+                    broker_public_key=bytes(32), private_key=bytes(range(32)),
+                    symmetric_key=bytes(range(32, 64)), token=bytes(range(64, 96)), level=3)
+
+
+@pytest.fixture
+def written(tmp_path) -> CredentialsFile:
+    file = CredentialsFile(tmp_path / "home" / "credentials.json")
+    file.create(PASSWORD, CREDS)
+    return file
+
+
+def test_a_new_file_is_private_and_opens_under_its_password(written):
+    assert stat.S_IMODE(os.stat(written.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(written.path.parent).st_mode) == 0o700
+    assert CredentialsFile(written.path).open(PASSWORD) == CREDS
+
+
+def test_the_file_holds_no_secret_in_clear(written):
+    text = written.path.read_text()
+    for secret in (CREDS.private_key, CREDS.symmetric_key, CREDS.token):
+        assert b64(secret) not in text
+    assert CREDS.username not in text  # even the name is inside the box
+
+
+@pytest.mark.parametrize("contents", [
+    b"",
+    b"not json",
+    b"[]",
+    b'{"format": "agora-credentials/0", "box": ""}',
+    b'{"format": "agora-credentials/1", "box": "not base64!"}',
+    b'{"format": "agora-credentials/1"}',
+], ids=["empty", "not-json", "not-an-object", "other-format", "bad-base64", "no-box"])
+def test_a_file_that_is_not_a_credentials_file_is_refused_and_left_as_it_is(tmp_path,
+                                                                            contents):
+    path = tmp_path / "credentials.json"
+    path.write_bytes(contents)
+    with pytest.raises(LocalError, match="is not an agora credentials file") as error:
+        CredentialsFile(path).open(PASSWORD)
+    assert not isinstance(error.value, WrongPassword)
+    assert path.read_bytes() == contents
+
+
+@pytest.mark.parametrize("field", ["salt", "opslimit"])
+def test_a_damaged_key_derivation_header_is_refused_as_damaged(written, field):
+    doc = json.loads(written.path.read_bytes())
+    doc[field] = "xx"
+    damaged = json.dumps(doc).encode()
+    written.path.write_bytes(damaged)
+    with pytest.raises(LocalError, match="is damaged"):
+        CredentialsFile(written.path).open(PASSWORD)
+    assert written.path.read_bytes() == damaged
+
+
+def test_a_changed_byte_in_the_box_reads_as_a_wrong_password_and_changes_nothing(written):
+    doc = json.loads(written.path.read_bytes())
+    box = bytearray(__import__("base64").b64decode(doc["box"]))
+    box[-1] ^= 1
+    doc["box"] = b64(bytes(box))
+    tampered = json.dumps(doc).encode()
+    written.path.write_bytes(tampered)
+    # The AEAD cannot tell a wrong password from a changed byte; either way nothing opens.
+    with pytest.raises(WrongPassword, match="left untouched"):
+        CredentialsFile(written.path).open(PASSWORD)
+    assert written.path.read_bytes() == tampered
+
+
+def test_damaged_contents_under_the_right_password_are_refused_as_damaged(written):
+    doc = json.loads(written.path.read_bytes())
+    doc["box"] = b64(seal(written._box, b'{"username": "ana.lima"}'))  # fields missing
+    damaged = json.dumps(doc).encode()
+    written.path.write_bytes(damaged)
+    with pytest.raises(LocalError, match="credentials file is damaged"):
+        CredentialsFile(written.path).open(PASSWORD)
+    assert written.path.read_bytes() == damaged
+
+
+def test_a_missing_file_says_to_register_first(tmp_path):
+    with pytest.raises(CredentialsMissing, match="run 'agora register' first"):
+        CredentialsFile(tmp_path / "credentials.json").open(PASSWORD)
+
+
+def test_the_cli_says_a_damaged_file_in_one_line_with_exit_1(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "credentials.json").write_bytes(b"not json")
+    result = CliRunner().invoke(app, ["login"], env={
+        "AGORA_HOME": str(home), "AGORA_PASSWORD": PASSWORD,
+        "AGORA_BROKER": "tcp://127.0.0.1:9"})
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not an agora credentials file" in lines[0], result.stderr
+    assert (home / "credentials.json").read_bytes() == b"not json"
