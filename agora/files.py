@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agora.errors import CredentialsBusy
+from agora.errors import CredentialsBusy, LocalError
 
 
 def private_dir(path: Path) -> Path:
@@ -22,6 +23,20 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
+
+
+@contextlib.contextmanager
+def opening_database(path: Path | str | None, connection: sqlite3.Connection,
+                     ) -> Iterator[None]:
+    """Around the first statements on a database file: SQLite's refusal (a damaged or
+    foreign file, a directory that cannot be written) becomes one line naming the file, and
+    the connection is closed. The file is left exactly as it is: it may be all a broker knows
+    of its principals, so nothing here replaces or repairs it."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        raise LocalError(f"cannot open the database {path}: {exc} (left as it is)") from None
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

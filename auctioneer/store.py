@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
+from agora.files import opening_database
 from auctioneer.items import Item
 
 #: WAL pages after which a commit checkpoints by itself (SQLite's default is 1 000): only
@@ -31,16 +32,17 @@ class AuctionStore:
         # Opened by the thread that builds the server, used by the one that serves it (one
         # at a time), hence check_same_thread=False.
         self.path = path
-        self.db = sqlite_utils.Database(
-            sqlite3.connect(path or ":memory:", check_same_thread=False))
-        if path:
-            self.db.enable_wal()
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints (the only fsyncs in WAL + NORMAL) are left to :meth:`checkpoint`,
-            # which the server runs on a thread of its own, so a commit never waits for one;
-            # this bound is a safety net only, should that thread not run.
-            self.db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
-        self._create_tables()
+        connection = sqlite3.connect(path or ":memory:", check_same_thread=False)
+        self.db = sqlite_utils.Database(connection)
+        with opening_database(path, connection):
+            if path:
+                self.db.enable_wal()
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                # Checkpoints (the only fsyncs in WAL + NORMAL) are left to :meth:`checkpoint`,
+                # which the server runs on a thread of its own, so a commit never waits for
+                # one; this bound is a safety net only, should that thread not run.
+                self.db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+            self._create_tables()
         self._batching = False
         self._failed: BaseException | None = None
         self._checkpointer: sqlite3.Connection | None = None

@@ -37,6 +37,7 @@ import sqlite_utils
 
 from agora.crypto import hash_secret, new_one_time_id, normalize_one_time_id
 from agora.errors import LocalError, RemoteError
+from agora.files import opening_database
 from agora.protocol import (
     DEFAULT_ONE_TIME_ID_TTL,
     SERVICE_NAME_RE,
@@ -87,21 +88,22 @@ class Store:
     """All SQLite access of the broker. Pass ``path=None`` for an in-memory store (tests)."""
 
     def __init__(self, path: Path | None) -> None:
-        if path is None:
-            self.db = sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False))
-        else:
-            # The broker uses its store from one thread at a time, but not always the thread
-            # that opened it (tests run the broker in a thread).
-            self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
-            self.db.enable_wal()
-            # NORMAL is durable against process crashes (kill -9) in WAL mode; only an OS
-            # crash can lose the last commits, which then fall back to the previous token.
-            self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        # The broker uses its store from one thread at a time, but not always the thread
+        # that opened it (tests run the broker in a thread).
+        connection = sqlite3.connect(path or ":memory:", check_same_thread=False)
+        self.db = sqlite_utils.Database(connection)
+        with opening_database(path, connection):
+            if path is not None:
+                self.db.enable_wal()
+                # NORMAL is durable against process crashes (kill -9) in WAL mode; only an
+                # OS crash can lose the last commits, which then fall back to the previous
+                # token.
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._create_tables()
         #: Counts this connection's own membership changes (registration, token-reuse flag),
         #: which PRAGMA data_version does not see.
         self.membership_writes = 0
-        self._create_tables()
 
     def _create_tables(self) -> None:
         self.db["principals"].create(

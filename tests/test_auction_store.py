@@ -68,3 +68,14 @@ def test_a_failed_write_rolls_back_the_whole_batch(store, tmp_path):
                               bytes([5]) * 16, False)
     assert stored_bids(tmp_path) == 0
     assert store.bids("lamp") == []
+
+
+def test_a_damaged_database_is_refused_in_one_line_and_left_as_it_is(tmp_path):
+    from agora.errors import LocalError
+
+    path = tmp_path / "auction.db"
+    path.write_bytes(b"not a database, and longer than SQLite's header check")
+    with pytest.raises(LocalError, match=f"cannot open the database {path}: file is not a "
+                                         "database"):
+        AuctionStore(path)
+    assert path.read_bytes() == b"not a database, and longer than SQLite's header check"

@@ -91,6 +91,22 @@ def test_admin_on_a_directory_without_a_broker_refuses_and_creates_nothing(tmp_p
     assert not typo.exists()
 
 
+def test_a_damaged_broker_database_is_refused_in_one_line_and_left_as_it_is(tmp_path):
+    invoke("broker", "init", "--data-dir", str(tmp_path))
+    database = tmp_path / "broker.db"
+    database.write_bytes(b"not a database, and longer than SQLite's header check")
+    for args in (["admin", "list"], ["admin", "enroll", "--name", "Ana Lima", "--level", "2"],
+                 ["broker", "start", "--bind", "tcp://127.0.0.1:0"]):
+        result = invoke(*args, "--data-dir", str(tmp_path))
+        assert result.exit_code == 1, result.stdout
+        line = result.stderr.strip()
+        assert "\n" not in line and "unexpected" not in line, line
+        assert f"cannot open the database {database}: file is not a database" in line
+    assert database.read_bytes() == b"not a database, and longer than SQLite's header check"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broker.db", "broker.key",
+                                                           "broker.lock"]
+
+
 def test_broker_init_creates_a_broker_once(tmp_path):
     first = json.loads(invoke("broker", "init", "--data-dir", str(tmp_path / "b"),
                               "--json").stdout)
