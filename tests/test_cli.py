@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import pytest
@@ -91,7 +92,19 @@ def test_admin_on_a_directory_without_a_broker_refuses_and_creates_nothing(tmp_p
     assert not typo.exists()
 
 
-def test_a_damaged_broker_database_is_refused_in_one_line_and_left_as_it_is(tmp_path):
+@pytest.fixture
+def root_logging():
+    """`broker start` configures the root logger for its process; here, in the test's
+    process, put it back so no handler is left writing to a closed CliRunner stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_damaged_broker_database_is_refused_in_one_line_and_left_as_it_is(tmp_path,
+                                                                           root_logging):
     invoke("broker", "init", "--data-dir", str(tmp_path))
     database = tmp_path / "broker.db"
     database.write_bytes(b"not a database, and longer than SQLite's header check")
