@@ -178,11 +178,13 @@ def register(
 ) -> None:
     """Register this machine as you, with what the operator gave you face to face.
 
-    Makes your key pair, checks the broker's key against the fingerprint, and stores
-    everything in a credentials file encrypted under a new password (asked twice; at least
-    12 characters, not your username nor the one-time ID).
+    Makes your key pair, checks the broker's key against the fingerprint, and
+    stores everything in a credentials file encrypted under a new password
+    (asked twice; at least 12 characters, not your username nor the one-time
+    ID).
 
-    Without a terminal, options not given as options are read first, one line each.
+    Without a terminal, options not given as options are read first, one line
+    each.
     """
     with user_errors():
         agent = make_agent(home, broker, timeout)
@@ -212,8 +214,8 @@ def login(
 ) -> None:
     """Log in: open your credentials, authenticate to the broker, rotate your token.
 
-    Shows the session the broker opened (and the port it recorded for you); the session
-    ends when the command does. `agora listen` keeps one open.
+    Shows the session the broker opened (and the port it recorded for you); the
+    session ends when the command does. `agora listen` keeps one open.
     """
     with user_errors(), session(home, broker, timeout, listen=True, quiet=json_out) as agent:
         info = agent.info

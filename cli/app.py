@@ -59,9 +59,9 @@ def demo(
 ) -> None:
     """Run the whole system on this machine, step by step, and clean up after.
 
-    Starts a real broker on loopback with OS-chosen ports, enrolls, registers and logs in
-    three collaborators, and shows what agora refuses. Exits 0 only if every step did what
-    it should; otherwise names the step that failed.
+    Starts a real broker on loopback with OS-chosen ports, enrolls, registers
+    and logs in three collaborators, and shows what agora refuses. Exits 0 only
+    if every step did what it should; otherwise names the step that failed.
     """
     from cli.demo import run_demo
 

@@ -112,9 +112,10 @@ def start(
 ) -> None:
     """Run the auctioneer until Ctrl-C or SIGTERM.
 
-    Logs in to the broker as the service principal registered in --home, then auctions
-    the item files of --items one after another, moving each to done/ (or rejected/, with
-    a .reason file). Killed and restarted, it resumes the open item with its bids.
+    Logs in to the broker as the service principal registered in --home, then
+    auctions the item files of --items one after another, moving each to done/
+    (or rejected/, with a .reason file). Killed and restarted, it resumes the
+    open item with its bids.
     """
     from auctioneer.server import AuctioneerServer
 
@@ -338,9 +339,10 @@ def watch(
 ) -> None:
     """Watch the auction live: item, best bid, time left, last bids and each winner.
 
-    With --json, prints one JSON object per announcement instead (for scripts), plus
-    {"kind": "silent", "seconds": N} when the auctioneer has not been heard for a few
-    seconds and {"kind": "heard"} when it is back. Ctrl-C ends it (exit code 130).
+    With --json, prints one JSON object per announcement instead (for scripts),
+    plus {"kind": "silent", "seconds": N} when the auctioneer has not been heard
+    for a few seconds and {"kind": "heard"} when it is back. Ctrl-C ends it
+    (exit code 130).
     """
     with user_errors(), session(home, broker, timeout, quiet=json_out) as agent, \
             joined_as(agent, timeout, auctioneer, endpoint, json_out) as (client, info):

@@ -39,12 +39,12 @@ def bench(
 ) -> None:
     """Measure agora against its raw baselines, on loopback, and print the ratios.
 
-    Starts a real broker, a worker, an auctioneer and raw pyzmq/UDP servers on 127.0.0.1
-    (multicast on a 239.255.x.x group, TTL 0), runs each scenario and its raw baseline in
-    alternating rounds, and stops everything it started. Throughput is the median over
-    rounds, p50/p99 are over every operation, and "ratio" is the median per-round
-    agora/raw throughput: on a shared machine the ratio is the result, not the absolute
-    figures. See docs/BENCHMARKS.md.
+    Starts a real broker, a worker, an auctioneer and raw pyzmq/UDP servers on
+    127.0.0.1 (multicast on a 239.255.x.x group, TTL 0), runs each scenario and
+    its raw baseline in alternating rounds, and stops everything it started.
+    Throughput is the median over rounds, p50/p99 are over every operation, and
+    "ratio" is the median per-round agora/raw throughput: on a shared machine
+    the ratio is the result, not the absolute figures. See docs/BENCHMARKS.md.
     """
     from cli.benchmarks.run import run_bench
     from cli.benchmarks.scenarios import SCENARIOS

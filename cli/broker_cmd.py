@@ -120,9 +120,9 @@ def init(
 ) -> None:
     """Create the broker's data directory (key pair and database) without starting it.
 
-    Operator commands (`agora admin ...`) refuse a directory that holds no broker; run this
-    (or `agora broker start`) first. On a directory that already holds one it changes
-    nothing and prints that broker's fingerprint.
+    Operator commands (`agora admin ...`) refuse a directory that holds no
+    broker; run this (or `agora broker start`) first. On a directory that
+    already holds one it changes nothing and prints that broker's fingerprint.
     """
     with user_errors():
         directory = data_dir or default_data_dir()
@@ -159,8 +159,9 @@ def enroll(
 ) -> None:
     """Enroll a collaborator face to face: prints username, one-time ID and fingerprint.
 
-    Hand all three to the collaborator in person; they run `agora register` with them.
-    A worker's principal: `--kind service --service wordcount --service-level 3`.
+    Hand all three to the collaborator in person; they run `agora register` with
+    them. A worker's principal:
+    `--kind service --service wordcount --service-level 3`.
     """
     with user_errors():
         bound = _service_choice(kind, level, services or [], service_level)
@@ -241,7 +242,8 @@ def reenroll(
 ) -> None:
     """Issue a new one-time ID (lost device, or flagged after token reuse); old keys die.
 
-    Never lifts a revocation: a revoked collaborator needs `agora admin restore`.
+    Never lifts a revocation: a revoked collaborator needs
+    `agora admin restore`.
     """
     with user_errors():
         _new_one_time_id("reenroll", username, ttl_hours, data_dir, json_out)
@@ -295,9 +297,9 @@ def list_users(data_dir: DataDirOption = None,  # type: ignore[assignment]
                json_out: JsonOption = False) -> None:
     """List enrolled principals with level, state (flagged ones stand out) and last login.
 
-    States: enrolled, re-enrolled (awaiting registration), registered, revoked (by an
-    operator; `agora admin restore` lifts it), FLAGGED (locked after token reuse;
-    `agora admin reenroll` replaces the keys).
+    States: enrolled, re-enrolled (awaiting registration), registered, revoked
+    (by an operator; `agora admin restore` lifts it), FLAGGED (locked after
+    token reuse; `agora admin reenroll` replaces the keys).
     """
     with user_errors():
         store, _ = open_store(data_dir or default_data_dir())
@@ -353,11 +355,12 @@ def audit(
 ) -> None:
     """Show the audit trail: who did what, and whether it was allowed (never arguments).
 
-    Repeated decisions of one minute are one row with a count (a flood of refusals from
-    one address is one row per minute); text a peer sent is shown escaped.
+    Repeated decisions of one minute are one row with a count (a flood of
+    refusals from one address is one row per minute); text a peer sent is shown
+    escaped.
 
-    With --json, one array (newest first); with --json --follow, one JSON object per row
-    and line as rows are written.
+    With --json, one array (newest first); with --json --follow, one JSON object
+    per row and line as rows are written.
     """
     who = principal or username
     with user_errors():
@@ -424,8 +427,9 @@ def services_list(ctx: typer.Context, data_dir: DataDirOption = None,  # type: i
                   json_out: JsonOption = False) -> None:
     """List bound services: name, the level callers need, the principals that may serve it.
 
-    A worker offering a service not bound to its principal is refused by the broker, and a
-    service's level is this record's, never the one a worker asks for.
+    A worker offering a service not bound to its principal is refused by the
+    broker, and a service's level is this record's, never the one a worker asks
+    for.
     """
     if ctx.invoked_subcommand is not None:
         return

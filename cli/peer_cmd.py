@@ -101,13 +101,12 @@ def listen(
 ) -> None:
     """Log in and print peer messages as they arrive (sender, time, text).
 
-    Runs until Ctrl-C (exit code 130), or until the broker ends the session (a stolen
-    token, revoked...): then one line says why, exit code 1. Any number of
-    collaborators can write to you at once;
-    each message is end-to-end encrypted, checked against the sender's key in
-    the broker's directory, and acknowledged to its sender. Messages left for
-    you while you were offline are shown first. Bad or replayed messages are
-    dropped with a warning on stderr.
+    Runs until Ctrl-C (exit code 130), or until the broker ends the session (a
+    stolen token, revoked...): then one line says why, exit code 1. Any number
+    of collaborators can write to you at once; each message is end-to-end
+    encrypted, checked against the sender's key in the broker's directory, and
+    acknowledged to its sender. Messages left for you while you were offline are
+    shown first. Bad or replayed messages are dropped with a warning on stderr.
     """
     show_peer_warnings()
     with user_errors(), session(home, broker, timeout, listen=True) as agent, \

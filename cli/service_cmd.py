@@ -89,8 +89,9 @@ def services(
 ) -> None:
     """List the services you may call: name, required level, description, workers.
 
-    Services above your level are not shown. "broker" in the workers column means the
-    broker serves it itself; a number is how many worker processes serve it now.
+    Services above your level are not shown. "broker" in the workers column
+    means the broker serves it itself; a number is how many worker processes
+    serve it now.
     """
     with user_errors(), session(home, broker, timeout) as agent:
         rows = agent.call("services")
@@ -120,10 +121,11 @@ def call(
 ) -> None:
     """Call a service through the broker and print its result as JSON.
 
-    Exits 0 with the result on stdout, or 1 with a one-line error on stderr (unknown
-    service, forbidden by your level, service unavailable, timeout...).
+    Exits 0 with the result on stdout, or 1 with a one-line error on stderr
+    (unknown service, forbidden by your level, service unavailable, timeout...).
 
-    Examples: `agora call echo text=hello`, `agora call notes.write title=x text=y level=3`,
+    Examples: `agora call echo text=hello`,
+    `agora call notes.write title=x text=y level=3`,
     `agora call wordcount --data @doc.json`.
     """
     with user_errors():
@@ -166,10 +168,11 @@ def run(
     """Serve SERVICE with MODULE:FUNCTION until Ctrl-C or SIGTERM.
 
     --home holds the credentials of a principal of kind "service" (enrolled with
-    `agora admin enroll --kind service`, registered with `agora register`); the password
-    comes from AGORA_PASSWORD or is asked. The function gets the call's arguments as
-    keyword arguments (plus `caller` if it has such a parameter). Run the command several
-    times to have the broker balance calls across the workers.
+    `agora admin enroll --kind service`, registered with `agora register`); the
+    password comes from AGORA_PASSWORD or is asked. The function gets the call's
+    arguments as keyword arguments (plus `caller` if it has such a parameter).
+    Run the command several times to have the broker balance calls across the
+    workers.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s")

@@ -51,9 +51,9 @@ def admin_ui(
     """The operator's console in a browser: principals, enroll, set-level, revoke,
     re-enroll, and the audit trail live.
 
-    Run it on the broker host, over the broker's data directory; it changes the store as
-    `agora admin` does, and a running broker picks the changes up at once. Prints the
-    address to open (with its access token); Ctrl-C stops it.
+    Run it on the broker host, over the broker's data directory; it changes the
+    store as `agora admin` does, and a running broker picks the changes up at
+    once. Prints the address to open (with its access token); Ctrl-C stops it.
     """
     from webui.hub import EventHub
     from webui.operator import OperatorConsole, operator_app
@@ -88,9 +88,9 @@ def ui(
     """Your console in a browser: the live auction (bid with a click), peer messages,
     and the services your level lets you call.
 
-    Asks your password as `agora login` does, logs in and keeps the session while it
-    runs. Prints the address to open (with its access token) and opens your browser
-    unless --no-browser. Ctrl-C logs out and stops.
+    Asks your password as `agora login` does, logs in and keeps the session
+    while it runs. Prints the address to open (with its access token) and opens
+    your browser unless --no-browser. Ctrl-C logs out and stops.
     """
     from agents import Agent
     from webui.collab import CollabConsole, collab_app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -32,6 +33,24 @@ def test_help_lists_command_groups():
     assert result.exit_code == 0
     for word in ("broker", "admin", "register", "login", "whoami"):
         assert word in result.stdout
+
+
+def test_every_help_text_reads_cleanly_on_an_80_column_terminal():
+    # Typer keeps the line breaks of a help text's later paragraphs, so a line longer than
+    # the 76 columns Rich has inside its frame, when another line follows it, wraps and
+    # leaves a ragged short line before the break.
+    import click
+    from typer.main import get_command
+
+    def commands(command: click.Command, path: str):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from commands(sub, f"{path} {name}")
+
+    too_long = [(path, line) for path, command in commands(get_command(app), "agora")
+                for paragraph in inspect.cleandoc(command.help or "").split("\n\n")[1:]
+                for line in paragraph.splitlines()[:-1] if len(line) > 76]
+    assert too_long == []
 
 
 def test_enroll_prints_username_one_time_id_and_fingerprint(tmp_path):
