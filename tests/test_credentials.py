@@ -3,6 +3,7 @@ line and left exactly as it was, so nothing a person could still recover is over
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -59,38 +60,34 @@ def test_a_file_that_is_not_a_credentials_file_is_refused_and_left_as_it_is(tmp_
     assert path.read_bytes() == contents
 
 
+def refused_and_left_as_it_is(file: CredentialsFile, error: type[Exception], match: str,
+                              **changes: object) -> None:
+    """Rewrite fields of ``file``'s outer JSON, then check that opening it raises ``error``
+    and leaves the file byte for byte as it was."""
+    doc = json.loads(file.path.read_bytes())
+    doc.update(changes)
+    damaged = json.dumps(doc).encode()
+    file.path.write_bytes(damaged)
+    with pytest.raises(error, match=match):
+        CredentialsFile(file.path).open(PASSWORD)
+    assert file.path.read_bytes() == damaged
+
+
 @pytest.mark.parametrize("field", ["salt", "opslimit"])
 def test_a_damaged_key_derivation_header_is_refused_as_damaged(written, field):
-    doc = json.loads(written.path.read_bytes())
-    doc[field] = "xx"
-    damaged = json.dumps(doc).encode()
-    written.path.write_bytes(damaged)
-    with pytest.raises(LocalError, match="is damaged"):
-        CredentialsFile(written.path).open(PASSWORD)
-    assert written.path.read_bytes() == damaged
+    refused_and_left_as_it_is(written, LocalError, "is damaged", **{field: "xx"})
 
 
 def test_a_changed_byte_in_the_box_reads_as_a_wrong_password_and_changes_nothing(written):
-    doc = json.loads(written.path.read_bytes())
-    box = bytearray(__import__("base64").b64decode(doc["box"]))
+    box = bytearray(base64.b64decode(json.loads(written.path.read_bytes())["box"]))
     box[-1] ^= 1
-    doc["box"] = b64(bytes(box))
-    tampered = json.dumps(doc).encode()
-    written.path.write_bytes(tampered)
     # The AEAD cannot tell a wrong password from a changed byte; either way nothing opens.
-    with pytest.raises(WrongPassword, match="left untouched"):
-        CredentialsFile(written.path).open(PASSWORD)
-    assert written.path.read_bytes() == tampered
+    refused_and_left_as_it_is(written, WrongPassword, "left untouched", box=b64(bytes(box)))
 
 
 def test_damaged_contents_under_the_right_password_are_refused_as_damaged(written):
-    doc = json.loads(written.path.read_bytes())
-    doc["box"] = b64(seal(written._box, b'{"username": "ana.lima"}'))  # fields missing
-    damaged = json.dumps(doc).encode()
-    written.path.write_bytes(damaged)
-    with pytest.raises(LocalError, match="credentials file is damaged"):
-        CredentialsFile(written.path).open(PASSWORD)
-    assert written.path.read_bytes() == damaged
+    box = seal(written._box, b'{"username": "ana.lima"}')  # the other fields missing
+    refused_and_left_as_it_is(written, LocalError, "credentials file is damaged", box=b64(box))
 
 
 def test_a_missing_file_says_to_register_first(tmp_path):
