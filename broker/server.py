@@ -54,9 +54,17 @@ def open_store(data_dir: Path, create: bool = False) -> tuple[Store, KeyPair]:
     operator commands refuse a directory without a broker key (NoBroker), so a typo in
     ``--data-dir`` never makes a second broker. Both run under the directory's lock file: an
     operator command racing a starting broker waits for its key instead of making its own.
+    A database whose key file is gone is refused by both (LocalError): a new key would be a
+    new broker identity behind every fingerprint handed out.
     """
     data_dir = Path(data_dir)
     key_path, db_path = data_dir / KEY_FILE, data_dir / "broker.db"
+    if not key_path.is_file() and db_path.is_file():
+        # The key is made before the database, so this is a lost key, not a new broker. A
+        # new key would silently be a new broker identity: every fingerprint handed out
+        # face to face would stop matching. The operator decides, not this function.
+        raise LocalError(f"{db_path} exists but its key {key_path} is missing: restore the "
+                         "key from a backup, or move the database aside to start a new broker")
     if not create and not key_path.is_file():
         raise NoBroker(f"no broker at {data_dir}: start one with `agora broker start "
                        f"--data-dir {data_dir}` or `agora broker init`")

@@ -139,6 +139,22 @@ def test_a_damaged_broker_database_is_refused_in_one_line_and_left_as_it_is(tmp_
                                                            "broker.lock"]
 
 
+def test_a_database_whose_key_is_lost_is_refused_and_no_new_key_is_made(tmp_path,
+                                                                         root_logging):
+    invoke("admin", "enroll", "--name", "Ana Lima", "--level", "2", "--data-dir",
+           str(tmp_path))  # handed a fingerprint face to face
+    (tmp_path / "broker.key").unlink()
+    for args in (["admin", "list"], ["broker", "init"],
+                 ["broker", "start", "--bind", "tcp://127.0.0.1:0"]):
+        result = invoke(*args, "--data-dir", str(tmp_path))
+        assert result.exit_code == 1, result.stdout
+        assert result.stderr.strip().endswith(
+            f"{tmp_path / 'broker.db'} exists but its key {tmp_path / 'broker.key'} is "
+            "missing: restore the key from a backup, or move the database aside to start a "
+            "new broker"), result.stderr
+    assert not (tmp_path / "broker.key").exists()
+
+
 def test_broker_init_creates_a_broker_once(tmp_path):
     first = json.loads(invoke("broker", "init", "--data-dir", str(tmp_path / "b"),
                               "--json").stdout)
