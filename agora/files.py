@@ -62,6 +62,31 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
+class InstanceLock:
+    """One running process per data directory, as a PID file: an exclusive ``flock`` on
+    ``path`` held for as long as the process runs, with its pid written in the file for the
+    refusal message. The kernel drops the lock when the process ends, even by kill -9, so a
+    crash never leaves a stale lock behind: the file staying on disk means nothing."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise LocalError(f"another {what} is already running on {Path(path).parent}"
+                             + (f" ({holder})" if holder else "")) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float = 10.0) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created 0600 if missing).

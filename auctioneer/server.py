@@ -33,7 +33,7 @@ from agents.agent import Agent
 from agora.auction_wire import clear_error
 from agora.crypto import PrivateKey
 from agora.errors import AgoraError
-from agora.files import private_dir
+from agora.files import InstanceLock, private_dir
 from agora.keyfile import load_or_create
 from agora.multicast import check_group, open_sender, send_datagram
 from agora.protocol import (
@@ -55,6 +55,8 @@ from auctioneer.store import AuctionStore
 log = logging.getLogger("agora.auctioneer")
 
 POLL_MS = 100
+#: Held by the running auctioneer: a second one on the same data directory is refused.
+PID_FILE = "auctioneer.pid"
 SNDMORE = zmq.SNDMORE.value  # plain ints: no enum operations per frame
 NOBLOCK = zmq.NOBLOCK.value
 RCVTIMEO = zmq.RCVTIMEO.value
@@ -129,14 +131,21 @@ class AuctioneerServer:
         self.context = context or zmq.Context.instance()
         self.folder = ItemFolder(items_dir)
         data_dir = private_dir(Path(data_dir))
-        self.store = AuctionStore(data_dir / "auction.db")
-        for path in data_dir.glob("auction.db*"):
-            os.chmod(path, 0o600)
-        # The Ed25519 signing key is the auctioneer's own; bidders get its verify key inside
-        # the Box-authenticated join answer.
-        self.signing_key = load_or_create(data_dir / "auctioneer.key").signing_key
-        self.publisher = Publisher(self.context, pub, group, port, interface, ttl)
-        self.socket, self.endpoint = bind_router(self.context, endpoint)
+        # One auctioneer per data directory: two would auction the same items, each
+        # closing them and announcing its own winner.
+        self.running = InstanceLock(data_dir / PID_FILE, "auctioneer")
+        try:
+            self.store = AuctionStore(data_dir / "auction.db")
+            for path in data_dir.glob("auction.db*"):
+                os.chmod(path, 0o600)
+            # The Ed25519 signing key is the auctioneer's own; bidders get its verify key
+            # inside the Box-authenticated join answer.
+            self.signing_key = load_or_create(data_dir / "auctioneer.key").signing_key
+            self.publisher = Publisher(self.context, pub, group, port, interface, ttl)
+            self.socket, self.endpoint = bind_router(self.context, endpoint)
+        except BaseException:
+            self.running.release()
+            raise
         # Connections are bounded, and their memory goes back when they close (issue 10).
         self.guard = ConnectionGuard(self.socket)
         config = AuctionConfig(group, port, self.publisher.endpoint, soft_close)
@@ -349,3 +358,4 @@ class AuctioneerServer:
         self.socket.close(0)
         self.publisher.close()
         self.store.close()
+        self.running.release()

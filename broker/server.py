@@ -15,7 +15,7 @@ from pathlib import Path
 import zmq
 
 from agora.errors import LocalError, NoBroker
-from agora.files import file_lock, private_dir
+from agora.files import InstanceLock, file_lock, private_dir
 from agora.keyfile import KeyPair, load_or_create
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
@@ -36,6 +36,8 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 KEY_FILE = "broker.key"
 #: Held while a data directory is opened or created, so two processes make one key.
 LOCK_FILE = "broker.lock"
+#: Held by the running broker: a second one on the same data directory is refused.
+PID_FILE = "broker.pid"
 POLL_MS = 100
 # Plain ints: no IntFlag arithmetic or look-ups per frame.
 SNDMORE, EVENTS, POLLIN = int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
@@ -97,6 +99,14 @@ class BrokerServer:
                  audit_days: float = DEFAULT_AUDIT_DAYS,
                  max_sessions_per_principal: int = MAX_SESSIONS_PER_PRINCIPAL) -> None:
         self.store, self.keys = open_store(data_dir, create=True)
+        try:
+            # Two brokers on one database would each hold their own sessions and replay
+            # memory over the same principals: refused, as PostgreSQL refuses a second
+            # postmaster on one data directory.
+            self.running = InstanceLock(Path(data_dir) / PID_FILE, "broker")
+        except BaseException:
+            self.store.db.close()
+            raise
         self.core = BrokerCore(self.store, self.keys,
                                builtin_services(NotesStore(self.store.db)), call_timeout,
                                audit_days=audit_days)
@@ -106,6 +116,7 @@ class BrokerServer:
             self.socket, self.endpoint = bind_router(self.context, endpoint)
         except zmq.ZMQError:
             self.store.db.close()  # a broker that cannot bind holds nothing open
+            self.running.release()
             raise
         # Connections are bounded, and their memory goes back when they close (issue 10).
         self.guard = ConnectionGuard(self.socket)
@@ -206,3 +217,4 @@ class BrokerServer:
         self.guard.close()
         self.socket.close(0)
         self.store.db.close()
+        self.running.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -249,3 +250,14 @@ def test_auctioneer_follows_a_restarted_broker_again(auction, broker, zctx):
             assert time.monotonic() < deadline, "the auctioneer never heard the broker again"
             time.sleep(0.2)
     assert auction.client("Bruno Costa").join().username == "bruno.costa"
+
+
+def test_a_second_auctioneer_on_the_same_data_directory_is_refused(auction, tmp_path, zctx):
+    from agora.errors import LocalError
+
+    with pytest.raises(LocalError, match=f"another auctioneer is already running on "
+                                         f"{tmp_path / 'auctioneer'} \\(pid {os.getpid()}\\)"):
+        AuctioneerServer(auction.agent, auction.items, tmp_path / "auctioneer",
+                         "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", auction.group, auction.port,
+                         context=zctx)
+    assert auction.client("Ana Lima").join().username == "ana.lima"  # the first serves on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import threading
 
 import pytest
@@ -153,6 +154,25 @@ def test_a_database_whose_key_is_lost_is_refused_and_no_new_key_is_made(tmp_path
             "missing: restore the key from a backup, or move the database aside to start a "
             "new broker"), result.stderr
     assert not (tmp_path / "broker.key").exists()
+
+
+def test_a_second_broker_on_the_same_data_directory_is_refused_until_the_first_stops(
+        tmp_path):
+    from broker.server import BrokerServer
+    from tests.conftest import run_agora
+
+    first = BrokerServer(tmp_path, "tcp://127.0.0.1:0")
+    try:
+        # A process of its own, bounded: were it not refused, it would serve until killed.
+        result = run_agora("broker", "start", "--data-dir", str(tmp_path), "--bind",
+                           "tcp://127.0.0.1:0", timeout=20)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (f"error: cannot start broker: another broker is "
+                                         f"already running on {tmp_path} (pid {os.getpid()})")
+        assert invoke("admin", "list", "--data-dir", str(tmp_path)).exit_code == 0
+    finally:
+        first.close()
+    BrokerServer(tmp_path, "tcp://127.0.0.1:0").close()  # the lock went with the first
 
 
 def test_broker_init_creates_a_broker_once(tmp_path):
