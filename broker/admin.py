@@ -69,19 +69,22 @@ def principal_rows(store: Store) -> list[dict[str, Any]]:
 def enroll(store: Store, keys: KeyPair, name: str, level: int | str,
            kind: PrincipalKind | str = PrincipalKind.PERSON,
            ttl_hours: float = DEFAULT_ONE_TIME_ID_TTL / 3600,
-           now: float | None = None, allow_similar: bool = False) -> dict[str, Any]:
+           now: float | None = None, allow_similar: bool = False,
+           username: str | None = None) -> dict[str, Any]:
     """Enroll; the answer holds the one-time ID: it is the hand-over, show it once.
 
-    A name whose username is taken is refused (SimilarName) unless ``allow_similar``; then
-    ``similar_to`` names the taken one.
+    The username is ``username`` if given, else made from the name. A name whose username
+    is taken is refused (SimilarName) unless ``allow_similar``; then ``similar_to`` names
+    the taken one.
     """
     lvl = parse_level(level)
     kind = parse_kind(kind)
     if not ttl_hours > 0:
         raise LocalError("the one-time ID's lifetime must be more than 0 hours")
+    chosen = username
     username, one_time_id = store.enroll(name, lvl, _now(now), kind, ttl_hours * 3600,
-                                         allow_similar=allow_similar)
-    base = store.username_for(name)
+                                         allow_similar=allow_similar, username=chosen)
+    base = chosen or store.username_for(name)
     return {"username": username, "name": " ".join(name.split()),
             "one_time_id": one_time_id, "fingerprint": keys.fingerprint, "level": int(lvl),
             "level_name": lvl.label, "kind": kind.value, "expires_in_hours": ttl_hours,

@@ -53,6 +53,19 @@ class NotFoundError(LocalError):
     """No principal with that username."""
 
 
+#: What a username is: lowercase letters and digits, dots between them (``ana.lima``).
+USERNAME = re.compile(r"[a-z0-9]+(?:\.[a-z0-9]+)*")
+MAX_USERNAME_CHOSEN = 32
+
+
+def check_username(text: str) -> str:
+    """A username an operator chose (``--username``): the shape derived ones have."""
+    if len(text) > MAX_USERNAME_CHOSEN or not USERNAME.fullmatch(text):
+        raise LocalError(f"username {text[:40]!r} must be 1-{MAX_USERNAME_CHOSEN} lowercase "
+                         "letters a-z and digits, with single dots between (e.g. li.wei)")
+    return text
+
+
 class SimilarName(LocalError):
     """The name's username is taken: enrolling would silently create ``name2``."""
 
@@ -194,22 +207,35 @@ class Store:
     def enroll(self, name: str, level: Level, now: float,
                kind: PrincipalKind = PrincipalKind.PERSON,
                ttl: float = DEFAULT_ONE_TIME_ID_TTL,
-               allow_similar: bool = True) -> tuple[str, str]:
+               allow_similar: bool = True, username: str | None = None) -> tuple[str, str]:
         """Create a principal; return (username, one-time ID). The ID is stored hashed.
 
-        When the name's username is taken the new one gets a number (``ana.lima2``);
-        with ``allow_similar=False`` that raises :class:`SimilarName` instead.
+        The username is ``username`` if given (refused if taken), else made from the name
+        (:meth:`username_for`). When that one is taken the new one gets a number
+        (``ana.lima2``); with ``allow_similar=False`` that raises :class:`SimilarName`
+        instead. A name with no letter or digit in a-z, 0-9 (``李伟``) needs ``username``.
         """
         name = " ".join(name.split())
         if not name or len(name) > 100:
             raise LocalError("name must be 1-100 characters")
+        chosen = check_username(username) if username is not None else None
+        base = self.username_for(name)
+        if chosen is None and not base:
+            raise LocalError(f"{name[:40]!r} gives no username (it has no letter a-z or "
+                             "digit); choose one with --username")
         one_time_id = new_one_time_id()
         with self.db.conn:
-            username = self._free_username(name)
-            base = self.username_for(name)
-            if username != base and not allow_similar:
-                raise SimilarName(f"{base} is already enrolled ({self.require(base)['name']}); "
-                                  f"add --allow-similar to enroll another as {username}")
+            if chosen is not None:
+                taken = self.get(chosen)
+                if taken is not None:
+                    raise LocalError(f"{chosen} is already enrolled ({taken['name']})")
+                username = chosen
+            else:
+                username = self._free_username(base)
+                if username != base and not allow_similar:
+                    raise SimilarName(f"{base} is already enrolled "
+                                      f"({self.require(base)['name']}); add --allow-similar "
+                                      f"to enroll another as {username}")
             self.db["principals"].insert({
                 "username": username, "name": name, "kind": PrincipalKind(kind).value,
                 "level": int(level), "created_at": now,
@@ -421,13 +447,13 @@ class Store:
 
     @staticmethod
     def username_for(name: str) -> str:
-        """The username a name gets when nobody has it yet: ``Ana Lima`` -> ``ana.lima``."""
+        """The username a name gets when nobody has it yet: ``Ana Lima`` -> ``ana.lima``,
+        ``Zoë Ångström`` -> ``zoe.angstrom``; empty when nothing of it is in a-z, 0-9."""
         name = " ".join(name.split())
         ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-        return re.sub(r"[^a-z0-9]+", ".", ascii_name.lower()).strip(".")[:32] or "user"
+        return re.sub(r"[^a-z0-9]+", ".", ascii_name.lower()).strip(".")[:32].rstrip(".")
 
-    def _free_username(self, name: str) -> str:
-        base = self.username_for(name)
+    def _free_username(self, base: str) -> str:
         username, n = base, 1
         while self.get(username) is not None:
             n += 1

@@ -147,6 +147,10 @@ def enroll(
     allow_similar: Annotated[bool, typer.Option(
         "--allow-similar", help="Enroll even if the name's username is taken (the new one "
         "gets a number, e.g. ana.lima2). Without it that is refused.")] = False,
+    username: Annotated[str | None, typer.Option(
+        "--username", help="The username to give, instead of the one made from the name "
+        "(lowercase a-z, digits and dots, e.g. li.wei): for a name written in another "
+        "script, or a username agreed beforehand.", metavar="USERNAME")] = None,
     services: Annotated[list[str] | None, typer.Option(
         "--service", help="With --kind service: a service name this principal may offer "
         "as a worker (repeat for several). Nothing else is accepted from its workers.",
@@ -167,7 +171,7 @@ def enroll(
         bound = _service_choice(kind, level, services or [], service_level)
         store, keys = open_store(data_dir or default_data_dir())
         result = admin.enroll(store, keys, name, level, kind, ttl_hours,
-                              allow_similar=allow_similar)
+                              allow_similar=allow_similar, username=username)
         username, one_time_id, lvl = result["username"], result["one_time_id"], \
             Level(result["level"])
         for service, svc_level in bound:

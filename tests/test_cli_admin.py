@@ -52,6 +52,40 @@ def test_enrolling_the_same_name_twice_is_refused_without_allow_similar(tmp_path
     assert "  note: ana.lima was taken, so this one is ana.lima3\n" in result.stdout
 
 
+def test_a_name_with_nothing_in_a_to_z_needs_a_chosen_username(tmp_path):
+    result = admin(tmp_path, "enroll", "--name", "李伟", "--level", "2")
+    assert result.exit_code == 1
+    assert result.stderr == ("error: '李伟' gives no username (it has no letter a-z or "
+                             "digit); choose one with --username\n")
+    assert states(tmp_path) == {}
+    result = admin(tmp_path, "enroll", "--name", "李伟", "--username", "li.wei", "--level",
+                   "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert (json.loads(result.stdout)["username"], json.loads(result.stdout)["similar_to"]
+            ) == ("li.wei", None)
+    rows = json.loads(admin(tmp_path, "list", "--json").stdout)
+    assert [(r["username"], r["name"]) for r in rows] == [("li.wei", "李伟")]
+
+
+@pytest.mark.parametrize("username", ["Li.Wei", "li..wei", ".li", "li.", "li wei", "li_wei",
+                                      "a" * 33, ""])
+def test_a_malformed_chosen_username_is_refused_and_enrolls_nothing(tmp_path, username):
+    result = admin(tmp_path, "enroll", "--name", "Li Wei", "--username", username, "--level",
+                   "2")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: username ") and "e.g. li.wei" in result.stderr
+    assert states(tmp_path) == {}
+
+
+def test_a_chosen_username_that_is_taken_is_refused_even_with_allow_similar(tmp_path):
+    assert admin(tmp_path, "enroll", "--name", "Ana Lima", "--level", "2").exit_code == 0
+    result = admin(tmp_path, "enroll", "--name", "Ana Souza", "--username", "ana.lima",
+                   "--allow-similar", "--level", "2")
+    assert result.exit_code == 1
+    assert result.stderr == "error: ana.lima is already enrolled (Ana Lima)\n"
+    assert list(states(tmp_path)) == ["ana.lima"]
+
+
 def test_reenroll_shows_awaiting_registration_and_login_says_register_force(broker, tmp_path):
     agent = broker.agent("Ana Lima", login=False)
     result = admin(broker.data_dir, "reenroll", "ana.lima")

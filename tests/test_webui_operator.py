@@ -84,6 +84,23 @@ def test_reenroll_needs_the_username_typed_as_confirmation(operator, broker):
     assert done.status_code == 200 and done.json()["one_time_id"]
 
 
+def test_enroll_takes_a_chosen_username_and_refuses_a_malformed_one(operator):
+    client, access, _ = operator
+    refused = post(client, access, {"action": "enroll", "name": "李伟", "level": "3"})
+    assert refused.status_code == 400 and "--username" in refused.json()["error"]
+    malformed = post(client, access, {"action": "enroll", "name": "李伟", "level": "3",
+                                      "username": "Li Wei"})
+    assert malformed.status_code == 400 and "e.g. li.wei" in malformed.json()["error"]
+    assert client.get("/api/state").json()["principals"] == []
+    answer = post(client, access, {"action": "enroll", "name": "李伟", "level": "3",
+                                   "username": "li.wei"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["username"] == "li.wei"
+    blank = post(client, access, {"action": "enroll", "name": "Ana Lima", "level": "3",
+                                  "username": ""})  # the form's empty field: made from the name
+    assert blank.json()["username"] == "ana.lima"
+
+
 def test_store_refusals_are_one_line_errors_and_change_nothing(operator):
     client, access, _ = operator
     unknown = post(client, access, {"action": "revoke", "username": "nobody"})

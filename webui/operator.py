@@ -85,7 +85,9 @@ class OperatorConsole:
                                       text_param(params, "level", 20),
                                       text_param(params, "kind", 20, required=False)
                                       or "person",
-                                      allow_similar=params.get("allow_similar") in (True, "on"))
+                                      allow_similar=params.get("allow_similar") in (True, "on"),
+                                      username=text_param(params, "username", 32,
+                                                          required=False) or None)
                 message = (f"enrolled {result['name']} as {result['username']}: hand over "
                            "the one-time ID and fingerprint in person")
             elif action == "set-level":
