@@ -115,6 +115,14 @@ class Publisher:
         self.udp.close()
 
 
+def claim(data_dir: Path) -> InstanceLock:
+    """The auctioneer's data directory (made 0700 if missing), for this process alone: one
+    auctioneer per directory, since two would auction the same items, each closing them and
+    announcing its own winner. Taken before anything else, so a second one is refused before
+    it logs in or opens a socket."""
+    return InstanceLock(private_dir(Path(data_dir)) / PID_FILE, "auctioneer")
+
+
 class AuctioneerServer:
     """Owns the sockets, the store and the core. ``serve()`` runs until ``stop`` is set.
 
@@ -127,13 +135,12 @@ class AuctioneerServer:
                  group: str = DEFAULT_MULTICAST_GROUP, port: int = DEFAULT_MULTICAST_PORT,
                  interface: str = DEFAULT_MULTICAST_INTERFACE, ttl: int = DEFAULT_MULTICAST_TTL,
                  soft_close: float = DEFAULT_SOFT_CLOSE, pause: float = 1.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, running: InstanceLock | None = None,
+                 ) -> None:
         self.context = context or zmq.Context.instance()
         self.folder = ItemFolder(items_dir)
-        data_dir = private_dir(Path(data_dir))
-        # One auctioneer per data directory: two would auction the same items, each
-        # closing them and announcing its own winner.
-        self.running = InstanceLock(data_dir / PID_FILE, "auctioneer")
+        self.running = running or claim(data_dir)  # see claim(); `auctioneer start` claims first
+        data_dir = Path(data_dir)
         try:
             self.store = AuctionStore(data_dir / "auction.db")
             for path in data_dir.glob("auction.db*"):

@@ -117,10 +117,12 @@ def start(
     (or rejected/, with a .reason file). Killed and restarted, it resumes the
     open item with its bids.
     """
-    from auctioneer.server import AuctioneerServer
+    from auctioneer.server import AuctioneerServer, claim
 
     setup_logging(verbose)
     with user_errors():
+        directory = data_dir or DEFAULT_HOME / "auctioneer"
+        running = claim(directory)  # before the password and the login: nothing wasted
         agent = Agent(home or default_home(), broker=broker)
         agent.unlock(password())
         agent.login(listen=False)  # a service process: peers never talk to it
@@ -128,9 +130,9 @@ def start(
             raise fail(f"{agent.info.username} is a {agent.info.kind} principal; enroll the "
                        "auctioneer with --kind service")
         try:
-            server = AuctioneerServer(agent, items, data_dir or DEFAULT_HOME / "auctioneer",
-                                      bind, pub, group, port, interface, ttl, soft_close,
-                                      pause, agent.context)
+            server = AuctioneerServer(agent, items, directory, bind, pub, group, port,
+                                      interface, ttl, soft_close, pause, agent.context,
+                                      running)
         except LocalError:
             raise
         except Exception as exc:  # zmq bind errors, bad interface...

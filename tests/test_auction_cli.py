@@ -187,3 +187,22 @@ def test_watch_is_told_when_the_operator_revokes_the_watcher(deployment, tmp_pat
     assert watcher.popen.wait(15) == 1
     assert watcher.stderr_lines[-1:] == ["your session was ended: the operator revoked your "
                                          "access"]
+
+
+def test_a_second_auctioneer_is_refused_before_it_asks_for_a_password_or_logs_in(tmp_path):
+    import os
+
+    from auctioneer.server import claim
+
+    running = claim(tmp_path / "auctioneer")  # as the auctioneer already serving holds it
+    try:
+        (tmp_path / "items").mkdir()
+        result = run_agora("auctioneer", "start", "--items", str(tmp_path / "items"),
+                           "--data-dir", str(tmp_path / "auctioneer"), "--home",
+                           str(tmp_path / "nobody"), env=agora_env(), input="", timeout=20)
+    finally:
+        running.release()
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: another auctioneer is already running on "
+                                     f"{tmp_path / 'auctioneer'} (pid {os.getpid()})")
+    assert not (tmp_path / "nobody").exists()
