@@ -237,8 +237,11 @@ class Agent:
         try:
             pending = pending_file.open(password)
         except WrongPassword:
+            # Its keys may be the ones the broker already accepted: never replaced silently.
             raise LocalError("an unfinished registration is waiting here under another "
-                             "password: give the password you chose then") from None
+                             "password: give the password you chose then (forgotten? delete "
+                             f"{pending_file.path} and register again; if the broker had "
+                             "accepted it, the operator must re-enroll you)") from None
         except LocalError:
             return None  # damaged: start afresh
         if pending.username != username or pending.broker_public_key != broker_key:

@@ -29,7 +29,7 @@ from agora.envelope import (
     seal,
     timestamp_counter,
 )
-from agora.errors import BrokerUnreachable, ProtocolError, RemoteError
+from agora.errors import BrokerUnreachable, LocalError, ProtocolError, RemoteError
 from agora.keyfile import KeyPair
 from agora.protocol import Channel, ErrorCode, Kind, Level, Sender
 from agora.wire import (
@@ -391,6 +391,25 @@ def test_lost_registration_reply_retried_with_the_same_one_time_id_completes(wor
     assert world.store.get(username)["public_key"] == bytes(again.private_key.public_key)
     assert creds.username == username and not pending.exists()
     assert again.login().username == username
+
+
+def test_a_retry_under_another_password_is_refused_and_keeps_the_pending_keys(world):
+    agent = world.agent(register=False)
+    username, otid = agent.enrolled
+    agent._conn = LosesReply(world.core, world.clock)
+    with pytest.raises(BrokerUnreachable):
+        agent.register(username, otid, world.keys.fingerprint, PASSWORD)
+    pending = agent.home / PENDING_REGISTRATION_NAME
+    kept = pending.read_bytes()
+    again = Agent(agent.home, context=world.zctx)
+    again._conn = InMemoryConnection(world.core, world.clock)
+    world.agents.append(again)
+    with pytest.raises(LocalError, match="under another password: give the password you "
+                                         f"chose then \\(forgotten\\? delete {pending}"):
+        again.register(username, otid, world.keys.fingerprint, "another long passphrase")
+    assert pending.read_bytes() == kept and not again.file.exists()
+    again.register(username, otid, world.keys.fingerprint, PASSWORD)  # the first one's keys
+    assert world.store.get(username)["public_key"] == bytes(again.private_key.public_key)
 
 
 def test_registration_retried_after_a_login_is_already_used(world):
