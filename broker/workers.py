@@ -54,7 +54,6 @@ from agora.protocol import (
     Status,
 )
 from agora.wire import (
-    MAX_REFUSAL_MESSAGE,
     REQUEST_ID_SIZE,
     decode_json,
     decode_reply,
@@ -384,8 +383,8 @@ class WorkerRegistry:
                 code = ErrorCode.SERVICE_FAILED
             if code not in WORKER_ERROR_CODES:
                 code = ErrorCode.SERVICE_FAILED
-            message = str(error.get("message") or f"service {call.service} failed",
-                          )[:MAX_REFUSAL_MESSAGE]
+            # Cut to one short line by the refusal codec (agora.wire.encode_refusal).
+            message = str(error.get("message") or f"service {call.service} failed")
             out = self._answer(call, Status.ERROR, {"code": code.value, "message": message},
                                "failed" if code is ErrorCode.SERVICE_FAILED else "refused", now)
         if service.queue:

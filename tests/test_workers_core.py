@@ -306,6 +306,39 @@ def test_malformed_reply_body_gets_a_sealed_disconnect(core):
     assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
 
 
+@pytest.mark.parametrize("ready", [
+    {"service": "Upper", "level": 3},
+    {"service": "upper", "level": 9},
+    {"service": "upper", "level": "3"},
+    {"level": 3},
+], ids=["not-a-service-name", "no-such-level", "level-not-a-number", "no-service"])
+def test_a_malformed_ready_gets_a_sealed_disconnect_and_attaches_nothing(core, ready):
+    w = worker(core)
+    bind(core, "upper", "w1", 3)
+    command, body = w.opened(only(w.send(Kind.READY, ready), w.identity))
+    assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
+    assert core.workers.level_of("upper") is None and core.workers.workers == {}
+
+
+@pytest.mark.parametrize(("error", "code", "message"), [
+    (b"not json", ErrorCode.SERVICE_FAILED, "service upper failed"),
+    (b'{"code": 7, "message": ""}', ErrorCode.SERVICE_FAILED, "service upper failed"),
+    (b'{"code": "bad-request", "message": "' + b"x" * 1000 + b'"}', ErrorCode.BAD_REQUEST,
+     "x" * 300),
+], ids=["not-json", "no-such-code-and-no-message", "long-message"])
+def test_a_worker_error_reaches_its_caller_as_one_bounded_line(core, error, code, message):
+    w, ana = attached(core), client(core)
+    request = request_to(w, ana.call("upper", {"text": "hi"}))
+    w.worker_counter += 1
+    frames = [seal(w.key, Header(Channel.WORKER, Kind.REPLY, Sender.WORKER, w.session.sid,
+                                 w.worker_counter),
+                   encode_reply(bytes.fromhex(request["id"]), False, error))]
+    with pytest.raises(RemoteError) as refused:
+        ana.answer(only(core.handle(w.identity, frames, T0), ana.identity))
+    assert (refused.value.code, refused.value.message) == (code, message)
+    assert w.identity in core.workers.workers  # a failed call, not a broken worker
+
+
 def test_args_and_result_are_forwarded_as_the_octets_that_came(core):
     """The broker neither parses a worker-routed call's args nor re-encodes its result."""
     w, ana = attached(core), client(core)
