@@ -116,6 +116,20 @@ def test_message_sealed_by_a_third_key_is_rejected(pair):
         bob.handle([seal(key, header, bytes(24) + b"hi")], NOW)
 
 
+@pytest.mark.parametrize(("body", "why"), [
+    (bytes(23), "has no message id"),
+    (bytes(24) + b"\xff\xfe", "not UTF-8"),
+], ids=["shorter-than-its-head", "text-not-utf8"])
+def test_an_authentic_but_malformed_message_is_dropped_without_spending_its_number(pair, body,
+                                                                                   why):
+    ana, bob = pair.connect()
+    header = Header(Channel.PEER, Kind.MESSAGE, Sender.INITIATOR, bob.conversation_id, 1)
+    with pytest.raises(ProtocolError, match=why):
+        bob.handle([seal(bob.key, header, body)], NOW)
+    seq, _, frames = ana.message("the real first message", NOW)
+    assert seq == 1 and bob.handle(frames, NOW)[0][0].text == "the real first message"
+
+
 def test_garbage_frames_are_rejected(pair):
     _, bob = pair.connect()
     for frames in ([b"junk"], [b"AGORA01P", b"x" * 80], [b"AG\x02short"], [b"AG\x02" + bytes(80)],
