@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agora.auction_wire import (
-    MAX_CENTS,
     REQUEST_KINDS,
     clear_error,
     decode_request_body,
@@ -569,9 +568,7 @@ class AuctioneerCore:
             _, item_id, amount, closes_at, extended = stored
             return {"accepted": True, "item": item_id, "amount": amount,
                     "closes_at": closes_at, "extended": extended}
-        item_id, amount = fields["item"], fields["amount"]
-        if not 0 < amount <= MAX_CENTS:
-            raise ProtocolError(f"amount must be between 1 and {MAX_CENTS} cents")
+        item_id, amount = fields["item"], fields["amount"]  # bounds checked by decode_bid
         lot = self.lot
         if lot is None:
             raise RemoteError(ErrorCode.AUCTION_CLOSED, "no auction is open")
