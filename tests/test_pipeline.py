@@ -88,3 +88,30 @@ def test_depth_is_bounded():
     for depth in (0, 17):
         with pytest.raises(LocalError):
             Pipeline(LoggedIn(), depth=depth)  # type: ignore[arg-type]
+
+
+def test_a_request_past_its_deadline_is_sent_again_and_answered_once(broker, worker_of,
+                                                                     caplog):
+    worker_of("slow", sample_workers.slow)
+    ana = broker.agent("Ana Lima")
+    with caplog.at_level("INFO", "agora.worker"), \
+            Pipeline(ana, depth=2, timeout=0.3, retries=3) as pipe:
+        counter = pipe.send("slow", {"seconds": 0.5})  # outlives one deadline, not three
+        assert pipe.receive() == (counter, "done")
+    # The same octets again: the broker knew the call was still being served.
+    assert caplog.text.count("slow call started") == 1
+
+
+def test_a_reply_that_does_not_open_is_dropped_and_its_request_stays_in_flight(broker):
+    from agora.envelope import Header, seal
+    from agora.protocol import Channel, Kind, Sender
+
+    ana = broker.agent("Ana Lima")
+    with Pipeline(ana, depth=2) as pipe:
+        counter = pipe.send("echo", {"x": 1})
+        forged = seal(bytes(32), Header(Channel.CLIENT, Kind.RESULT, Sender.BROKER,
+                                        ana.session.sid, counter), b'{"x": 666}')
+        for frames in ([b"", forged], [b"", b"junk"], [forged], [b"", forged, b"x"]):
+            assert pipe._open(frames) is None
+        assert pipe.in_flight == 1
+        assert pipe.receive() == (counter, {"x": 1})
