@@ -14,7 +14,7 @@ from agents.worker import Caller, Keywords, ServiceWorker, invoke, run_worker
 from agora.crypto import new_symmetric_key
 from agora.envelope import Header, seal
 from agora.errors import RemoteError
-from agora.protocol import Channel, ErrorCode, Kind, PrincipalKind, Sender
+from agora.protocol import MAX_CALL_PAYLOAD, Channel, ErrorCode, Kind, PrincipalKind, Sender
 from agora.wire import decode_reply, encode_call, encode_request, open_worker_message
 from broker.server import BrokerServer
 from tests import sample_workers
@@ -132,6 +132,22 @@ def test_raising_worker_gives_service_failed_without_its_message(broker, workers
     assert err.value.code is ErrorCode.SERVICE_FAILED
     assert "hunter2" not in err.value.message
     assert ana.call("echo", {"ok": 1}) == {"ok": 1}
+
+
+@pytest.mark.parametrize(("handler", "message"), [
+    (lambda: "x" * MAX_CALL_PAYLOAD, f"result of odd is over {MAX_CALL_PAYLOAD // 1024} KiB"),
+    (lambda: {1, 2}, "service odd failed (TypeError)"),  # not JSON: a set
+], ids=["result-too-large", "result-not-json"])
+def test_a_result_that_cannot_travel_is_service_failed_and_the_worker_serves_on(
+        broker, workers, handler, message):
+    workers("odd", handler)
+    ana = broker.agent("Ana Lima")
+    with pytest.raises(RemoteError) as err:
+        ana.call("odd")
+    assert (err.value.code, err.value.message) == (ErrorCode.SERVICE_FAILED, message)
+    with pytest.raises(RemoteError) as again:  # the worker is still attached and answering
+        ana.call("odd")
+    assert again.value.message == message
 
 
 def test_late_worker_times_out_and_broker_keeps_serving(broker, workers):
