@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -374,19 +375,25 @@ def test_older_captured_login_replayed_is_refused_without_flagging(world):
     assert not world.store.get("ana.lima")["flagged"]
 
 
-def test_lost_registration_reply_retried_with_the_same_one_time_id_completes(world):
-    # Issue 9, defect 3: the retry got "already used" and only re-enrollment helped.
+def lost_registration(world) -> tuple[Agent, str, str, Path]:
+    """A registration whose reply was lost (the broker acted on it), then a new process of
+    the same collaborator: (its agent, username, one-time ID, the pending file)."""
     agent = world.agent(register=False)
     username, otid = agent.enrolled
     agent._conn = LosesReply(world.core, world.clock)
     with pytest.raises(BrokerUnreachable):
         agent.register(username, otid, world.keys.fingerprint, PASSWORD)
-    pending = agent.home / PENDING_REGISTRATION_NAME
-    assert pending.stat().st_mode & 0o777 == 0o600 and not agent.file.exists()
-    world.clock.advance(3600)
     again = Agent(agent.home, context=world.zctx)
     again._conn = InMemoryConnection(world.core, world.clock)
     world.agents.append(again)
+    return again, username, otid, agent.home / PENDING_REGISTRATION_NAME
+
+
+def test_lost_registration_reply_retried_with_the_same_one_time_id_completes(world):
+    # Issue 9, defect 3: the retry got "already used" and only re-enrollment helped.
+    again, username, otid, pending = lost_registration(world)
+    assert pending.stat().st_mode & 0o777 == 0o600 and not again.file.exists()
+    world.clock.advance(3600)
     creds = again.register(username, otid, world.keys.fingerprint, PASSWORD)
     assert world.store.get(username)["public_key"] == bytes(again.private_key.public_key)
     assert creds.username == username and not pending.exists()
@@ -394,16 +401,8 @@ def test_lost_registration_reply_retried_with_the_same_one_time_id_completes(wor
 
 
 def test_a_retry_under_another_password_is_refused_and_keeps_the_pending_keys(world):
-    agent = world.agent(register=False)
-    username, otid = agent.enrolled
-    agent._conn = LosesReply(world.core, world.clock)
-    with pytest.raises(BrokerUnreachable):
-        agent.register(username, otid, world.keys.fingerprint, PASSWORD)
-    pending = agent.home / PENDING_REGISTRATION_NAME
+    again, username, otid, pending = lost_registration(world)
     kept = pending.read_bytes()
-    again = Agent(agent.home, context=world.zctx)
-    again._conn = InMemoryConnection(world.core, world.clock)
-    world.agents.append(again)
     with pytest.raises(LocalError, match="under another password: give the password you "
                                          f"chose then \\(forgotten\\? delete {pending}"):
         again.register(username, otid, world.keys.fingerprint, "another long passphrase")
