@@ -81,14 +81,13 @@ def enroll(store: Store, keys: KeyPair, name: str, level: int | str,
     kind = parse_kind(kind)
     if not ttl_hours > 0:
         raise LocalError("the one-time ID's lifetime must be more than 0 hours")
-    chosen = username
-    username, one_time_id = store.enroll(name, lvl, _now(now), kind, ttl_hours * 3600,
-                                         allow_similar=allow_similar, username=chosen)
-    base = chosen or store.username_for(name)
-    return {"username": username, "name": " ".join(name.split()),
+    enrolled, one_time_id = store.enroll(name, lvl, _now(now), kind, ttl_hours * 3600,
+                                         allow_similar=allow_similar, username=username)
+    base = username or store.username_for(name)
+    return {"username": enrolled, "name": " ".join(name.split()),
             "one_time_id": one_time_id, "fingerprint": keys.fingerprint, "level": int(lvl),
             "level_name": lvl.label, "kind": kind.value, "expires_in_hours": ttl_hours,
-            "similar_to": base if base != username else None}
+            "similar_to": base if base != enrolled else None}
 
 
 def reenroll(store: Store, keys: KeyPair, username: str,
