@@ -65,6 +65,16 @@ def test_missing_or_bad_fields_have_one_line_reasons():
     assert "KiB" in reason(b" " * 70_000)
 
 
+def test_bad_json_and_badly_typed_fields_have_one_line_reasons():
+    assert reason(b"{oops") == "not valid JSON"
+    assert reason(b'{"id": "\xff"}') == "not valid JSON"  # not UTF-8
+    for bad in (5, "x" * 4001):
+        assert reason(doc(description=bad)).startswith("description must be"), bad
+    for bad in ("1250", 12.5, True):
+        assert reason(doc(starting_price=None, starting_price_cents=bad)) == \
+            "starting_price_cents must be an integer number of cents", bad
+
+
 def test_sample_items_are_valid():
     items = [parse_item(p.read_bytes()) for p in sorted(SAMPLES.glob("*.json"))]
     assert [i.id for i in items] == ["brass-lamp", "atlas-1920"]
