@@ -189,6 +189,25 @@ def test_revoked_user_cannot_register(world):
         agent.register(*agent.enrolled, world.keys.fingerprint, PASSWORD)
 
 
+def test_a_key_pair_registered_to_someone_else_is_refused_and_burns_nothing(world,
+                                                                            monkeypatch):
+    ana = world.agent(login=False)
+    bob = world.agent("Bob Reis", register=False)
+
+    class AnasKey(PrivateKey):  # Bob's agent "generates" the key pair Ana registered
+        @classmethod
+        def generate(cls) -> PrivateKey:
+            return PrivateKey(ana.credentials.private_key)
+
+    monkeypatch.setattr(agent_module, "PrivateKey", AnasKey)
+    before = world.store.get("bob.reis")
+    world.clock.advance(1)  # a later request, not a replay of Ana's
+    with refused(ErrorCode.BAD_REQUEST):
+        bob.register(*bob.enrolled, world.keys.fingerprint, PASSWORD)
+    assert world.store.get("bob.reis") == before  # one-time ID kept, no key stored
+    assert world.store.get("ana.lima")["public_key"] == bytes(ana.private_key.public_key)
+
+
 # -- login --------------------------------------------------------------------------------
 
 def test_revoked_user_cannot_log_in(world):
