@@ -244,6 +244,15 @@ def test_junk_logins_are_refused_in_clear_then_too_many_attempts(world):
     assert not any(c.authenticated for c in codes)
 
 
+def test_login_for_an_enrolled_name_not_yet_registered_is_refused_in_clear(world):
+    agent = world.agent(register=False)
+    before = world.store.get("ana.lima")
+    error = refusal(world.send(agent, junk_login("ana.lima")))
+    assert error.code is ErrorCode.BAD_CREDENTIALS and not error.authenticated
+    assert world.store.get("ana.lima") == before  # the one-time ID still works
+    agent.register(*agent.enrolled, world.keys.fingerprint, PASSWORD)
+
+
 def test_junk_for_a_username_never_locks_out_its_key_holder(world):
     # Issue 9, defect 2: five junk frames a minute kept the owner at too-many-attempts.
     agent = world.agent()
