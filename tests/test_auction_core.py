@@ -280,6 +280,35 @@ def test_bid_from_a_member_the_snapshot_no_longer_lists_is_refused():
     assert refused(h.bid, bob, 5000, now=T0 + 2).code is ErrorCode.NOT_JOINED
 
 
+def test_a_membership_notice_older_than_what_the_core_holds_changes_nothing():
+    h = Harness()
+    ana = h.bidder("ana")
+    late = h.registry.notice(ana.public_key)  # "registered", overtaken by what follows
+    h.revoke(ana)
+    h.core.member_changed(late, T0)  # arrives after the revocation
+    assert refused(h.join, ana).code is ErrorCode.REVOKED
+
+
+def test_membership_notices_before_the_first_snapshot_wait_for_it():
+    h = Harness()
+    h.core.roster.version = None  # as after a start, before the broker answered
+    ana = h.bidder("ana")  # its notice comes first
+    assert h.core.wants_snapshot
+    assert refused(h.join, ana).code is ErrorCode.SERVICE_UNAVAILABLE
+    h.core.membership_snapshot(h.registry.version, h.registry.snapshot(), T0)
+    assert h.join(ana).username == "ana"
+
+
+def test_a_malformed_membership_notice_is_ignored():
+    h = Harness()
+    ana = h.bidder("ana")
+    h.join(ana)
+    for notice in ({}, {"version": "9999", "username": "ana"}, {"version": 9999}):
+        h.core.member_changed(notice, T0)
+    assert ana.public_key in h.core.members
+    assert h.core.roster.version == h.registry.version
+
+
 def test_auctioneer_fails_closed_when_the_broker_is_unheard_of_too_long():
     h = Harness()
     h.core.open_item(item(duration=600), "lamp.json", T0)
