@@ -31,6 +31,7 @@ from agora.notice_wire import (
     seal_from_broker,
 )
 from agora.protocol import (
+    FRESHNESS_WINDOW,
     NOTICE_HEARTBEAT,
     NOTICE_LIVENESS,
     Channel,
@@ -185,6 +186,16 @@ def test_replayed_subscribe_cannot_move_the_route(core):
     core.handle(sub.identity, frames, T0)
     assert core.handle(b"eve", frames, T0 + 1) == []
     assert core.notices.subscriptions[sub.session.sid].identity == b"ana-notices"
+
+
+def test_a_stale_heartbeat_is_dropped_and_a_stale_subscribe_refused_sealed(core):
+    sub = subscribed(core)
+    late = T0 + FRESHNESS_WINDOW + 1  # both made at T0, received too late
+    assert core.handle(sub.identity, sub.frames(Kind.HEARTBEAT, now=T0), late) == []
+    out = core.handle(sub.identity, sub.frames(Kind.SUBSCRIBE, encode_subscribe(False), T0),
+                      late)
+    [(kind, (code, _))] = sub.opened(out, late)
+    assert (kind, code) == (Kind.REFUSED, "stale")
 
 
 def test_unknown_session_is_refused_in_clear(core):
