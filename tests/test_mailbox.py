@@ -80,6 +80,20 @@ def test_letter_attributed_to_another_sender_is_dropped(broker, ana_and_offline_
     assert inbox.received == [] and "could not be authenticated" in caplog.text
 
 
+def test_letters_from_a_sender_revoked_since_are_dropped(broker, ana_and_offline_bob, caplog):
+    ana, bob = ana_and_offline_bob
+    ana.send("bob.reis", "sent before the revocation")
+    broker.admin.revoke("ana.lima", time.time())
+    bob.login(PASSWORD)
+    with caplog.at_level(logging.WARNING, "agora.peer"), Listening(bob) as inbox:
+        deadline = time.monotonic() + 5
+        while mailbox_rows(broker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        inbox.wait_for(1, timeout=0.2)
+    assert inbox.received == [] and "no longer in the directory" in caplog.text
+    assert mailbox_rows(broker) == []  # dropped for good, not fetched again and again
+
+
 def test_full_mailbox_refuses_more_letters(broker, ana_and_offline_bob, monkeypatch):
     ana, _ = ana_and_offline_bob
     monkeypatch.setattr("broker.mailbox.MAILBOX_MAX_LETTERS", 2)
