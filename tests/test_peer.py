@@ -20,6 +20,7 @@ from agora.envelope import open_clear
 from agora.errors import (
     LocalError,
     MessageTooLarge,
+    PeerError,
     PeerOffline,
     PeerTimeout,
     RemoteError,
@@ -315,6 +316,22 @@ def test_revoked_sender_is_refused(zctx, broker):
     with Listening(bob), pytest.raises(UnauthenticatedRefusal) as exc:
         raw_hello(zctx, PeerEndpoint("ana.lima", ana.private_key), bob)
     assert exc.value.code == ErrorCode.REVOKED
+
+
+@pytest.mark.parametrize("address", ["192.0.2.7", "127.0.0.2"])
+def test_a_directory_address_other_than_loopback_is_never_connected_to(ana_bob, monkeypatch,
+                                                                       address):
+    ana, bob = ana_bob
+    lookup = ana.call
+
+    def call(service, args=None):  # the directory says bob listens elsewhere
+        answer = lookup(service, args)
+        return {**answer, "address": address} if service == "lookup" else answer
+
+    monkeypatch.setattr(ana, "call", call)
+    with Listening(bob), pytest.raises(PeerError, match="not on loopback; not connecting"):
+        ana.send("bob.reis", "hi")
+    assert ana.peer.conversations == {}
 
 
 def test_send_to_yourself_is_refused(ana_bob):
