@@ -288,17 +288,20 @@ class Agent:
                 body = open_preauth_reply(self.connection.request(frames), header,
                                           creds.symmetric_key, creds.symmetric_key)
             except RemoteError as exc:
-                if exc.authenticated:  # the broker's own word: this request is finished
-                    creds.pending_login = None
-                    self.file.save(creds)
-                    if recovered and exc.code in (ErrorCode.STALE, ErrorCode.REPLAYED):
-                        # The kept request never reached the broker in time: a new one.
-                        return self.login(listen=listen)
-                raise
-            token, sid, session_key, info = decode_grant(body, with_session=True)
-            creds.token, creds.level = token, info["level"]
-            creds.pending_login = None
-            self.file.save(creds)
+                if not exc.authenticated:
+                    raise
+                creds.pending_login = None  # the broker's own word: this request is finished
+                self.file.save(creds)
+                if not (recovered and exc.code in (ErrorCode.STALE, ErrorCode.REPLAYED)):
+                    raise
+                body = None  # the kept request never reached the broker in time
+            if body is not None:
+                token, sid, session_key, info = decode_grant(body, with_session=True)
+                creds.token, creds.level = token, info["level"]
+                creds.pending_login = None
+                self.file.save(creds)
+        if body is None:
+            return self.login(listen=listen)  # a new request, once the file's lock is free
         self.session = _Session(sid, session_key)
         self.info = SessionInfo(creds.username, creds.level, creds.kind,
                                 self.session.sid.hex()[:8], port)

@@ -482,6 +482,29 @@ def test_login_whose_reply_was_lost_is_recovered_by_the_next_process(world):
     assert world.store.get("ana.lima")["port"] == info.port  # logged in once more
 
 
+class LosesLogin(InMemoryConnection):
+    """Loses LOGIN requests on the way: the broker never sees them."""
+
+    def request(self, frames):
+        if peek(frames[-1]).kind == Kind.LOGIN:
+            raise BrokerUnreachable("broker unreachable (request lost)")
+        return super().request(frames)
+
+
+def test_a_kept_login_that_never_arrived_is_replaced_once_it_is_stale(world):
+    agent = world.agent(login=False)
+    agent._conn = LosesLogin(world.core, world.clock)
+    with pytest.raises(BrokerUnreachable):
+        agent.login(PASSWORD)
+    world.clock.advance(600)  # the kept request is now too old for the broker
+    again = Agent(agent.home, context=world.zctx)
+    again._conn = InMemoryConnection(world.core, world.clock)
+    world.agents.append(again)
+    assert again.login(PASSWORD).username == "ana.lima"
+    assert again.file.reload().pending_login is None
+    assert not world.store.get("ana.lima")["flagged"]
+
+
 # -- sessions -----------------------------------------------------------------------------
 
 def session_frames(agent: Agent, counter: int, service: str = "echo",
