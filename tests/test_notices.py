@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import threading
 import time
 
 import pytest
 
 from agents import Agent
-from agents.notices import BROKER_SILENT, UNKNOWN_SESSION, Notice, NoticeReceiver
+from agents.notices import BROKER_BACK, BROKER_SILENT, UNKNOWN_SESSION, Notice, NoticeReceiver
 from agora.crypto import new_symmetric_key
 from agora.envelope import Header, timestamp_counter
 from agora.errors import RemoteError
@@ -335,6 +336,21 @@ def test_silent_broker_is_reported_then_unknown_session_after_restart(broker):
     silent = wait_for(stream, BROKER_SILENT)
     assert not silent.authenticated
     assert stream.silent_for() >= 0.6
+    stream.close()
+
+
+def test_a_broker_heard_again_after_silence_is_reported_back_on_the_same_session(broker):
+    broker.server.core.notices.heartbeat = 0.2
+    ana = broker.agent("Ana Lima")
+    stream = ana.subscribe()
+    broker.server.stop.set()  # paused, not restarted: it still knows the session
+    broker.thread.join(timeout=5)
+    wait_for(stream, BROKER_SILENT)
+    broker.server.stop.clear()
+    broker.thread = threading.Thread(target=broker.server.serve, daemon=True)
+    broker.thread.start()
+    back = wait_for(stream, BROKER_BACK)
+    assert not back.authenticated and stream.subscribed and stream.ended is None
     stream.close()
 
 
