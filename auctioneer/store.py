@@ -52,8 +52,9 @@ class AuctionStore:
         """Group commit: the bids stored inside are committed together, once, at the end.
 
         The caller must not acknowledge or announce any of them before this returns. If
-        any write inside failed, the whole batch is rolled back and that error raised
-        here: none of its bids was stored, so none may be acknowledged.
+        any write inside failed, or the commit itself (a full disk), the whole batch is
+        rolled back and that error raised here: none of its bids was stored, so none may
+        be acknowledged.
         """
         self._batching, self._failed = True, None
         try:
@@ -64,7 +65,13 @@ class AuctionStore:
         if failed is not None:
             self.db.conn.rollback()
             raise failed
-        self.db.conn.commit()
+        try:
+            self.db.conn.commit()
+        except BaseException:
+            # A failed COMMIT can leave the transaction open; a later commit must not
+            # store, unannounced, the bids this one could not.
+            self.db.conn.rollback()
+            raise
 
     def _create_tables(self) -> None:
         if "items" not in self.db.table_names():

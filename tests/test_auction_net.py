@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 
 import pytest
 
 from agents.auction import AuctionClient, AuctionWatcher
-from agora.errors import RemoteError
+from agents.auction_view import AuctionView
+from agora.errors import AuctioneerUnreachable, RemoteError
 from agora.multicast import free_udp_port, open_sender, random_group, send_datagram
 from agora.protocol import ErrorCode, PrincipalKind
 from auctioneer.server import AuctioneerServer
@@ -36,10 +38,17 @@ class AuctionHarness:
             "tcp://127.0.0.1:0", self.group, self.port, soft_close=0.5, pause=0.2,
             context=zctx)
         assert self.server.wait_for_membership(5.0)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.error: Exception | None = None  # what ended serve(), if anything did
+        self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
-    def client(self, name: str) -> AuctionClient:
+    def _serve(self) -> None:
+        try:
+            self.server.serve()
+        except Exception as exc:
+            self.error = exc
+
+    def client(self, name: str, timeout: float = 2.0, retries: int = 2) -> AuctionClient:
         agent = self.broker.agent(name)
         # A new registration reaches the auctioneer by push (the broker's store poll, then a
         # membership notice): wait for it rather than race it.
@@ -47,7 +56,7 @@ class AuctionHarness:
         while key not in self.server.core.roster.keys and time.monotonic() < deadline:
             time.sleep(0.02)
         return AuctionClient.for_agent(agent, self.agent.username, self.server.endpoint,
-                                       timeout=2.0, retries=2)
+                                       timeout=timeout, retries=retries)
 
     def stop(self) -> None:
         self.server.stop.set()
@@ -77,6 +86,40 @@ def watch_in_thread(client: AuctionClient, results: dict, key: str, until_items:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+class FullDisk:
+    """The store's connection once the disk is full: writes go on, commits fail."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def commit(self) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+
+def test_bids_that_cannot_be_stored_are_neither_acknowledged_nor_announced(auction):
+    ana = auction.client("Ana Lima", timeout=0.5, retries=1)
+    view = AuctionView(ana.join(), ana.private_key)
+    published: list[bytes] = []
+    publish = auction.server.publisher.publish
+    auction.server.publisher.publish = lambda d: (published.append(d), publish(d))
+    write_item(auction.items, "01-lamp.json", "lamp", duration=30)
+    deadline = time.monotonic() + 5
+    while auction.server.core.idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    auction.server.store.db.conn = FullDisk(auction.server.store.db.conn)
+    with pytest.raises(AuctioneerUnreachable):
+        ana.bid("lamp", 1000)
+    auction.thread.join(timeout=5)
+    # It stopped, as on a crash: a restart resumes from what the store holds.
+    assert isinstance(auction.error, sqlite3.OperationalError)
+    assert auction.server.store.bids("lamp") == []
+    events = [e["kind"] for d in published for e in view.feed(d).events]
+    assert "opened" in events and "bid" not in events
 
 
 def test_join_refuses_a_revoked_collaborator(auction, broker):
