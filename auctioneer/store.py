@@ -62,14 +62,13 @@ class AuctionStore:
         finally:
             self._batching = False
         failed, self._failed = self._failed, None
-        if failed is not None:
-            self.db.conn.rollback()
-            raise failed
         try:
+            if failed is not None:
+                raise failed
             self.db.conn.commit()
         except BaseException:
-            # A failed COMMIT can leave the transaction open; a later commit must not
-            # store, unannounced, the bids this one could not.
+            # Also when COMMIT itself failed, which can leave the transaction open: a later
+            # commit must not store, unannounced, the bids this one could not.
             self.db.conn.rollback()
             raise
 
