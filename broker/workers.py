@@ -193,15 +193,23 @@ class WorkerRegistry:
         if len(service.queue) >= MAX_QUEUED_REQUESTS:
             self.audit(session.username, f"call:{name}", "busy", now)
             raise RemoteError(ErrorCode.SERVICE_UNAVAILABLE, f"service {name} is overloaded")
+        out: list[Outgoing] = []
+        calls = self._by_session.get(session.sid, {})
+        if len(calls) >= MAX_PIPELINE:
+            # A caller keeps at most this many in flight: its oldest is given up and told
+            # so now, rather than left to time out at its end (a worker's late answer to it
+            # is dropped as any late reply is).
+            out += self._answer(self.pending[calls[next(iter(calls))]], Status.ERROR, {
+                "code": ErrorCode.SERVICE_UNAVAILABLE.value,
+                "message": f"over {MAX_PIPELINE} calls in flight: this one was given up"},
+                "given-up", now)
         calls = self._by_session.setdefault(session.sid, {})
-        if len(calls) >= MAX_PIPELINE:  # a caller keeps at most this many in flight:
-            self.pending.pop(calls.pop(next(iter(calls))), None)  # its oldest is abandoned
         call = PendingCall(os.urandom(REQUEST_ID_SIZE), name, caller, session.sid, counter, digest,
                            session.username, int(session.level), args, now + self.call_timeout)
         self.pending[call.rid] = call
         calls[counter] = call.rid
         service.queue.append(call.rid)
-        return self._dispatch(service, now)
+        return out + self._dispatch(service, now)
 
     def retransmitted(self, sid: bytes, counter: int, digest: bytes, caller: bytes) -> bool:
         """An exact retry of a call still in flight: answer it on the retry's socket."""

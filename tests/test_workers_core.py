@@ -16,6 +16,8 @@ from agora.protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
     MAX_CALL_PAYLOAD,
+    MAX_PIPELINE,
+    MAX_QUEUED_REQUESTS,
     Channel,
     ErrorCode,
     Kind,
@@ -208,6 +210,44 @@ def test_arguments_too_large_for_a_worker_are_refused(core):
     with pytest.raises(RemoteError) as err:
         ana.answer(only(ana.call("upper", {"text": "x" * MAX_CALL_PAYLOAD}), ana.identity))
     assert err.value.code is ErrorCode.TOO_LARGE
+
+
+def test_a_full_service_queue_refuses_the_next_call_at_once_and_serves_on(core):
+    w = attached(core)
+    # Each caller keeps under MAX_PIPELINE in flight: only the service's queue bound applies.
+    callers = [client(core, f"c{n}") for n in range((MAX_QUEUED_REQUESTS + 2) // 10 + 1)]
+    requests = [request_to(w, callers[0].call("upper")), request_to(w, callers[0].call("upper"))]
+    for n in range(MAX_QUEUED_REQUESTS):  # the worker holds 2; these wait
+        assert callers[n // 10 + 1].call("upper") == []
+    late = client(core, "late")
+    with pytest.raises(RemoteError) as err:
+        late.answer(only(late.call("upper"), late.identity))
+    assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE and "overloaded" in err.value.message
+    out = w.send(Kind.REPLY, {"id": requests[0]["id"], "ok": True, "result": "a"})
+    assert callers[0].answer(only(out, callers[0].identity), 1) == "a"
+    assert request_to(w, out)["caller"]["username"] == "c1"  # the queue moves on
+    assert late.call("upper") == []  # room again: queued, not refused
+    core.flush_audit(T0)
+    assert [r["outcome"] for r in core.store.audit_rows("late")] == ["busy"]
+
+
+def test_a_caller_over_the_pipeline_limit_is_told_its_oldest_call_was_given_up(core):
+    w, ana = attached(core), client(core)
+    first = request_to(w, ana.call("upper"))
+    for _ in range(MAX_PIPELINE - 1):
+        ana.call("upper")  # one more to the worker, then the queue
+    out = ana.call("upper")  # one over the limit
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(out, ana.identity), 1)
+    assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    assert f"over {MAX_PIPELINE} calls in flight" in err.value.message
+    # The worker's answer to it comes too late: dropped, and the worker serves on.
+    out = w.send(Kind.REPLY, {"id": first["id"], "ok": True, "result": "late"})
+    assert to(out, ana.identity) == []
+    assert request_to(w, out)["caller"]["username"] == "ana"
+    core.flush_audit(T0)
+    outcomes = [r["outcome"] for r in core.store.audit_rows()]
+    assert "given-up" in outcomes and "late-reply" in outcomes
 
 
 def test_unknown_service_is_refused(core):
