@@ -360,6 +360,66 @@ def test_a_malformed_ready_gets_a_sealed_disconnect_and_attaches_nothing(core, r
     assert core.workers.level_of("upper") is None and core.workers.workers == {}
 
 
+def test_a_second_ready_on_an_attached_socket_gets_a_sealed_disconnect(core):
+    w = attached(core)
+    command, body = w.opened(only(w.attach("upper", 3), w.identity))
+    assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
+    assert "already attached" in body["message"]
+
+
+def test_a_worker_message_of_several_frames_is_refused_in_clear(core):
+    w = attached(core)
+    frames = w.worker_frames(Kind.HEARTBEAT, {})
+    with pytest.raises(UnauthenticatedRefusal, match="one frame"):
+        w.opened(only(core.handle_worker(w.identity, frames + [b"extra"], T0), w.identity))
+    assert core.workers.listing()[0]["workers"] == 1  # nothing authenticated: still attached
+
+
+def test_a_socket_attached_under_one_session_is_refused_under_another(core):
+    w = attached(core)
+    other = worker(core, "w2")  # another worker session, sending from w1's socket
+    out = core.handle(w.identity, other.worker_frames(Kind.HEARTBEAT, {}), T0)
+    command, body = other.opened(only(out, w.identity))
+    assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
+    assert "another session" in body["message"]
+
+
+def test_a_worker_whose_level_is_lowered_below_its_service_is_detached(core):
+    w, ana = attached(core, service="upper", level=3), client(core)
+    w.session.level = Level(2)  # the operator lowered the principal (apply_store_changes)
+    command, body = w.opened(only(core.tick(T0 + 0.1), w.identity))
+    assert (command, body["code"]) == (Kind.DISCONNECT, "forbidden")
+    assert core.workers.listing()[0]["workers"] == 0
+    with pytest.raises(RemoteError) as err:
+        ana.answer(only(ana.call("upper", now=T0 + 0.2), ana.identity))
+    assert err.value.code is ErrorCode.SERVICE_UNAVAILABLE
+
+
+def test_a_call_that_timed_out_in_the_queue_never_reaches_a_worker(core, caplog):
+    w, ana, bob = attached(core), client(core, "ana"), client(core, "bob")
+    first = request_to(w, ana.call("upper"))
+    request_to(w, ana.call("upper"))
+    assert bob.call("upper") == []  # queued behind the two
+    w.send(Kind.HEARTBEAT, {}, T0 + 2.5)  # alive, just slow
+    w.send(Kind.HEARTBEAT, {}, T0 + 4.5)
+    with pytest.raises(RemoteError) as err:
+        bob.answer(only(core.tick(T0 + TIMEOUT + 0.01), bob.identity))
+    assert err.value.code is ErrorCode.TIMEOUT
+    out = w.send(Kind.REPLY, {"id": first["id"], "ok": True, "result": "a"}, T0 + 6)
+    assert out == []  # a late reply, and bob's call is not handed over after its timeout
+    assert request_to(w, bob.call("upper", now=T0 + 6))["caller"]["username"] == "bob"
+    assert "internal error" not in caplog.text
+
+
+def test_a_call_goes_past_an_idle_worker_whose_session_ended_to_the_next(core):
+    w1, w2, ana = attached(core, "w1"), attached(core, "w2"), client(core)
+    core.sessions.end(w1.session.sid)  # w1 is next in line, and no tick has noticed yet
+    out = ana.call("upper")
+    assert request_to(w2, out)["caller"]["username"] == "ana"
+    assert to(out, w1.identity) == []
+    assert core.workers.listing()[0]["workers"] == 1  # w1 detached on the way
+
+
 @pytest.mark.parametrize(("error", "code", "message"), [
     (b"not json", ErrorCode.SERVICE_FAILED, "service upper failed"),
     (b'{"code": 7, "message": ""}', ErrorCode.SERVICE_FAILED, "service upper failed"),
