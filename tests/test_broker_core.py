@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +46,7 @@ from agora.wire import (
     request_header,
     seal_session_request,
 )
-from broker.core import BrokerCore
+from broker.core import BrokerCore, Service
 from broker.services import builtin_services
 from broker.store import Store
 from tests.conftest import PASSWORD
@@ -368,6 +369,41 @@ class LosesReply(InMemoryConnection):
         return reply
 
 
+def test_a_login_with_a_token_never_issued_is_refused_sealed_and_flags_nothing(world):
+    agent = world.agent()
+    creds = agent.unlock(PASSWORD)
+    header = request_header(Kind.LOGIN, login_context("ana.lima"),
+                            timestamp_counter(world.clock.now) + 1000)
+    forged = os.urandom(32) + b"\x00\x00\x00"  # the key, but a token nobody was given
+    error = refusal(world.send(agent, [b"ana.lima", seal(creds.symmetric_key, header, forged)]),
+                    creds.symmetric_key)
+    assert (error.code, error.message, error.authenticated) == (
+        ErrorCode.BAD_CREDENTIALS, "wrong token", True)
+    assert not world.store.get("ana.lima")["flagged"]  # only a retired token means theft
+    world.clock.advance(2)
+    assert agent.login().username == "ana.lima"
+
+
+def test_a_login_whose_rotation_cannot_be_stored_opens_no_session_and_keeps_the_token(
+        world, monkeypatch):
+    agent = world.agent()
+    agent.logout()
+    token_hash = world.store.get("ana.lima")["token_hash"]
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(world.store, "rotate_token", disk_full)
+    world.clock.advance(2)
+    with refused(ErrorCode.INTERNAL):
+        agent.login()
+    assert len(world.core.sessions) == 0  # the session opened for it is closed again
+    assert world.store.get("ana.lima")["token_hash"] == token_hash
+    monkeypatch.undo()  # the disk has room again: the same token still logs in
+    world.clock.advance(2)
+    assert agent.login().username == "ana.lima"
+
+
 def test_lost_login_reply_retried_late_is_answered_not_taken_for_theft(world):
     # Issue 9, defect 3: a retry more than ~115 s later got token-reused and a flag.
     agent = world.agent(login=False)
@@ -594,6 +630,32 @@ def test_idle_session_expires(world):
     world.clock.advance(31 * 60)
     world.core.tick(world.clock.now)
     assert world.core.sessions.get(agent.session.sid) is None
+
+
+def test_an_expired_session_is_refused_before_any_timer_ends_it(world):
+    agent = world.agent()
+    frames = session_frames(agent, 1)
+    world.clock.advance(31 * 60)  # idle past the limit; no tick has run since
+    with pytest.raises(RemoteError) as err:
+        answer(agent, world.send(agent, frames), 1)
+    assert err.value.code is ErrorCode.UNKNOWN_SESSION
+    assert world.core.sessions.get(agent.session.sid) is None
+
+
+def test_a_builtin_service_that_breaks_answers_service_failed_and_the_broker_serves_on(
+        world, caplog):
+    def broken(ctx: object, args: dict) -> None:
+        raise KeyError("a bug, with a secret in it")
+
+    world.core.services["broken"] = Service("broken", Level(1), "always fails", broken)
+    agent = world.agent()
+    with pytest.raises(RemoteError) as err:
+        agent.call("broken")
+    assert (err.value.code, err.value.message) == (ErrorCode.SERVICE_FAILED,
+                                                   "service broken failed")
+    assert agent.call("echo", {"n": 1}) == {"n": 1}
+    assert ("call:broken", "failed") in world.audit_actions("ana.lima")
+    assert "service broken failed" in caplog.text  # logged for the operator, with its trace
 
 
 def test_unknown_session_makes_agent_log_in_again(world):
