@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from agora.protocol import Level, PrincipalKind
-from broker.sessions import SessionTable
+from broker.sessions import FailureLimiter, SessionTable
 from tests.test_broker_core import CoreWorld
 
 
@@ -70,3 +70,25 @@ def test_a_login_past_the_cap_ends_the_oldest_session_and_audits_it(tmp_path, zc
     world.core.tick(world.clock.now)
     assert ("session", "ended") in world.audit_actions("ana.lima")
     agent.close()
+
+
+def test_a_full_failure_limiter_counts_new_names_together_and_drops_no_live_count():
+    limiter = FailureLimiter(limit=2, window=60.0, max_keys=2)
+    for key in ("ana", "bob"):
+        limiter.record(key, 1.0)
+        limiter.record(key, 2.0)
+    for n in range(10):  # more names than it holds: one shared count, nothing evicted
+        limiter.record(f"name{n}", 3.0)
+    assert limiter.blocked("ana", 4.0) and limiter.blocked("bob", 4.0)
+    assert limiter.blocked(FailureLimiter.UNKNOWN, 4.0)
+    assert not limiter.blocked("name0", 4.0)  # it has no count of its own: it shares one
+
+
+def test_a_full_failure_limiter_makes_room_once_counts_are_past_their_window():
+    limiter = FailureLimiter(limit=2, window=60.0, max_keys=2)
+    limiter.record("ana", 1.0)
+    limiter.record("bob", 1.0)
+    limiter.record("cy", 100.0)  # ana's and bob's failures no longer block anything
+    limiter.record("cy", 100.0)
+    assert limiter.blocked("cy", 101.0) and not limiter.blocked("ana", 101.0)
+    assert len(limiter) == 1
