@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -253,3 +254,20 @@ def test_timers_after_a_failing_one_still_run():
     core.audit_later("ana", "test", "ok", 0.0)
     core.tick(10.0)  # the audit timer comes after the broken one and still flushes
     assert [r["action"] for r in store.audit_rows()] == ["test"]
+
+
+def test_a_broker_whose_port_is_taken_fails_and_leaves_its_directory_free(
+        tmp_path, zctx, monkeypatch):
+    monkeypatch.setattr("agora.sockets.BIND_RETRY", 0.2)
+    taken = zctx.socket(zmq.ROUTER)
+    taken.setsockopt(zmq.LINGER, 0)
+    taken.bind("tcp://127.0.0.1:0")
+    try:
+        with pytest.raises(zmq.ZMQError) as err:
+            BrokerServer(tmp_path, taken.getsockopt_string(zmq.LAST_ENDPOINT), zctx)
+        assert err.value.errno == errno.EADDRINUSE
+    finally:
+        taken.close(0)
+    # Its database and its PID file were let go: a broker starts there at once.
+    server = BrokerServer(tmp_path, "tcp://127.0.0.1:0", zctx)
+    server.close()
