@@ -318,6 +318,21 @@ def test_revoked_sender_is_refused(zctx, broker):
     assert exc.value.code == ErrorCode.REVOKED
 
 
+def test_a_conversation_request_while_the_broker_is_away_is_refused_as_try_again(zctx,
+                                                                                 broker):
+    bob = broker.agent("Bob Reis", timeout=0.3)  # gives up on the broker quickly
+    ana = broker.agent("Ana Lima")
+    with Listening(bob):
+        broker.server.stop.set()  # the sender's key cannot be checked now
+        broker.thread.join(5)
+        with pytest.raises(UnauthenticatedRefusal) as exc:
+            raw_hello(zctx, PeerEndpoint("ana.lima", ana.private_key), bob)
+    assert exc.value.code == ErrorCode.SERVICE_UNAVAILABLE
+    assert exc.value.message == ("bob.reis refused the conversation: directory unavailable; "
+                                 "try again")
+    assert bob.peer.conversations == {}
+
+
 @pytest.mark.parametrize("address", ["192.0.2.7", "127.0.0.2"])
 def test_a_directory_address_other_than_loopback_is_never_connected_to(ana_bob, monkeypatch,
                                                                        address):
