@@ -295,6 +295,22 @@ def test_auctioneer_follows_a_restarted_broker_again(auction, broker, zctx):
     assert auction.client("Bruno Costa").join().username == "bruno.costa"
 
 
+def test_a_missed_membership_notice_is_repaired_by_a_fresh_snapshot(auction):
+    ana = auction.client("Ana Lima")
+    core = auction.server.core
+    held, version = core.roster, core.roster.version
+    # A notice whose version shows that some were lost on the way: the core asks for a
+    # snapshot, the server passes the wish on, and the feed fetches one from the broker.
+    auction.server.feed.events.put(("changed", {"version": version + 5, "username": "ghost",
+                                                "state": "registered"}, time.time()))
+    deadline = time.monotonic() + 5
+    while core.roster is held and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert core.roster is not held, "no fresh snapshot was fetched"
+    assert core.roster.version == version and not core.wants_snapshot
+    assert ana.join().username == "ana.lima"
+
+
 def test_a_second_auctioneer_on_the_same_data_directory_is_refused(auction, tmp_path, zctx):
     from agora.errors import LocalError
 
