@@ -7,14 +7,16 @@ import os
 import sqlite3
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from agents.auction import AuctionClient, AuctionWatcher
 from agents.auction_view import AuctionView
-from agora.errors import AuctioneerUnreachable, RemoteError
+from agora.errors import AuctioneerUnreachable, BrokerUnreachable, RemoteError
 from agora.multicast import free_udp_port, open_sender, random_group, send_datagram
 from agora.protocol import ErrorCode, PrincipalKind
+from auctioneer.feed import MembershipFeed
 from auctioneer.server import AuctioneerServer
 from broker.server import BrokerServer
 
@@ -309,6 +311,44 @@ def test_a_missed_membership_notice_is_repaired_by_a_fresh_snapshot(auction):
     assert core.roster is not held, "no fresh snapshot was fetched"
     assert core.roster.version == version and not core.wants_snapshot
     assert ana.join().username == "ana.lima"
+
+
+class FlakyBrokerAgent:
+    """An agent whose first login finds no broker and whose second hits a bug."""
+
+    def __init__(self) -> None:
+        self.session: object | None = None
+        self.logins = 0
+
+    def login(self, listen: bool) -> None:
+        self.logins += 1
+        if self.logins == 1:
+            raise BrokerUnreachable("no answer from the broker")
+        if self.logins == 2:
+            raise RuntimeError("a bug in a feed step")
+        self.session = object()
+
+    def subscribe(self, membership: bool, timeout: float) -> SimpleNamespace:
+        return SimpleNamespace(poll=lambda timeout: [], silent_for=lambda: 0.0,
+                               subscribed=True, close=lambda: None)
+
+    def call(self, service: str) -> dict:
+        return {"version": 7, "members": []}
+
+
+def test_the_membership_feed_outlives_a_missing_broker_and_a_bug(monkeypatch, caplog):
+    monkeypatch.setattr("auctioneer.feed.RETRY_INTERVAL", 0.01)
+    feed = MembershipFeed(FlakyBrokerAgent())  # type: ignore[arg-type]
+    thread = threading.Thread(target=feed.run, daemon=True)
+    thread.start()
+    try:
+        event, value, _ = feed.events.get(timeout=5)
+    finally:
+        feed.stop.set()
+        thread.join(5)
+    assert (event, value["version"]) == ("snapshot", 7)  # it went on, and got there
+    assert "membership from the broker unavailable: no answer" in caplog.text
+    assert "internal error in the membership feed" in caplog.text
 
 
 def test_a_second_auctioneer_on_the_same_data_directory_is_refused(auction, tmp_path, zctx):
