@@ -66,6 +66,10 @@ from agora.wire import (
 
 log = logging.getLogger("agora.worker")
 
+#: Seconds the DISCONNECT said on a socket left for silence may still take to go out
+#: (the socket is closed at once; only the process's exit could wait this long for it).
+DISCONNECT_LINGER = 0.5
+
 #: Refusals after which attaching again cannot help: stop and tell the operator.
 FATAL_CODES = {ErrorCode.FORBIDDEN, ErrorCode.BAD_REQUEST, ErrorCode.REVOKED,
                ErrorCode.FLAGGED}
@@ -262,6 +266,12 @@ class ServiceWorker:
                 elif now >= expiry:
                     log.info("broker silent for %.1fs: reconnecting", silence)
                     self.attached.clear()
+                    # Say so on the old socket before leaving it: a broker that was only
+                    # slow then detaches this attachment as it reads on, instead of handing
+                    # calls to a socket nobody reads (they would fail seconds later as
+                    # "worker died"). Given a moment to go out; nobody waits for it.
+                    self._send(Kind.DISCONNECT, {})
+                    self._close(linger=DISCONNECT_LINGER)
                     return
             if now - self._last_sent >= self.heartbeat_interval:
                 self._send(Kind.HEARTBEAT, {})
@@ -312,9 +322,9 @@ class ServiceWorker:
         self._send(Kind.READY, {"service": self.service, "level": int(self.level),
                                          "description": self.description})
 
-    def _close(self) -> None:
+    def _close(self, linger: float = 0.0) -> None:
         if self._socket is not None:
-            self._socket.close(0)
+            self._socket.close(int(linger * 1000))
             self._socket = None
 
     def _send(self, command: Kind, body: dict[str, Any]) -> None:

@@ -289,6 +289,32 @@ def test_worker_attaches_again_after_a_broker_restart(broker):
         restarted.close()
 
 
+def test_a_worker_that_hears_nothing_reconnects_and_attaches_again(broker):
+    agent = broker.agent("Upper Worker", kind=PrincipalKind.SERVICE)
+    broker.bind("upper", agent.username, 1)
+    worker = ServiceWorker(agent, "upper", examples.upper, heartbeat_interval=0.2,
+                           attach_timeout=1.0)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    try:
+        assert worker.attached.wait(5)
+        broker.server.stop.set()  # the broker hangs: its socket is there, nobody answers
+        broker.thread.join(timeout=5)
+        deadline = time.monotonic() + 5
+        while worker.attached.is_set():  # 3 heartbeats of silence: presumed gone
+            assert time.monotonic() < deadline, "the worker never noticed the silence"
+            time.sleep(0.02)
+        broker.server.stop.clear()  # it answers again, with the same sessions
+        broker.thread = threading.Thread(target=broker.server.serve, daemon=True)
+        broker.thread.start()
+        assert worker.attached.wait(5)  # READY again, on a new socket
+        caller = broker.agent("Ana Lima")
+        assert caller.call("upper", {"text": "again"}) == "AGAIN"
+    finally:
+        worker.stop.set()
+        thread.join(timeout=5)
+
+
 def _outcome(call) -> tuple:
     try:
         return ("ok", call())
