@@ -6,6 +6,7 @@ logged-in Agent, joins the auction and follows it over multicast and the PUB mir
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -210,6 +211,25 @@ def test_revoking_the_collaborator_signs_the_page_out(pages, broker):
     assert "revoked" in session["reason"]
     refused = ana.act(action="send", to="bruno.costa", text="hi")
     assert refused.status_code == 409 and refused.json()["error"].startswith("signed out: ")
+
+
+def test_the_page_says_when_the_broker_is_unreachable_and_when_it_is_back(broker,
+                                                                          monkeypatch):
+    monkeypatch.setattr(collab, "SESSION_CHECK", 0.2)
+    ana = Page(broker.agent("Ana Lima", timeout=0.3), None, 48250)
+    try:
+        broker.server.stop.set()  # the broker stops answering
+        broker.thread.join(5)
+        session = wait_for(lambda: (s := ana.state()["session"])["broker"] and s,
+                           what="the broker note")
+        assert session["broker"].startswith("broker unreachable: ")
+        assert session["signed_in"]  # unreachable is not signed out
+        broker.server.stop.clear()  # back, with the same sessions
+        broker.thread = threading.Thread(target=broker.server.serve, daemon=True)
+        broker.thread.start()
+        assert wait_for(lambda: ana.state()["session"]["broker"] == "", what="note cleared")
+    finally:
+        ana.close()
 
 
 def test_auction_state_says_whether_the_reserve_is_met_never_the_reserve():
