@@ -69,6 +69,9 @@ MAX_CONVERSATIONS = 100
 MAX_MESSAGES = 200
 #: Longest a request waits for the agent thread.
 JOB_TIMEOUT = 30.0
+#: Longest each of the console's threads waits before it looks at its stop flag again: the
+#: console (and `agora ui`) stops within about this, not within a whole poll.
+STOP_POLL = 0.05
 MAX_TEXT = 4000
 #: Refusals that mean the broker no longer accepts this session.
 SIGNED_OUT = frozenset({ErrorCode.REVOKED, ErrorCode.FLAGGED, ErrorCode.TOKEN_REUSED,
@@ -121,13 +124,13 @@ class AgentThread:
                         future.set_exception(exc)
             if self.receiving:
                 try:
-                    for message in self.agent.peer.poll(0.05):
+                    for message in self.agent.peer.poll(STOP_POLL):
                         self.on_message(message)
                 except AgoraError as exc:
                     log.warning("receiving peer messages: %s", describe(exc))
-                    self.stop.wait(0.05)
+                    self.stop.wait(STOP_POLL)
             else:
-                self.stop.wait(0.05)
+                self.stop.wait(STOP_POLL)
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + SESSION_CHECK
@@ -156,7 +159,7 @@ class NoticeFollower:
             return
         with stream:
             while not self.stop.is_set() and self.console.signed_in:
-                for notice in stream.poll(0.25):
+                for notice in stream.poll(STOP_POLL):
                     self.handle(notice)
 
     def handle(self, notice: Notice) -> None:
@@ -281,7 +284,7 @@ class AuctionFollower:
                 self._load_results(client)
                 self._publish("live", "")
                 while not self.stop.is_set() and not watcher.removed:
-                    watcher.serve(timeout=0.25)
+                    watcher.serve(timeout=STOP_POLL)
                     if self._results_stale:
                         self._load_results(client)
                         self._publish()
