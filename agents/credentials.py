@@ -5,6 +5,9 @@ Layout (JSON, mode 0600, replaced atomically on every change)::
     {"format": "agora-credentials/1", "kdf": "argon2id", "opslimit": .., "memlimit": ..,
      "salt": b64, "box": b64(SecretBox(Argon2id(password, salt)) of the JSON credentials)}
 
+A header asking for more Argon2id work than libsodium's "moderate" cost is refused as
+damaged before any work is done.
+
 The password is asked once per process; the derived key stays in memory so the token can
 be rewritten after each login without asking again. A lock file beside it serialises the
 read-token / login / write-token sequence between agora processes of the same person.
@@ -20,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nacl.pwhash
 import nacl.utils
 
 from agora.crypto import (
@@ -38,6 +42,12 @@ from agora.errors import CredentialsMissing, LocalError, ProtocolError, WrongPas
 from agora.files import atomic_write, file_lock, private_dir
 
 FORMAT = "agora-credentials/1"
+#: The most Argon2id work a file's header may ask for when it is opened. agora writes
+#: libsodium's "interactive" cost (agora.crypto.KDF_*); a header asking for more than the
+#: "moderate" cost is damage, not a choice, and would make opening it run for hours or
+#: exhaust memory instead of saying so.
+MAX_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_MODERATE
+MAX_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
 #: A new password is at least this long: it is all that protects a copied credentials file.
 MIN_PASSWORD_LENGTH = 12
 
@@ -129,8 +139,10 @@ class CredentialsFile:
         """Derive the key from ``password`` and decrypt; WrongPassword if it does not fit."""
         header, sealed = self._read()
         try:
-            key = password_key(password, unb64(header["salt"], SALT_SIZE),
-                               int(header["opslimit"]), int(header["memlimit"]))
+            opslimit, memlimit = int(header["opslimit"]), int(header["memlimit"])
+            if not (0 < opslimit <= MAX_OPSLIMIT and 0 < memlimit <= MAX_MEMLIMIT):
+                raise ValueError("key derivation cost out of bounds")
+            key = password_key(password, unb64(header["salt"], SALT_SIZE), opslimit, memlimit)
         except (KeyError, ValueError, TypeError, ProtocolError):
             raise LocalError(f"{self.path} is damaged") from None
         box = SecretBox(key)

@@ -11,7 +11,7 @@ import stat
 import pytest
 from typer.testing import CliRunner
 
-from agents.credentials import Credentials, CredentialsFile
+from agents.credentials import MAX_MEMLIMIT, MAX_OPSLIMIT, Credentials, CredentialsFile
 from agora.crypto import b64, seal
 from agora.errors import CredentialsMissing, LocalError, WrongPassword
 from cli.app import app
@@ -76,6 +76,21 @@ def refused_and_left_as_it_is(file: CredentialsFile, error: type[Exception], mat
 @pytest.mark.parametrize("field", ["salt", "opslimit"])
 def test_a_damaged_key_derivation_header_is_refused_as_damaged(written, field):
     refused_and_left_as_it_is(written, LocalError, "is damaged", **{field: "xx"})
+
+
+@pytest.mark.parametrize("changes", [
+    {"opslimit": MAX_OPSLIMIT + 1},  # hours of Argon2id
+    {"memlimit": MAX_MEMLIMIT + 1},  # more memory than a login should take
+    {"opslimit": 0},
+    {"memlimit": -1},
+], ids=["too-much-work", "too-much-memory", "no-work", "negative-memory"])
+def test_a_header_asking_for_an_unbounded_key_derivation_is_refused_before_it_runs(
+        written, monkeypatch, changes):
+    def never(*args: object) -> bytes:
+        raise AssertionError("Argon2id ran on a damaged header")
+
+    monkeypatch.setattr("agents.credentials.password_key", never)
+    refused_and_left_as_it_is(written, LocalError, "is damaged", **changes)
 
 
 def test_a_changed_byte_in_the_box_reads_as_a_wrong_password_and_changes_nothing(written):
