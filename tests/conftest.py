@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import nacl.pwhash
 import pytest
 import zmq
 
@@ -38,6 +39,7 @@ DEFAULT_TIME_LIMIT = 120
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "time_limit(seconds): this test's own time bound")
+    config.addinivalue_line("markers", "real_kdf: credentials files at the real Argon2id cost")
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +55,24 @@ def time_limit(request):
     yield
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
+def fast_password_kdf(request, monkeypatch):
+    """Credentials files written in this process use Argon2id at its minimum cost.
+
+    At the real ("interactive") cost each derivation takes about 70 ms and 64 MiB, and the
+    in-process tests make over a thousand of them (every agent registers and logs in): about
+    a quarter of the suite's time. As Django's documentation advises a fast password hasher
+    for tests, these use the minimum; each file's header records its cost, so such files
+    open like any other. Real ``agora`` processes (the process tests) keep the real cost, and
+    tests marked ``real_kdf`` do too (one checks that a new file records it).
+    """
+    if request.node.get_closest_marker("real_kdf") is None:
+        monkeypatch.setattr("agents.credentials.KDF_OPSLIMIT",
+                            nacl.pwhash.argon2id.OPSLIMIT_MIN)
+        monkeypatch.setattr("agents.credentials.KDF_MEMLIMIT",
+                            nacl.pwhash.argon2id.MEMLIMIT_MIN)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 
+import nacl.pwhash
 import pytest
 from typer.testing import CliRunner
 
@@ -33,6 +34,17 @@ def test_a_new_file_is_private_and_opens_under_its_password(written):
     assert stat.S_IMODE(os.stat(written.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(written.path.parent).st_mode) == 0o700
     assert CredentialsFile(written.path).open(PASSWORD) == CREDS
+
+
+@pytest.mark.real_kdf
+def test_a_new_file_records_and_uses_libsodiums_interactive_argon2id_cost(tmp_path):
+    file = CredentialsFile(tmp_path / "credentials.json")
+    file.create(PASSWORD, CREDS)
+    header = json.loads(file.path.read_bytes())
+    assert (header["kdf"], header["opslimit"], header["memlimit"]) == (
+        "argon2id", nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+        nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE)
+    assert CredentialsFile(file.path).open(PASSWORD) == CREDS
 
 
 def test_the_file_holds_no_secret_in_clear(written):
