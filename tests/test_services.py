@@ -246,13 +246,20 @@ def test_invoke_refuses_a_caller_argument_from_the_request():
     assert err.value.code is ErrorCode.BAD_REQUEST
 
 
-def test_worker_attaches_again_after_a_broker_restart(broker):
+def quick_upper_worker(broker) -> tuple[ServiceWorker, threading.Thread]:
+    """An ``upper`` worker serving in a thread, heart-beating every 0.2 s (it notices a
+    silent broker within 0.6 s)."""
     agent = broker.agent("Upper Worker", kind=PrincipalKind.SERVICE)
     broker.bind("upper", agent.username, 1)
     worker = ServiceWorker(agent, "upper", examples.upper, heartbeat_interval=0.2,
                            attach_timeout=1.0)
     thread = threading.Thread(target=worker.serve, daemon=True)
     thread.start()
+    return worker, thread
+
+
+def test_worker_attaches_again_after_a_broker_restart(broker):
+    worker, thread = quick_upper_worker(broker)
     assert worker.attached.wait(5)
     broker.server.stop.set()
     broker.thread.join(timeout=5)
@@ -290,12 +297,7 @@ def test_worker_attaches_again_after_a_broker_restart(broker):
 
 
 def test_a_worker_that_hears_nothing_reconnects_and_attaches_again(broker):
-    agent = broker.agent("Upper Worker", kind=PrincipalKind.SERVICE)
-    broker.bind("upper", agent.username, 1)
-    worker = ServiceWorker(agent, "upper", examples.upper, heartbeat_interval=0.2,
-                           attach_timeout=1.0)
-    thread = threading.Thread(target=worker.serve, daemon=True)
-    thread.start()
+    worker, thread = quick_upper_worker(broker)
     try:
         assert worker.attached.wait(5)
         broker.server.stop.set()  # the broker hangs: its socket is there, nobody answers
