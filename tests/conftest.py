@@ -1,5 +1,7 @@
 """Shared fixtures.
 
+- ``fast_password_kdf`` (every test): credentials files written in this process use
+  Argon2id at its minimum cost; ``@pytest.mark.real_kdf`` keeps the real one.
 - ``zctx``: one ZeroMQ context per test, destroyed with linger 0.
 - ``broker``: a real BrokerServer on 127.0.0.1 with an OS-chosen port, in a thread, with a
   real SQLite file; ``broker.enroll(...)`` enrolls through a *separate* connection, as
