@@ -64,8 +64,8 @@ def fast_password_kdf(request, monkeypatch):
     """Credentials files written in this process use Argon2id at its minimum cost.
 
     At the real ("interactive") cost each derivation takes about 70 ms and 64 MiB, and the
-    in-process tests make over a thousand of them (every agent registers and logs in): about
-    a quarter of the suite's time. As Django's documentation advises a fast password hasher
+    in-process tests make hundreds of them (every agent registers and logs in): about
+    a sixth of the suite's time. As Django's documentation advises a fast password hasher
     for tests, these use the minimum; each file's header records its cost, so such files
     open like any other. Real ``agora`` processes (the process tests) keep the real cost, and
     tests marked ``real_kdf`` do too (one checks that a new file records it).
