@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nacl.pwhash
 import nacl.utils
 
 from agora.crypto import (
@@ -42,12 +41,6 @@ from agora.errors import CredentialsMissing, LocalError, ProtocolError, WrongPas
 from agora.files import atomic_write, file_lock, private_dir
 
 FORMAT = "agora-credentials/1"
-#: The most Argon2id work a file's header may ask for when it is opened. agora writes
-#: libsodium's "interactive" cost (agora.crypto.KDF_*); a header asking for more than the
-#: "moderate" cost is damage, not a choice, and would make opening it run for hours or
-#: exhaust memory instead of saying so.
-MAX_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_MODERATE
-MAX_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
 #: A new password is at least this long: it is all that protects a copied credentials file.
 MIN_PASSWORD_LENGTH = 12
 
@@ -139,10 +132,9 @@ class CredentialsFile:
         """Derive the key from ``password`` and decrypt; WrongPassword if it does not fit."""
         header, sealed = self._read()
         try:
-            opslimit, memlimit = int(header["opslimit"]), int(header["memlimit"])
-            if not (0 < opslimit <= MAX_OPSLIMIT and 0 < memlimit <= MAX_MEMLIMIT):
-                raise ValueError("key derivation cost out of bounds")
-            key = password_key(password, unb64(header["salt"], SALT_SIZE), opslimit, memlimit)
+            # password_key refuses (ValueError) a cost above its bound before any work.
+            key = password_key(password, unb64(header["salt"], SALT_SIZE),
+                               int(header["opslimit"]), int(header["memlimit"]))
         except (KeyError, ValueError, TypeError, ProtocolError):
             raise LocalError(f"{self.path} is damaged") from None
         box = SecretBox(key)

@@ -31,6 +31,11 @@ NONCE_SIZE = SecretBox.NONCE_SIZE
 #: Argon2id cost for the credentials file: libsodium's "interactive" preset.
 KDF_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
 KDF_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
+#: The most :func:`password_key` agrees to spend. agora asks for the "interactive" cost; a
+#: cost read from a file that asks for more than the "moderate" one is damage, not a
+#: choice, and would run for hours or exhaust memory instead of saying so.
+KDF_MAX_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_MODERATE
+KDF_MAX_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
 SALT_SIZE = nacl.pwhash.argon2id.SALTBYTES
 
 __all__ = [
@@ -108,7 +113,10 @@ def normalize_one_time_id(text: str) -> bytes:
 
 def password_key(password: str, salt: bytes, opslimit: int = KDF_OPSLIMIT,
                  memlimit: int = KDF_MEMLIMIT) -> bytes:
-    """Derive a SecretBox key from a password with Argon2id."""
+    """Derive a SecretBox key from a password with Argon2id; ValueError, before any work,
+    for a cost above KDF_MAX_OPSLIMIT / KDF_MAX_MEMLIMIT (or not positive)."""
+    if not (0 < opslimit <= KDF_MAX_OPSLIMIT and 0 < memlimit <= KDF_MAX_MEMLIMIT):
+        raise ValueError("key derivation cost out of bounds")
     return nacl.pwhash.argon2id.kdf(
         SecretBox.KEY_SIZE, password.encode("utf-8"), salt, opslimit=opslimit, memlimit=memlimit
     )
