@@ -136,11 +136,22 @@ class BrokerHarness:
         """Let the broker notice an admin change (it polls SQLite's data_version)."""
         time.sleep(0.4)
 
+    def pause(self) -> None:
+        """Stop the broker's loop, its socket and sessions kept: it reads and answers nothing
+        (a hung or very slow broker) until :meth:`resume`."""
+        self.server.stop.set()
+        self.thread.join(timeout=5)
+
+    def resume(self) -> None:
+        """Serve again after :meth:`pause`, on the same socket, with the same sessions."""
+        self.server.stop.clear()
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+
     def stop(self) -> None:
         for agent in self.agents:
             agent.close()
-        self.server.stop.set()
-        self.thread.join(timeout=5)
+        self.pause()
         self.server.close()
         self.admin.db.close()
 

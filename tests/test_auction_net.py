@@ -257,8 +257,7 @@ def test_auctioneer_fails_closed_when_the_broker_is_down(auction, broker):
     ana = auction.client("Ana Lima")
     assert ana.join().username == "ana.lima"  # membership arrived by push
     auction.server.core.config.silence_limit = 0.5
-    broker.server.stop.set()  # the broker goes away (the fixture closes it later)
-    broker.thread.join(timeout=5)
+    broker.pause()  # the broker goes away (the fixture closes it later)
     time.sleep(1.0)
     for request in (ana.join, lambda: ana.bid("lamp", 1000)):
         with pytest.raises(RemoteError) as info:
@@ -272,8 +271,7 @@ def test_auctioneer_follows_a_restarted_broker_again(auction, broker, zctx):
     ana = auction.client("Ana Lima")
     assert ana.join().username == "ana.lima"
     auction.server.core.config.silence_limit = 1.0
-    broker.server.stop.set()
-    broker.thread.join(timeout=5)
+    broker.pause()
     broker.server.close()
     time.sleep(1.5)  # past the silence limit: the auctioneer has failed closed
     with pytest.raises(RemoteError) as info:

@@ -136,8 +136,7 @@ def test_broker_restart_loses_nothing_and_agent_logs_in_again(broker, zctx):
     agent = broker.agent("Ana Lima")
     data_dir, endpoint = broker.data_dir, broker.endpoint
     token_hash = broker.admin.get("ana.lima")["token_hash"]
-    broker.server.stop.set()
-    broker.thread.join(5)
+    broker.pause()
     broker.server.close()
     # A new broker on the same data directory and address.
     import threading

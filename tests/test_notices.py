@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import threading
 import time
 
 import pytest
@@ -331,8 +330,7 @@ def test_silent_broker_is_reported_then_unknown_session_after_restart(broker):
     ana = broker.agent("Ana Lima")
     stream = ana.subscribe()
     assert stream.heartbeat == 0.2
-    broker.server.stop.set()
-    broker.thread.join(timeout=5)
+    broker.pause()
     silent = wait_for(stream, BROKER_SILENT)
     assert not silent.authenticated
     assert stream.silent_for() >= 0.6
@@ -343,12 +341,9 @@ def test_a_broker_heard_again_after_silence_is_reported_back_on_the_same_session
     broker.server.core.notices.heartbeat = 0.2
     ana = broker.agent("Ana Lima")
     stream = ana.subscribe()
-    broker.server.stop.set()  # paused, not restarted: it still knows the session
-    broker.thread.join(timeout=5)
+    broker.pause()  # paused, not restarted: it still knows the session
     wait_for(stream, BROKER_SILENT)
-    broker.server.stop.clear()
-    broker.thread = threading.Thread(target=broker.server.serve, daemon=True)
-    broker.thread.start()
+    broker.resume()
     back = wait_for(stream, BROKER_BACK)
     assert not back.authenticated and stream.subscribed and stream.ended is None
     stream.close()

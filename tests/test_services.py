@@ -261,8 +261,7 @@ def quick_upper_worker(broker) -> tuple[ServiceWorker, threading.Thread]:
 def test_worker_attaches_again_after_a_broker_restart(broker):
     worker, thread = quick_upper_worker(broker)
     assert worker.attached.wait(5)
-    broker.server.stop.set()
-    broker.thread.join(timeout=5)
+    broker.pause()
     broker.server.close()
     # ZeroMQ's I/O thread releases the old port a moment after close() (in one process).
     deadline = time.monotonic() + 5
@@ -300,15 +299,12 @@ def test_a_worker_that_hears_nothing_reconnects_and_attaches_again(broker):
     worker, thread = quick_upper_worker(broker)
     try:
         assert worker.attached.wait(5)
-        broker.server.stop.set()  # the broker hangs: its socket is there, nobody answers
-        broker.thread.join(timeout=5)
+        broker.pause()  # the broker hangs: its socket is there, nobody answers
         deadline = time.monotonic() + 5
         while worker.attached.is_set():  # 3 heartbeats of silence: presumed gone
             assert time.monotonic() < deadline, "the worker never noticed the silence"
             time.sleep(0.02)
-        broker.server.stop.clear()  # it answers again, with the same sessions
-        broker.thread = threading.Thread(target=broker.server.serve, daemon=True)
-        broker.thread.start()
+        broker.resume()  # it answers again, with the same sessions
         assert worker.attached.wait(5)  # READY again, on a new socket
         caller = broker.agent("Ana Lima")
         assert caller.call("upper", {"text": "again"}) == "AGAIN"

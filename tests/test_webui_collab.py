@@ -6,7 +6,6 @@ logged-in Agent, joins the auction and follows it over multicast and the PUB mir
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -218,15 +217,12 @@ def test_the_page_says_when_the_broker_is_unreachable_and_when_it_is_back(broker
     monkeypatch.setattr(collab, "SESSION_CHECK", 0.2)
     ana = Page(broker.agent("Ana Lima", timeout=0.3), None, 48250)
     try:
-        broker.server.stop.set()  # the broker stops answering
-        broker.thread.join(5)
+        broker.pause()  # the broker stops answering
         session = wait_for(lambda: (s := ana.state()["session"])["broker"] and s,
                            what="the broker note")
         assert session["broker"].startswith("broker unreachable: ")
         assert session["signed_in"]  # unreachable is not signed out
-        broker.server.stop.clear()  # back, with the same sessions
-        broker.thread = threading.Thread(target=broker.server.serve, daemon=True)
-        broker.thread.start()
+        broker.resume()  # back, with the same sessions
         assert wait_for(lambda: ana.state()["session"]["broker"] == "", what="note cleared")
     finally:
         ana.close()
