@@ -42,6 +42,12 @@ DEFAULT_TIME_LIMIT = 120
 def pytest_configure(config):
     config.addinivalue_line("markers", "time_limit(seconds): this test's own time bound")
     config.addinivalue_line("markers", "real_kdf: credentials files at the real Argon2id cost")
+    # A shell without job control starts background jobs with SIGINT ignored, and an ignored
+    # signal stays ignored in every process started from there: the tests that press Ctrl-C
+    # on a real agora process would then test the shell, not agora. A handled signal is
+    # reset to its default in a child, so the children see SIGINT as a terminal sends it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
