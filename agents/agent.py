@@ -362,11 +362,17 @@ class Agent:
         return self.call("whoami")
 
     def logout(self) -> None:
+        """End the session at the broker, then its peer conversations (BYE on each): in
+        that order, so a peer told BYE already finds this session offline and leaves what
+        it still had to send in the mailbox."""
         if self.session is not None:
             try:
                 self.request(Kind.LOGOUT)
             finally:
                 self.session = None
+                if self._peer is not None:
+                    self._peer.close()
+                    self._peer = None
 
     # -- notices (agents.notices) ---------------------------------------------------------
 

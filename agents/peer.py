@@ -51,6 +51,7 @@ from agora.crypto import b64, unb64
 from agora.errors import (
     AgoraError,
     LocalError,
+    PeerClosed,
     PeerError,
     PeerOffline,
     PeerTimeout,
@@ -370,13 +371,14 @@ class PeerNode:
         If ``peer`` is offline or their session does not answer, the message is left
         (sealed end to end) in the broker's mailbox when ``queue`` is true, else PeerOffline
         or PeerTimeout is raised. Other failures: RemoteError (unknown-user, revoked,
-        refused, mailbox-full), PeerTimeout (no acknowledgement) or MessageTooLarge. Waits
-        for the peer at most three times ``timeout`` (a stale conversation, then HELLO and
-        ACK on a new one), plus the broker requests.
+        refused, mailbox-full), PeerTimeout (no acknowledgement), PeerClosed (the peer
+        closed two conversations in a row) or MessageTooLarge. Waits for the peer at most
+        three times ``timeout`` (a stale conversation, then HELLO and ACK on a new one), two
+        more if the peer closes the new one before acknowledging, plus the broker requests.
         """
         # The hot path of one message: send_many's stream bookkeeping, run for a single
-        # text, cost about 3 % of a loopback round trip (measured), so one message goes its
-        # own short way; the steps are the same.
+        # text, cost about 3 % of a loopback round trip (measured), so one message on a
+        # conversation already open goes its own short way; the steps are the same.
         if peer == self.agent.username:
             raise LocalError("that is you: peer messages go to another collaborator")
         timeout = self.timeout if timeout is None else timeout
@@ -389,12 +391,7 @@ class PeerNode:
                 return self._deliver(sock, text, msg_id, timeout)
             except PeerError:  # no answer, or the peer said BYE
                 self._stale(peer, sock)
-        started = time.monotonic()
-        sock, entry, unreachable = self._reopen(peer, timeout, queue)
-        if sock is None:
-            return self._leave_letters(peer, entry, [text], [msg_id], [], unreachable,
-                                       started)[0]
-        return self._deliver(sock, text, msg_id, timeout)
+        return self._on_new_conversation(peer, [text], [msg_id], [], timeout, 1, queue)[0]
 
     def send_many(self, peer: str, texts: Sequence[str], timeout: float | None = None,
                   queue: bool = True, window: int = SEND_WINDOW,
@@ -407,8 +404,9 @@ class PeerNode:
         Every text is checked first (MessageTooLarge: nothing is sent). PeerTimeout when
         the peer acknowledges nothing for ``timeout``. If the conversation stops
         answering, the texts not yet acknowledged go again, with the same message ids
-        (shown once), on one new conversation; if none can be opened they are left in the
-        mailbox when ``queue`` is true. Errors as :meth:`send`.
+        (shown once), on one new conversation (one more if the peer closes that one); if
+        none can be opened they are left in the mailbox when ``queue`` is true. Errors as
+        :meth:`send`.
         """
         if peer == self.agent.username:
             raise LocalError("that is you: peer messages go to another collaborator")
@@ -428,13 +426,37 @@ class PeerNode:
                 return receipts
             except PeerError:
                 self._stale(peer, sock)
-        started = time.monotonic()
-        sock, entry, unreachable = self._reopen(peer, timeout, queue)
-        if sock is None:
-            return self._leave_letters(peer, entry, texts, ids, receipts, unreachable, started,
-                                       on_receipt)
-        self._stream(sock, texts, ids, receipts, timeout, window, on_receipt)
-        return receipts
+        return self._on_new_conversation(peer, texts, ids, receipts, timeout, window, queue,
+                                         on_receipt)
+
+    def _on_new_conversation(self, peer: str, texts: Sequence[str], ids: list[bytes],
+                             receipts: list[Receipt], timeout: float, window: int,
+                             queue: bool, on_receipt: Callable[[Receipt], None] | None = None,
+                             ) -> list[Receipt]:
+        """The texts from ``len(receipts)`` on, streamed on a new conversation with ``peer``
+        (or left as letters: :meth:`_reopen`); ``receipts`` with theirs added.
+
+        A peer that closes the new conversation before acknowledging everything (BYE: it
+        logged out, or stopped listening) gets the rest once more, on one more new
+        conversation: by then a peer that logged out is offline, so the rest become letters
+        rather than being lost (PROTOCOL.md 5.5).
+        """
+        closed_once = False
+        while True:  # at most twice: a second BYE is raised
+            started = time.monotonic()
+            sock, entry, unreachable = self._reopen(peer, timeout, queue)
+            if sock is None:
+                return self._leave_letters(peer, entry, texts, ids, receipts, unreachable,
+                                           started, on_receipt)
+            try:
+                self._stream(sock, texts, ids, receipts, timeout, window, on_receipt)
+                return receipts
+            except PeerClosed:
+                if closed_once:
+                    raise
+                closed_once = False
+                log.info("%s closed the conversation with %d message(s) unacknowledged",
+                         peer, len(texts) - len(receipts))
 
     def _stale(self, peer: str, sock: zmq.Socket) -> None:
         log.info("conversation with %s did not answer; opening a new one", peer)
@@ -484,7 +506,7 @@ class PeerNode:
                 return Receipt(conversation.peer, seq, conversation.short_id,
                                time.monotonic() - started)
             if sock not in self.conversations:
-                raise PeerError(f"{conversation.peer} closed the conversation")
+                raise PeerClosed(f"{conversation.peer} closed the conversation")
             wait_ms = int((deadline - time.monotonic()) * 1000)
 
     def _stream(self, sock: zmq.Socket, texts: Sequence[str], ids: list[bytes],
@@ -492,7 +514,7 @@ class PeerNode:
                 on_receipt: Callable[[Receipt], None] | None) -> None:
         """Send the texts from ``len(receipts)`` on, at most ``window`` unacknowledged, and
         add each one's receipt as its ACK comes; PeerTimeout if the peer acknowledges
-        nothing for ``timeout``, PeerError if it closes the conversation (``receipts`` then
+        nothing for ``timeout``, PeerClosed if it closes the conversation (``receipts`` then
         says what was delivered)."""
         conversation = self.conversations[sock]
         total, sent = len(texts), len(receipts)
@@ -526,7 +548,7 @@ class PeerNode:
             else:  # the peer's own message, or a stale ACK: the bound runs on
                 wait_ms = int((deadline - time.monotonic()) * 1000)
             if sock not in self.conversations and (in_flight or sent < total):
-                raise PeerError(f"{conversation.peer} closed the conversation")
+                raise PeerClosed(f"{conversation.peer} closed the conversation")
 
     @staticmethod
     def _post(sock: zmq.Socket, conversation: Conversation, frame: bytes,

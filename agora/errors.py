@@ -76,6 +76,10 @@ class PeerTimeout(PeerError):
     """The peer did not answer in time (gone, restarting or not listening)."""
 
 
+class PeerClosed(PeerError):
+    """The peer closed the conversation (BYE) before acknowledging every message sent."""
+
+
 class RemoteError(AgoraError):
     """The other side refused a request; ``code`` says why.
 

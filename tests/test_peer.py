@@ -411,3 +411,32 @@ def test_listener_at_its_conversation_limit_closes_the_oldest(broker, ana_bob):
         inbox.wait_for(3)
     assert [m.text for m in inbox.received] == ["from ana", "from carol", "ana again"]
     assert len(bob.peer.conversations) == 1
+
+
+def test_send_many_leaves_the_rest_in_the_mailbox_when_the_peer_logs_out_mid_stream(ana_bob):
+    ana, bob = ana_bob
+    texts = [f"line {i}" for i in range(40)]
+    received = []
+
+    def read_five_then_log_out(msg):  # `agora listen` ended with Ctrl-C after five lines
+        received.append(msg.text)
+        if len(received) == 5:
+            listener.stop.set()
+            bob.logout()  # then BYE on every conversation
+
+    listener = Listener(bob, read_five_then_log_out)
+    thread = threading.Thread(target=listener.run, daemon=True)
+    thread.start()
+    try:
+        receipts = ana.peer.send_many("bob.reis", texts, timeout=2.0, window=4)
+    finally:
+        listener.stop.set()
+        thread.join(5)
+    assert len(receipts) == len(texts)
+    delivered = [t for t, r in zip(texts, receipts, strict=True) if r.delivered]
+    assert delivered == received and len(delivered) >= 5
+    assert all(r.conversation == "mailbox" for r in receipts[len(delivered):])
+    bob.login(PASSWORD)
+    with Listening(bob) as inbox:
+        letters = inbox.wait_for(len(texts) - len(delivered))
+    assert received + [m.text for m in letters] == texts
