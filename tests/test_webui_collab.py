@@ -153,6 +153,31 @@ def test_a_silent_auctioneer_is_shown_as_silent(pages, auction):
     assert state["note"].startswith("no word from the auctioneer for ")
 
 
+def test_a_bid_to_a_silent_auctioneer_says_it_was_not_placed(pages, auction):
+    ana = pages("Ana Lima")
+    write_item(auction.items, "01-drum.json", "drum", duration=60)
+    live_item(ana, "drum")
+    auction.stop()
+    wait_for(lambda: ana.state()["auction"]["link"] == "silent",
+             timeout=collab.SILENT_AFTER + 5, what="silence")
+    answer = ana.act(action="bid", increments=1)
+    assert answer.status_code == 503
+    assert answer.json()["error"].startswith("bid not placed: auctioneer unreachable at ")
+    assert ana.state()["auction"]["best"] is None
+
+
+def test_a_bid_the_auctioneer_did_not_confirm_is_not_shown_as_accepted(pages, auction,
+                                                                      monkeypatch):
+    ana = pages("Ana Lima")
+    write_item(auction.items, "01-harp.json", "harp", duration=60)
+    live_item(ana, "harp")
+    monkeypatch.setattr("agents.auction.AuctionClient.bid",
+                        lambda self, item, amount: {"accepted": False, "item": item})
+    answer = ana.act(action="bid", increments=1)
+    assert (answer.status_code, answer.json()) == \
+        (502, {"error": "the auctioneer did not confirm the bid"})
+
+
 def test_messages_arrive_live_and_offline_ones_when_the_page_opens(pages, broker):
     ana, bruno = pages("Ana Lima", follow=False), pages("Bruno Costa", follow=False)
     sent = ana.act(action="send", to="bruno.costa", text="the draft is ready")
