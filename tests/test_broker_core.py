@@ -50,6 +50,7 @@ from broker.core import BrokerCore, Service
 from broker.services import builtin_services
 from broker.store import Store
 from tests.conftest import PASSWORD
+from tests.test_wire_decoders import variants
 
 
 class Clock:
@@ -590,6 +591,20 @@ def test_out_of_order_requests_within_the_window_are_each_served_once(world):
     answer(agent, world.send(agent, too_old), 100)
     with refused(ErrorCode.REPLAYED):
         answer(agent, world.send(agent, session_frames(agent, 100 - 64)), 100 - 64)
+
+
+def test_an_authentic_call_with_any_malformed_body_is_refused_sealed_never_internal(world):
+    agent = world.agent()
+    for counter, body in enumerate(variants(encode_call("echo", {"n": [1, "olá"]})), 10):
+        frames = [seal_session_request(agent.session.key, agent.session.sid, counter,
+                                       Kind.CALL, body)]
+        try:
+            answer(agent, world.send(agent, frames), counter)
+        except RemoteError as exc:
+            assert exc.authenticated and exc.code in \
+                (ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_SERVICE), (body, exc)
+    agent.session.counter = counter  # the agent's own requests go on above the test's
+    assert agent.call("echo", {"n": 1}) == {"n": 1}  # and the session still serves
 
 
 def test_unknown_session_is_refused_in_clear_as_unauthenticated(world):
