@@ -372,9 +372,10 @@ class PeerNode:
         (sealed end to end) in the broker's mailbox when ``queue`` is true, else PeerOffline
         or PeerTimeout is raised. Other failures: RemoteError (unknown-user, revoked,
         refused, mailbox-full), PeerTimeout (no acknowledgement), PeerClosed (the peer
-        closed two conversations in a row) or MessageTooLarge. Waits for the peer at most
-        three times ``timeout`` (a stale conversation, then HELLO and ACK on a new one), two
-        more if the peer closes the new one before acknowledging, plus the broker requests.
+        ended the conversation first) or MessageTooLarge. At most two conversations are
+        tried (the one open, if any, and new ones: PROTOCOL.md 5.5), so it waits for the
+        peer at most four times ``timeout`` (HELLO and ACK on each), plus the broker
+        requests.
         """
         # The hot path of one message: send_many's stream bookkeeping, run for a single
         # text, cost about 3 % of a loopback round trip (measured), so one message on a
@@ -391,6 +392,8 @@ class PeerNode:
                 return self._deliver(sock, text, msg_id, timeout)
             except PeerError:  # no answer, or the peer said BYE
                 self._stale(peer, sock)
+            return self._on_new_conversation(peer, [text], [msg_id], [], timeout, 1, queue,
+                                             attempts=1)[0]
         return self._on_new_conversation(peer, [text], [msg_id], [], timeout, 1, queue)[0]
 
     def send_many(self, peer: str, texts: Sequence[str], timeout: float | None = None,
@@ -404,9 +407,9 @@ class PeerNode:
         Every text is checked first (MessageTooLarge: nothing is sent). PeerTimeout when
         the peer acknowledges nothing for ``timeout``. If the conversation stops
         answering, the texts not yet acknowledged go again, with the same message ids
-        (shown once), on one new conversation (one more if the peer closes that one); if
-        none can be opened they are left in the mailbox when ``queue`` is true. Errors as
-        :meth:`send`.
+        (shown once), on a new conversation (at most two conversations in all, as
+        :meth:`send`); if none can be opened they are left in the mailbox when ``queue`` is
+        true. Errors as :meth:`send`.
         """
         if peer == self.agent.username:
             raise LocalError("that is you: peer messages go to another collaborator")
@@ -426,23 +429,26 @@ class PeerNode:
                 return receipts
             except PeerError:
                 self._stale(peer, sock)
+                return self._on_new_conversation(peer, texts, ids, receipts, timeout, window,
+                                                 queue, on_receipt, attempts=1)
         return self._on_new_conversation(peer, texts, ids, receipts, timeout, window, queue,
                                          on_receipt)
 
     def _on_new_conversation(self, peer: str, texts: Sequence[str], ids: list[bytes],
                              receipts: list[Receipt], timeout: float, window: int,
                              queue: bool, on_receipt: Callable[[Receipt], None] | None = None,
-                             ) -> list[Receipt]:
+                             attempts: int = 2) -> list[Receipt]:
         """The texts from ``len(receipts)`` on, streamed on a new conversation with ``peer``
         (or left as letters: :meth:`_reopen`); ``receipts`` with theirs added.
 
-        A peer that closes the new conversation before acknowledging everything (BYE: it
-        logged out, or stopped listening) gets the rest once more, on one more new
-        conversation: by then a peer that logged out is offline, so the rest become letters
-        rather than being lost (PROTOCOL.md 5.5).
+        A send uses at most two conversations (PROTOCOL.md 5.5): ``attempts`` is 1 after
+        the conversation it had failed, else 2. So when a new conversation fails too (the
+        peer said BYE: it logged out; or it stopped acknowledging: its process died), the
+        rest go once more, from a fresh look-up: to a peer that is offline or does not
+        answer by then, they become letters rather than being lost.
         """
-        closed_once = False
-        while True:  # at most twice: a second BYE is raised
+        attempt = 1
+        while True:  # bounded: a failure on the last attempt is raised
             started = time.monotonic()
             sock, entry, unreachable = self._reopen(peer, timeout, queue)
             if sock is None:
@@ -451,12 +457,13 @@ class PeerNode:
             try:
                 self._stream(sock, texts, ids, receipts, timeout, window, on_receipt)
                 return receipts
-            except PeerClosed:
-                if closed_once:
+            except (PeerClosed, PeerTimeout) as exc:
+                if attempt >= attempts:
                     raise
-                closed_once = False
-                log.info("%s closed the conversation with %d message(s) unacknowledged",
-                         peer, len(texts) - len(receipts))
+                attempt += 1
+                log.info("%s; %d message(s) unacknowledged go again", exc,
+                         len(texts) - len(receipts))
+                self._stale(peer, sock)
 
     def _stale(self, peer: str, sock: zmq.Socket) -> None:
         log.info("conversation with %s did not answer; opening a new one", peer)

@@ -20,6 +20,7 @@ from agora.envelope import open_clear
 from agora.errors import (
     LocalError,
     MessageTooLarge,
+    PeerClosed,
     PeerError,
     PeerOffline,
     PeerTimeout,
@@ -440,3 +441,49 @@ def test_send_many_leaves_the_rest_in_the_mailbox_when_the_peer_logs_out_mid_str
     with Listening(bob) as inbox:
         letters = inbox.wait_for(len(texts) - len(delivered))
     assert received + [m.text for m in letters] == texts
+
+
+def test_send_many_leaves_the_rest_in_the_mailbox_when_the_peer_dies_mid_stream(broker, ana_bob):
+    ana, bob = ana_bob
+    texts = [f"line {i}" for i in range(40)]
+    received = []
+
+    def read_five_then_die(msg):  # kill -9 of `agora listen`: no BYE, no LOGOUT
+        received.append(msg.text)
+        if len(received) == 5:
+            listener.stop.set()
+            for sock in list(bob.peer.conversations):
+                sock.close(0)
+            bob.inbox.close(0)
+
+    listener = Listener(bob, read_five_then_die)
+    thread = threading.Thread(target=listener.run, daemon=True)
+    thread.start()
+    try:
+        receipts = ana.peer.send_many("bob.reis", texts, timeout=0.5, window=4)
+    finally:
+        listener.stop.set()
+        thread.join(5)
+    delivered = [t for t, r in zip(texts, receipts, strict=True) if r.delivered]
+    assert len(receipts) == len(texts) and delivered == received
+    assert all(r.conversation == "mailbox" for r in receipts[len(delivered):])
+    bob2 = Agent(bob.home, broker=broker.endpoint, context=broker.context, timeout=2.0)
+    broker.agents.append(bob2)
+    bob2.login(PASSWORD)
+    with Listening(bob2) as inbox:
+        letters = inbox.wait_for(len(texts) - len(delivered))
+    assert received + [m.text for m in letters] == texts
+
+
+def test_a_peer_that_says_bye_to_every_message_ends_the_send_after_two_conversations(
+        ana_bob, monkeypatch):
+    ana, bob = ana_bob
+    node = bob.peer
+    monkeypatch.setattr(node, "_on_pair", lambda sock, conversation, frame:
+                        node._close(sock, say_bye=True, now=time.time()))
+    opened = []
+    reopen = ana.peer._reopen
+    monkeypatch.setattr(ana.peer, "_reopen", lambda *a: opened.append(a) or reopen(*a))
+    with Listening(bob), pytest.raises(PeerClosed):
+        ana.peer.send_many("bob.reis", ["a", "b", "c"], timeout=1.0)
+    assert len(opened) == 2
