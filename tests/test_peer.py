@@ -414,63 +414,44 @@ def test_listener_at_its_conversation_limit_closes_the_oldest(broker, ana_bob):
     assert len(bob.peer.conversations) == 1
 
 
-def test_send_many_leaves_the_rest_in_the_mailbox_when_the_peer_logs_out_mid_stream(ana_bob):
+def log_out(agent: Agent) -> None:  # `agora listen` ended with Ctrl-C
+    agent.logout()  # LOGOUT, then BYE on every conversation
+
+
+def die(agent: Agent) -> None:  # kill -9 of `agora listen`: no BYE, no LOGOUT
+    for sock in list(agent.peer.conversations):
+        sock.close(0)
+    agent.inbox.close(0)
+
+
+@pytest.mark.parametrize("leave", [log_out, die], ids=["logs-out", "dies"])
+def test_send_many_leaves_the_rest_in_the_mailbox_when_the_peer_leaves_mid_stream(
+        broker, ana_bob, leave):
     ana, bob = ana_bob
     texts = [f"line {i}" for i in range(40)]
     received = []
 
-    def read_five_then_log_out(msg):  # `agora listen` ended with Ctrl-C after five lines
+    def read_five_then_leave(msg):
         received.append(msg.text)
         if len(received) == 5:
             listener.stop.set()
-            bob.logout()  # then BYE on every conversation
+            leave(bob)
 
-    listener = Listener(bob, read_five_then_log_out)
+    listener = Listener(bob, read_five_then_leave)
     thread = threading.Thread(target=listener.run, daemon=True)
     thread.start()
     try:
-        receipts = ana.peer.send_many("bob.reis", texts, timeout=2.0, window=4)
-    finally:
-        listener.stop.set()
-        thread.join(5)
-    assert len(receipts) == len(texts)
-    delivered = [t for t, r in zip(texts, receipts, strict=True) if r.delivered]
-    assert delivered == received and len(delivered) >= 5
-    assert all(r.conversation == "mailbox" for r in receipts[len(delivered):])
-    bob.login(PASSWORD)
-    with Listening(bob) as inbox:
-        letters = inbox.wait_for(len(texts) - len(delivered))
-    assert received + [m.text for m in letters] == texts
-
-
-def test_send_many_leaves_the_rest_in_the_mailbox_when_the_peer_dies_mid_stream(broker, ana_bob):
-    ana, bob = ana_bob
-    texts = [f"line {i}" for i in range(40)]
-    received = []
-
-    def read_five_then_die(msg):  # kill -9 of `agora listen`: no BYE, no LOGOUT
-        received.append(msg.text)
-        if len(received) == 5:
-            listener.stop.set()
-            for sock in list(bob.peer.conversations):
-                sock.close(0)
-            bob.inbox.close(0)
-
-    listener = Listener(bob, read_five_then_die)
-    thread = threading.Thread(target=listener.run, daemon=True)
-    thread.start()
-    try:
-        receipts = ana.peer.send_many("bob.reis", texts, timeout=0.5, window=4)
+        receipts = ana.peer.send_many("bob.reis", texts, timeout=1.0, window=4)
     finally:
         listener.stop.set()
         thread.join(5)
     delivered = [t for t, r in zip(texts, receipts, strict=True) if r.delivered]
-    assert len(receipts) == len(texts) and delivered == received
+    assert len(receipts) == len(texts) and delivered == received and len(delivered) >= 5
     assert all(r.conversation == "mailbox" for r in receipts[len(delivered):])
-    bob2 = Agent(bob.home, broker=broker.endpoint, context=broker.context, timeout=2.0)
-    broker.agents.append(bob2)
-    bob2.login(PASSWORD)
-    with Listening(bob2) as inbox:
+    again = Agent(bob.home, broker=broker.endpoint, context=broker.context, timeout=2.0)
+    broker.agents.append(again)
+    again.login(PASSWORD)
+    with Listening(again) as inbox:
         letters = inbox.wait_for(len(texts) - len(delivered))
     assert received + [m.text for m in letters] == texts
 
