@@ -390,11 +390,11 @@ class PeerNode:
         if sock is not None:
             try:
                 return self._deliver(sock, text, msg_id, timeout)
-            except PeerError:  # no answer, or the peer said BYE
-                self._stale(peer, sock)
-            return self._on_new_conversation(peer, [text], [msg_id], [], timeout, 1, queue,
-                                             attempts=1)[0]
-        return self._on_new_conversation(peer, [text], [msg_id], [], timeout, 1, queue)[0]
+            except PeerError as exc:  # no answer, or the peer said BYE
+                self._stale(peer, sock, exc)
+        # At most two conversations per send (PROTOCOL.md 5.5): one that just failed counts.
+        return self._on_new_conversation(peer, [text], [msg_id], [], timeout, 1, queue,
+                                         attempts=1 if sock is not None else 2)[0]
 
     def send_many(self, peer: str, texts: Sequence[str], timeout: float | None = None,
                   queue: bool = True, window: int = SEND_WINDOW,
@@ -427,17 +427,15 @@ class PeerNode:
             try:
                 self._stream(sock, texts, ids, receipts, timeout, window, on_receipt)
                 return receipts
-            except PeerError:
-                self._stale(peer, sock)
-                return self._on_new_conversation(peer, texts, ids, receipts, timeout, window,
-                                                 queue, on_receipt, attempts=1)
+            except PeerError as exc:
+                self._stale(peer, sock, exc)
         return self._on_new_conversation(peer, texts, ids, receipts, timeout, window, queue,
-                                         on_receipt)
+                                         on_receipt, attempts=1 if sock is not None else 2)
 
     def _on_new_conversation(self, peer: str, texts: Sequence[str], ids: list[bytes],
                              receipts: list[Receipt], timeout: float, window: int,
                              queue: bool, on_receipt: Callable[[Receipt], None] | None = None,
-                             attempts: int = 2) -> list[Receipt]:
+                             *, attempts: int) -> list[Receipt]:
         """The texts from ``len(receipts)`` on, streamed on a new conversation with ``peer``
         (or left as letters: :meth:`_reopen`); ``receipts`` with theirs added.
 
@@ -461,12 +459,11 @@ class PeerNode:
                 if attempt >= attempts:
                     raise
                 attempt += 1
-                log.info("%s; %d message(s) unacknowledged go again", exc,
-                         len(texts) - len(receipts))
-                self._stale(peer, sock)
+                self._stale(peer, sock, exc)
 
-    def _stale(self, peer: str, sock: zmq.Socket) -> None:
-        log.info("conversation with %s did not answer; opening a new one", peer)
+    def _stale(self, peer: str, sock: zmq.Socket, why: PeerError) -> None:
+        """Close a conversation that failed (``why``); the caller opens a new one."""
+        log.info("conversation with %s failed (%s); opening a new one", peer, why)
         self._close(sock, say_bye=False, now=time.time())
 
     def _reopen(self, peer: str, timeout: float, queue: bool,
