@@ -36,6 +36,7 @@ from agora.envelope import (
     seal,
 )
 from agora.errors import ProtocolError, RemoteError, UnauthenticatedRefusal
+from agora.jsontext import dumps, loads
 from agora.protocol import (
     Channel,
     ErrorCode,
@@ -51,7 +52,7 @@ def encode_json(obj: Any) -> bytes:
 def decode_json(data: bytes) -> dict[str, Any]:
     """Parse a JSON object (UTF-8) from the wire; anything else is a ProtocolError."""
     try:
-        obj = json.loads(data.decode("utf-8"))  # UTF-8 only, and no encoding sniffing
+        obj = loads(data.decode("utf-8"))  # UTF-8 only, and no encoding sniffing
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError("body is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -85,10 +86,6 @@ MAX_SERVICE_NAME = 255
 #: A refusal's message is one line for a person: longer ones are cut to this many characters.
 MAX_REFUSAL_MESSAGE = 300
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
-
-
 class JSONText(bytes):
     """A result that is compact JSON already (a built-in service passing octets through,
     like ``echo``): sent as it is, not encoded again."""
@@ -96,7 +93,7 @@ class JSONText(bytes):
 
 def compact_json(obj: Any) -> bytes:
     """Compact JSON, no key sorting (the call path's encoder)."""
-    return _dumps(obj).encode("utf-8")
+    return dumps(obj).encode("utf-8")
 
 
 def encode_call(service: str, args: dict[str, Any] | None = None) -> bytes:
@@ -228,7 +225,7 @@ def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int
 
 def _result(body: bytes) -> Any:
     try:
-        return _loads(body.decode("utf-8"))
+        return loads(body.decode("utf-8"))
     except (ValueError, RecursionError):
         raise ProtocolError("RESULT body is not valid JSON") from None
 
@@ -472,7 +469,7 @@ def decode_worker_body(kind: Kind, body: bytes) -> dict[str, Any]:
     if kind is Kind.REPLY:
         rid, ok, data = decode_reply(body)
         try:
-            value = _loads(data)
+            value = loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ProtocolError("REPLY body is not valid JSON") from None
         return {"id": rid.hex(), "ok": True, "result": value} if ok else {

@@ -1,0 +1,68 @@
+"""Compact JSON for the call path: the standard library's own C encoder and scanner, made
+once instead of on every message.
+
+Why this module exists: ``json.dumps`` builds a new C encoder object for every call and
+``json.loads`` runs a whitespace regular expression before and after the C scanner, each
+through three or four Python frames. For the small bodies of a service call (tens of bytes)
+that set-up is most of the cost, and it is paid four times per call (the caller's args, the
+server's parse of them, the result, the caller's parse of it), cold, between two network
+waits. Made once, the same C code does the same work for about half the time (measured in
+docs/BENCHMARKS.md, "What bounds each figure").
+
+The output and the accepted input are exactly the standard library's: the encoder is checked
+against ``json.JSONEncoder`` when this module loads and is not used if they differ (another
+Python version, or an interpreter without the C accelerator), and any text the fast scan does
+not take whole (leading or trailing whitespace, trailing data, an error) goes to
+``json.loads``, which accepts it or raises its usual ``ValueError``. One difference: a
+circular structure raises ``RecursionError`` rather than ``ValueError`` (no marker table is
+kept between calls, so the encoder holds no state and threads can share it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+_reference = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_PROBE = {"a": [1, -2.5, None, True, False, "é\n\"\\\x01"], "b": {}, "c": 1e300, "d": []}
+_PROBE_TEXT = '{"a":[1,-2.5,null,true,false,"é\\n\\"\\\\\\u0001"],"b":{},"c":1e+300,"d":[]}'
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+        if c_make_encoder is None:
+            return _reference.encode
+        # The call json.JSONEncoder.iterencode makes (CPython 3.11): markers, default,
+        # encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan. Another
+        # signature raises TypeError or fails the probe, and the plain encoder is used.
+        encode = c_make_encoder(None, _reference.default, encode_basestring, None, ":", ",",
+                                False, False, True)
+        if "".join(encode(_PROBE, 0)) != _PROBE_TEXT:  # a known answer, not json.dumps:
+            return _reference.encode                  # that may run this same encoder
+    except (ImportError, TypeError, ValueError):
+        return _reference.encode
+    join = "".join
+
+    def dumps(obj: Any) -> str:
+        return join(encode(obj, 0))
+
+    return dumps
+
+
+#: ``obj`` as compact JSON text (no spaces, keys in their order, non-ASCII kept).
+dumps: Callable[[Any], str] = _make_dumps()
+
+_scan = json.JSONDecoder().scan_once
+
+
+def loads(text: str) -> Any:
+    """The value of JSON ``text``, as ``json.loads`` gives it (and its ValueError if none)."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:  # nothing parses at 0: leading whitespace, or not JSON
+        return json.loads(text)
+    if end != len(text):  # trailing whitespace (fine) or trailing data (an error)
+        return json.loads(text)
+    return value
