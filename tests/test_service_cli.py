@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
 
 from agora.errors import LocalError
-from cli.service_cmd import parse_call_args
+from cli.service_cmd import load_handler, parse_call_args
 from tests.conftest import PASSWORD, agora_env, run_agora
 
 
@@ -106,6 +107,19 @@ def test_bad_call_arguments_are_a_local_error(pairs, json_text, message):
 def test_call_help_teaches_the_argument_forms():
     out = ok(run_agora("call", "--help"))
     assert "key=value" in out and "--data @args.json" in out
+
+
+@pytest.mark.parametrize("source,says", [
+    ("def handler(:\n    pass\n", "SyntaxError: invalid syntax"),
+    ("raise RuntimeError('no config file')\n", "RuntimeError: no config file"),
+])
+def test_a_handler_module_that_fails_to_import_is_a_local_error(tmp_path, monkeypatch, source,
+                                                                 says):
+    (tmp_path / "broken_handlers.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_handler adds the directory
+    with pytest.raises(LocalError, match=f"cannot import broken_handlers: {says}"):
+        load_handler("broken_handlers:handler")
 
 
 def test_worker_run_rejects_a_bad_target(tmp_path):
