@@ -71,7 +71,8 @@ AuctioneerOption = Annotated[str, typer.Option(
     "broker; its key is looked up there. [env: AGORA_AUCTIONEER]")]
 InterfaceOption = Annotated[str, typer.Option(
     "--interface", envvar="AGORA_MULTICAST_IF", help="Local address for multicast "
-    "(127.0.0.1 keeps it on this host). [env: AGORA_MULTICAST_IF]")]
+    "(127.0.0.1 keeps it on this host). [env: AGORA_MULTICAST_IF]", metavar="ADDRESS",
+    parser=options.ipv4_address)]
 
 
 @auctioneer_app.command("start")
@@ -93,7 +94,8 @@ def start(
                                      help="PUB mirror endpoint to bind.", metavar="ENDPOINT",
                                      parser=options.endpoint)] = DEFAULT_AUCTION_PUB,
     group: Annotated[str, typer.Option("--group", envvar="AGORA_MULTICAST_GROUP",
-                                       help="Multicast group (239.255.0.0/16).")
+                                       help="Multicast group (239.255.0.0/16).",
+                                       metavar="GROUP", parser=options.multicast_group)
                      ] = DEFAULT_MULTICAST_GROUP,
     port: Annotated[int, typer.Option("--port", envvar="AGORA_MULTICAST_PORT",
                                       help="Multicast UDP port.", min=1, max=65535)

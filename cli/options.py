@@ -1,9 +1,10 @@
 """How every agora command reads its options: one parser per kind of value, one error line.
 
 Each kind of value a person types has one parser here, used by every command's options:
-endpoints, durations, directories, money. A parser raises ``typer.BadParameter`` with what
-a valid value looks like; Typer turns that into a usage error, and :class:`AgoraGroup` (the root
-of the ``agora`` app) prints every usage error as one line on stderr, exit code 2. Nothing
+endpoints, durations, directories, addresses, money. A parser raises ``typer.BadParameter``
+with what a valid value looks like; Typer turns that into a usage error, and
+:class:`AgoraGroup` (the root of the ``agora`` app) prints every usage error as one line on
+stderr, exit code 2. Nothing
 a person types ends in a traceback: an unexpected exception is one line too (set
 AGORA_DEBUG=1 to see the traceback).
 """
@@ -11,6 +12,7 @@ AGORA_DEBUG=1 to see the traceback).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 import os
 import re
@@ -26,6 +28,7 @@ from rich.markup import escape
 
 from agora.auction_wire import parse_money
 from agora.errors import LocalError
+from agora.multicast import check_group
 
 #: ``tcp://HOST:PORT`` (PORT may be ``*`` or 0 when binding), ``ipc://PATH``, ``inproc://NAME``.
 _ENDPOINT = re.compile(r"^(tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\*|\d{1,5})"
@@ -105,6 +108,22 @@ def existing_directory(value: str | Path) -> Path:
         what = "a file" if path.exists() else "missing"
         raise Invalid(f"{_shown(str(value))} is {what}; give an existing directory")
     return path
+
+
+def multicast_group(value: str) -> str:
+    """An IPv4 multicast group in the organisation-local scope, 239.255.0.0/16."""
+    try:
+        return check_group(value.strip())
+    except LocalError as exc:
+        raise Invalid(f"{exc}; use e.g. 239.255.42.42") from None
+
+
+def ipv4_address(value: str) -> str:
+    """A local IPv4 address, such as the interface multicast goes out on."""
+    try:
+        return str(ipaddress.IPv4Address(value.strip()))
+    except ValueError:
+        raise Invalid(f"{_shown(value)} is not an IPv4 address; use e.g. 127.0.0.1") from None
 
 
 def money(value: str) -> int:

@@ -41,6 +41,8 @@ def malformed(param, a_file: Path) -> list[str]:
         options.existing_directory: [str(a_file), str(a_file.parent / "missing")],
         options.money: ["1e3", "-5", "+5", "1.234", "NaN"],
         options.since: ["yesterday", "-5m", "10 parsecs"],
+        options.multicast_group: ["224.0.0.251", "10.0.0.1", "239.256.0.1", "foo"],
+        options.ipv4_address: ["nonsense", "1.2.3", "::1"],
     }
     if parser is not None:
         assert parser in by_parser, f"{param.name}: parser {parser} is not one of cli.options"
@@ -69,6 +71,17 @@ def test_the_walk_reaches_every_command_group():
         for p in command.params:
             if p.name in ("broker", "endpoint", "bind", "pub"):
                 assert p.type_descriptor.parameter_info.parser is options.endpoint, (path, p.name)
+
+
+def test_multicast_options_are_checked_before_anything_starts():
+    by_name = {"group": options.multicast_group, "interface": options.ipv4_address}
+    seen = set()
+    for path, command in commands():
+        for p in command.params:
+            if p.name in by_name:
+                seen.add(p.name)
+                assert p.type_descriptor.parameter_info.parser is by_name[p.name], (path, p.name)
+    assert seen == set(by_name)
 
 
 @pytest.mark.parametrize("path,name", CASES, ids=[f"{' '.join(p)}:{n}" for p, n in CASES])
