@@ -35,12 +35,15 @@ def wait_for(check, timeout: float = 10.0, what: str = "condition"):
 class Page:
     """One collaborator's console and an HTTP client signed in to it."""
 
-    def __init__(self, agent, auction, port: int) -> None:
+    def __init__(self, agent, auction, port: int, auctioneer: str | None = None,
+                 endpoint: str | None = None) -> None:
+        """Follows ``auction`` (its auctioneer's name and endpoint unless given), or none."""
         self.agent = agent
-        self.console = CollabConsole(agent, EventHub(), auction.agent.username if auction
-                                     else "auctioneer",
-                                     auction.server.endpoint if auction else "tcp://127.0.0.1:1",
-                                     "127.0.0.1", 2.0, follow_auction=auction is not None)
+        self.console = CollabConsole(
+            agent, EventHub(),
+            auctioneer or (auction.agent.username if auction else "auctioneer"),
+            endpoint or (auction.server.endpoint if auction else "tcp://127.0.0.1:1"),
+            "127.0.0.1", 2.0, follow_auction=auction is not None)
         self.console.start()
         self.access = Access(port)
         self.client = console_client(collab_app(self.console, self.access), self.access)
@@ -280,3 +283,26 @@ def test_the_brokers_session_ended_notice_signs_out_with_its_reason(pages):
                                             "message": "revoked by the operator"}))
     assert ana.state()["session"] == {"signed_in": False, "reason": "revoked by the operator",
                                       "broker": ""}
+
+
+def test_an_auctioneer_the_broker_does_not_know_is_shown_as_unavailable(broker, auction):
+    page = Page(broker.agent("Ana Lima"), auction, 48300, auctioneer="no.such.auctioneer")
+    try:
+        state = wait_for(lambda: (a := page.state()["auction"])["link"] == "unavailable" and a,
+                         what="unavailable")
+        assert state["note"] == "unknown user 'no.such.auctioneer' [unknown-user]"
+        assert page.state()["session"]["signed_in"]  # the rest of the console goes on
+        assert page.act(action="call", service="echo", args={"text": "hi"}).status_code == 200
+    finally:
+        page.close()
+
+
+def test_an_auctioneer_that_does_not_answer_is_shown_as_unreachable(broker, auction):
+    page = Page(broker.agent("Ana Lima"), auction, 48301, endpoint="tcp://127.0.0.1:9")
+    try:
+        state = wait_for(lambda: (a := page.state()["auction"])["link"] == "unreachable" and a,
+                         what="unreachable")
+        assert state["note"] == "no answer from the auctioneer at tcp://127.0.0.1:9; retrying"
+        assert page.state()["session"]["signed_in"]
+    finally:
+        page.close()
