@@ -55,6 +55,8 @@ def parse_call_args(pairs: list[str], json_text: str | None, data: str | None,
             obj = json.loads(text)
         except ValueError as exc:
             raise LocalError(f"{source} is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise LocalError(f"{source} is nested too deeply") from None
         if not isinstance(obj, dict):
             raise LocalError(f"{source} must be a JSON object")
         args.update(obj)
@@ -64,7 +66,7 @@ def parse_call_args(pairs: list[str], json_text: str | None, data: str | None,
             raise LocalError(f"argument {pair!r} is not key=value")
         try:
             args[key] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or too deep to be): the text itself
             args[key] = value
     return args
 

@@ -98,10 +98,17 @@ def test_call_arguments_merge_file_json_and_pairs(tmp_path):
     (["novalue"], None, "not key=value"),
     ([], "[1, 2]", "must be a JSON object"),
     ([], "{oops", "not valid JSON"),
+    ([], '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "--json is nested too deeply"),
 ])
 def test_bad_call_arguments_are_a_local_error(pairs, json_text, message):
     with pytest.raises(LocalError, match=message):
         parse_call_args(pairs, json_text, None)
+
+
+def test_a_value_that_does_not_parse_as_json_is_taken_as_text():
+    deep = "[" * 100_000
+    assert parse_call_args(["name=ana", "n=3", f"deep={deep}"], None, None) == \
+        {"name": "ana", "n": 3, "deep": deep}
 
 
 def test_call_help_teaches_the_argument_forms():
