@@ -228,6 +228,8 @@ def test_services_notes_and_calls(pages, broker):
     assert unknown.status_code == 400 and "[unknown-service]" in unknown.json()["error"]
     bad_args = ana.act(action="call", service="echo", args="{not json")
     assert bad_args.json() == {"error": "the arguments are not valid JSON"}
+    too_deep = ana.act(action="call", service="echo", args="[" * 20_000)
+    assert too_deep.json() == {"error": "the arguments are not valid JSON"}
 
 
 def test_revoking_the_collaborator_signs_the_page_out(pages, broker):

@@ -132,6 +132,8 @@ def test_a_huge_body_is_refused_and_the_console_keeps_serving(console):
 @pytest.mark.parametrize("content,kind,error", [
     (b'{"action": "revoke", ', "application/json", "malformed JSON in the request"),
     (b"\xff\xfe", "application/json", "malformed JSON in the request"),
+    (b'{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "application/json",
+     "malformed JSON in the request"),
     (b'["revoke"]', "application/json", "the request must be a JSON object"),
     (b"action=%zz&&==", "application/x-www-form-urlencoded",
      "malformed form data in the request"),

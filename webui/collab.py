@@ -581,7 +581,7 @@ def _call_args(params: dict[str, Any]) -> dict[str, Any]:
     if isinstance(args, str):  # a form's text field
         try:
             args = json.loads(args) if args.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise PageError(400, "the arguments are not valid JSON") from None
     if not isinstance(args, dict):
         raise PageError(400, "the arguments must be a JSON object")

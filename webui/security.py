@@ -192,7 +192,7 @@ async def read_action(request: Request, actions: frozenset[str] | set[str],
     if kind == "application/json":
         try:
             params = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: RecursionError
             raise PageError(400, "malformed JSON in the request") from None
         if not isinstance(params, dict):
             raise PageError(400, "the request must be a JSON object")
