@@ -92,7 +92,7 @@ class Credentials:
             for name in cls._BINARY:
                 doc[name] = unb64(doc[name])
             return cls(**doc)
-        except (ValueError, TypeError, KeyError, ProtocolError):
+        except (ValueError, TypeError, KeyError, ProtocolError, RecursionError):
             raise LocalError("credentials file is damaged") from None
 
 
@@ -182,5 +182,5 @@ class CredentialsFile:
             if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 raise ValueError
             return doc, unb64(doc["box"])
-        except (ValueError, KeyError, TypeError, ProtocolError):
+        except (ValueError, KeyError, TypeError, ProtocolError, RecursionError):
             raise LocalError(f"{self.path} is not an agora credentials file") from None

@@ -662,7 +662,7 @@ class PeerNode:
             return {str(k): float(v) for k, v in seen.items()}
         except FileNotFoundError:
             return {}
-        except (ValueError, AttributeError, TypeError, OSError) as exc:
+        except (ValueError, AttributeError, TypeError, OSError, RecursionError) as exc:
             log.warning("ignoring unreadable %s: %s", self.letters_path, exc)
             return {}
 

@@ -61,7 +61,9 @@ def test_the_file_holds_no_secret_in_clear(written):
     b'{"format": "agora-credentials/0", "box": ""}',
     b'{"format": "agora-credentials/1", "box": "not base64!"}',
     b'{"format": "agora-credentials/1"}',
-], ids=["empty", "not-json", "not-an-object", "other-format", "bad-base64", "no-box"])
+    b"[" * 100_000,
+], ids=["empty", "not-json", "not-an-object", "other-format", "bad-base64", "no-box",
+        "nested-too-deep"])
 def test_a_file_that_is_not_a_credentials_file_is_refused_and_left_as_it_is(tmp_path,
                                                                             contents):
     path = tmp_path / "credentials.json"

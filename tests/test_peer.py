@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from agents import Agent
-from agents.peer import Listener
+from agents.peer import LETTERS_SEEN_NAME, Listener
 from agents.peer_protocol import PeerEndpoint
 from agora.envelope import open_clear
 from agora.errors import (
@@ -90,6 +90,19 @@ def test_send_is_delivered_and_acknowledged(ana_bob):
     assert (receipt.to, receipt.seq) == ("bob.reis", 1)
     assert (msg.sender, msg.text, msg.conversation) == ("ana.lima", "olá, Bob",
                                                           receipt.conversation)
+
+
+@pytest.mark.parametrize("contents", ["not json", "[1, 2]", '{"x": "y"}', "[" * 100_000],
+                         ids=["garbage", "not-an-object", "not-a-time", "nested-too-deep"])
+def test_an_unreadable_letters_seen_file_is_ignored_and_messages_still_arrive(ana_bob,
+                                                                              contents, caplog):
+    ana, bob = ana_bob
+    (bob.home / LETTERS_SEEN_NAME).write_text(contents)
+    with caplog.at_level(logging.WARNING, logger="agora.peer"), Listening(bob) as inbox:
+        ana.send("bob.reis", "still here")
+        [msg] = inbox.wait_for(1)
+    assert msg.text == "still here"
+    assert "ignoring unreadable" in caplog.text
 
 
 def test_listener_receives_from_several_peers_at_the_same_time(broker):
