@@ -287,24 +287,20 @@ def test_the_brokers_session_ended_notice_signs_out_with_its_reason(pages):
                                       "broker": ""}
 
 
-def test_an_auctioneer_the_broker_does_not_know_is_shown_as_unavailable(broker, auction):
-    page = Page(broker.agent("Ana Lima"), auction, 48300, auctioneer="no.such.auctioneer")
+@pytest.mark.parametrize("where,link,note", [
+    ({"auctioneer": "no.such.auctioneer"}, "unavailable",
+     "unknown user 'no.such.auctioneer' [unknown-user]"),
+    ({"endpoint": "tcp://127.0.0.1:9"}, "unreachable",
+     "no answer from the auctioneer at tcp://127.0.0.1:9; retrying"),
+], ids=["unknown-to-the-broker", "not-answering"])
+def test_an_auctioneer_out_of_reach_is_named_on_the_page_and_the_rest_works(broker, auction,
+                                                                           where, link, note):
+    page = Page(broker.agent("Ana Lima"), auction, 48300, **where)
     try:
-        state = wait_for(lambda: (a := page.state()["auction"])["link"] == "unavailable" and a,
-                         what="unavailable")
-        assert state["note"] == "unknown user 'no.such.auctioneer' [unknown-user]"
+        state = wait_for(lambda: (a := page.state()["auction"])["link"] == link and a,
+                         what=link)
+        assert state["note"] == note
         assert page.state()["session"]["signed_in"]  # the rest of the console goes on
         assert page.act(action="call", service="echo", args={"text": "hi"}).status_code == 200
-    finally:
-        page.close()
-
-
-def test_an_auctioneer_that_does_not_answer_is_shown_as_unreachable(broker, auction):
-    page = Page(broker.agent("Ana Lima"), auction, 48301, endpoint="tcp://127.0.0.1:9")
-    try:
-        state = wait_for(lambda: (a := page.state()["auction"])["link"] == "unreachable" and a,
-                         what="unreachable")
-        assert state["note"] == "no answer from the auctioneer at tcp://127.0.0.1:9; retrying"
-        assert page.state()["session"]["signed_in"]
     finally:
         page.close()
