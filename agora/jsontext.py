@@ -6,14 +6,15 @@ Why this module exists: ``json.dumps`` builds a new C encoder object for every c
 through three or four Python frames. For the small bodies of a service call (tens of bytes)
 that set-up is most of the cost, and it is paid four times per call (the caller's args, the
 server's parse of them, the result, the caller's parse of it), cold, between two network
-waits. Made once, the same C code does the same work for about half the time (measured in
-docs/BENCHMARKS.md, "What bounds each figure").
+waits. Made once, the same C code does the same work in a third to a half of the time
+(measured in docs/BENCHMARKS.md, "What bounds each figure").
 
 The output and the accepted input are exactly the standard library's: the encoder is checked
-against ``json.JSONEncoder`` when this module loads and is not used if they differ (another
-Python version, or an interpreter without the C accelerator), and any text the fast scan does
-not take whole (leading or trailing whitespace, trailing data, an error) goes to
-``json.loads``, which accepts it or raises its usual ``ValueError``. One difference: a
+against a known answer when this module loads and is not used if it writes anything else
+(another Python version, or an interpreter without the C accelerator: then
+``json.JSONEncoder`` encodes), and any text the fast scan does not take whole (leading or
+trailing whitespace, trailing data, an error) goes to ``json.loads``, which accepts it or
+raises its usual ``ValueError``. One difference: a
 circular structure raises ``RecursionError`` rather than ``ValueError`` (no marker table is
 kept between calls, so the encoder holds no state and threads can share it).
 """

@@ -4,9 +4,8 @@ Each kind of value a person types has one parser here, used by every command's o
 endpoints, durations, directories, addresses, money. A parser raises ``typer.BadParameter``
 with what a valid value looks like; Typer turns that into a usage error, and
 :class:`AgoraGroup` (the root of the ``agora`` app) prints every usage error as one line on
-stderr, exit code 2. Nothing
-a person types ends in a traceback: an unexpected exception is one line too (set
-AGORA_DEBUG=1 to see the traceback).
+stderr, exit code 2. Nothing a person types ends in a traceback: an unexpected exception is
+one line too (set AGORA_DEBUG=1 to see the traceback).
 """
 
 from __future__ import annotations

@@ -147,10 +147,10 @@ def load_handler(spec: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise LocalError(f"cannot import {module_name}: {exc}") from None
-    except Exception as exc:  # the module's own code failed (a syntax error, a raise): the
-        # operator's to fix, so one line that says where, not agora's "unexpected" error
-        raise LocalError(f"cannot import {module_name}: {type(exc).__name__}: {exc}",
-                         ) from None
+    except Exception as exc:
+        # The module's own code failed (a syntax error, a raise): the operator's to fix, so
+        # one line that says where, not agora's "unexpected" error.
+        raise LocalError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
     handler = getattr(module, attr, None)
     if not callable(handler):
         raise LocalError(f"{module_name} has no function {attr!r}")
