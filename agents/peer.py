@@ -39,7 +39,6 @@ import zmq
 
 from agents.peer_protocol import (
     MESSAGE_ID_SIZE,
-    Acked,
     Closed,
     Conversation,
     PeerEndpoint,
@@ -312,7 +311,7 @@ class PeerNode:
 
     def _on_pair(self, sock: zmq.Socket, conversation: Conversation, frame: zmq.Frame) -> None:
         """Handle one message received on a conversation PAIR (its first frame, uncopied):
-        acknowledge it first, then keep what it says."""
+        acknowledge it first, then keep what it says (the sender waits only for the ACK)."""
         if frame.more:  # not a conversation message: read it within the bounds, then refuse
             rest = recv_rest(sock, size=len(frame), origin=frame)
             if rest is None:  # over the whole-message bound: dropped, uncopied
@@ -320,27 +319,25 @@ class PeerNode:
             frames = [frame.bytes, *rest]
         else:
             frames = [frame.bytes]
-        now = time.time()
         try:
-            events, replies = conversation.handle(frames, now)
+            ack, arrival = conversation.receive(frames, time.time())
         except ProtocolError as exc:
             self._drop(f"a message on conversation {conversation.short_id} with "
                        f"{conversation.peer}", exc)
             return
-        for reply in replies:
+        if ack is not None:
             try:
-                sock.send(reply[0], _NOBLOCK)
+                sock.send(ack, _NOBLOCK)
             except zmq.ZMQError as exc:
                 log.info("could not acknowledge %s: %s", conversation.peer, exc.strerror)
-        for event in events:
+        for event in conversation.settle(arrival):
             if isinstance(event, PeerMessage):
                 self.incoming.append(event)
             elif isinstance(event, Closed):
                 log.info("conversation %s with %s closed by the peer",
                          conversation.short_id, conversation.peer)
-                self._close(sock, say_bye=False, now=now)
-            elif isinstance(event, Acked):
-                pass  # conversation.acked moved; send() waits on it
+                self._close(sock, say_bye=False, now=arrival.at)
+            # Acked: conversation.acked moved; send() waits on it
 
     def tick(self, now: float) -> None:
         """Close conversations idle for longer than ``idle_timeout``."""

@@ -13,8 +13,9 @@ of the two agents' key pairs, computed once per peer (:meth:`PeerEndpoint.key_fo
 - :class:`Conversation` is the state of one conversation: its key, a sending sequence
   number, a :class:`~agora.envelope.ReplayGuard` with window 0 over the peer's sequence
   numbers (TCP keeps a conversation in order) and the message ids recently seen from the
-  peer. :meth:`~Conversation.handle` turns a PAIR message into events (:class:`PeerMessage`,
-  :class:`Acked`, :class:`Closed`) and the replies (ACKs) to send.
+  peer. :meth:`~Conversation.receive` checks a PAIR message and gives the ACK to send at
+  once; :meth:`~Conversation.settle` then turns it into events (:class:`PeerMessage`,
+  :class:`Acked`, :class:`Closed`); :meth:`~Conversation.handle` does both.
 - Letters, for the broker's offline mailbox: :meth:`PeerEndpoint.letter` seals one,
   :meth:`PeerEndpoint.open_letter` checks it (names, age, an id never seen before).
 
@@ -46,7 +47,7 @@ import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from agora.crypto import constant_time_equal
 from agora.envelope import (
@@ -135,6 +136,18 @@ class Closed:
 
 
 Event = PeerMessage | Acked | Closed
+
+
+class Arrival(NamedTuple):
+    """A PAIR message :meth:`Conversation.receive` accepted, for :meth:`Conversation.settle`
+    (the fields of a MESSAGE; only ``kind``, ``seq`` and ``at`` for an ACK or a BYE)."""
+
+    kind: int
+    seq: int
+    msg_id: bytes
+    sent_at: int  # ms, as the sender's clock said
+    text: str
+    at: float  # when it was received
 
 
 class Refused(RemoteError):
@@ -265,6 +278,8 @@ class Conversation:
     acked: int = 0  # the highest of our sequence numbers the peer acknowledged
     received: int = 0  # messages (MESSAGE, BYE) accepted from the peer
     guard: ReplayGuard = field(default_factory=_conversation_guard)
+    #: (sequence number, its ACK sealed ahead of time by settle()), or None.
+    _next_ack: tuple[int, bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._me, self._other = int(self.role), int(OTHER[self.role])
@@ -299,10 +314,21 @@ class Conversation:
         return [seal_prefixed(self.key, self._out_bye, self.send_seq, b"")]
 
     def handle(self, frames: list[bytes], now: float) -> tuple[list[Event], list[list[bytes]]]:
-        """Check one PAIR message; return its events and the replies to send.
+        """Check one PAIR message; return its events and the replies to send: exactly
+        :meth:`receive` then :meth:`settle`, for callers with nothing to do in between.
 
         Raises ProtocolError (drop it, keep the conversation) for anything not from the
         peer, not for this conversation, reflected, replayed, reordered or malformed.
+        """
+        ack, arrival = self.receive(frames, now)
+        return self.settle(arrival), [] if ack is None else [[ack]]
+
+    def receive(self, frames: list[bytes], now: float) -> tuple[bytes | None, Arrival]:
+        """Check one PAIR message: (the ACK to send for it now or None, what arrived).
+
+        Only what must come before the ACK is done here (authenticate, decode, admit the
+        sequence number), so a sender waiting for it waits for nothing else; pass the
+        arrival to :meth:`settle` once the ACK is sent. ProtocolError as :meth:`handle`.
         """
         if len(frames) != 1:
             raise ProtocolError("a conversation message is one frame")
@@ -327,19 +353,37 @@ class Conversation:
             if seq > self.acked:
                 self.acked = seq
             self.last_active = now
-            return [Acked(seq)], []
-        if kind == _MESSAGE:
-            msg_id, sent_at, text = decode_message(body)
+            return None, Arrival(_ACK, seq, b"", 0, "", now)
+        msg_id, sent_at, text = decode_message(body) if kind == _MESSAGE else (b"", 0, "")
         if not self.guard.admit(self.conversation_id, seq, now):
             raise ProtocolError(f"message {seq} replayed or reordered")
         self.received += 1
         self.last_active = now
         if kind == _BYE:
-            return [Closed()], []
-        ack = [seal_prefixed(self.key, self._out_ack, seq, b"")]
-        if not self.recent_ids.add(msg_id):
-            return [], [ack]  # a retransmission we already showed: acknowledge it only
-        return [PeerMessage(self.peer, text, sent_at / 1000, now, seq, self.short_id)], [ack]
+            return None, Arrival(_BYE, seq, b"", 0, "", now)
+        ready, self._next_ack = self._next_ack, None
+        ack = ready[1] if ready is not None and ready[0] == seq else self._ack(seq)
+        return ack, Arrival(_MESSAGE, seq, msg_id, sent_at, text, now)
+
+    def settle(self, arrival: Arrival) -> list[Event]:
+        """What an arrival from :meth:`receive` means: a :class:`PeerMessage` (none for a
+        retransmission already shown, which was acknowledged all the same), :class:`Acked`
+        or :class:`Closed`. After a MESSAGE it seals the ACK of the next sequence number
+        ahead of time, so the next message's ACK goes out without a seal; it is kept
+        unsent until that message is authenticated and admitted (PROTOCOL.md 5.4)."""
+        kind, seq = arrival.kind, arrival.seq
+        if kind == _ACK:
+            return [Acked(seq)]
+        if kind == _BYE:
+            return [Closed()]
+        self._next_ack = (seq + 1, self._ack(seq + 1))
+        if not self.recent_ids.add(arrival.msg_id):
+            return []  # a retransmission we already showed: acknowledged only
+        return [PeerMessage(self.peer, arrival.text, arrival.sent_at / 1000, arrival.at, seq,
+                            self.short_id)]
+
+    def _ack(self, seq: int) -> bytes:
+        return seal_prefixed(self.key, self._out_ack, seq, b"")
 
 
 # -- set-up -----------------------------------------------------------------------------------
@@ -585,6 +629,6 @@ class PeerEndpoint:
 
 
 __all__ = [
-    "Acked", "Closed", "Conversation", "Event", "Hello", "PeerEndpoint",
+    "Acked", "Arrival", "Closed", "Conversation", "Event", "Hello", "PeerEndpoint",
     "PeerMessage", "PendingHello", "Refused",
 ]

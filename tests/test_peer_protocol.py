@@ -66,6 +66,32 @@ def test_both_sides_can_send_on_one_conversation(pair):
     assert bob.handle(replies[0], NOW)[0] == [Acked(1)]
 
 
+def test_receive_gives_the_ack_before_settle_shows_the_message(pair):
+    ana, bob = pair.connect()
+    seq, _, frames = ana.message("first the ACK", NOW)
+    ack, arrival = bob.receive(frames, NOW)
+    assert ana.handle([ack], NOW)[0] == [Acked(seq)]  # usable before settle() ran
+    assert bob.settle(arrival) == [PeerMessage("ana", "first the ACK", NOW, NOW, seq,
+                                               bob.short_id)]
+
+
+def test_each_message_in_a_row_gets_the_ack_of_its_own_number(pair):
+    ana, bob = pair.connect()
+    for _ in range(3):  # from the second on, the ACK was sealed ahead by settle()
+        seq, _, frames = ana.message("next", NOW)
+        _, replies = bob.handle(frames, NOW)
+        assert ana.handle(replies[0], NOW)[0] == [Acked(seq)] and ana.acked == seq
+
+
+def test_ack_sealed_ahead_is_not_given_to_a_later_number(pair):
+    ana, bob = pair.connect()
+    bob.handle(ana.message("one", NOW)[2], NOW)  # bob now holds the ACK of 2, sealed ahead
+    ana.message("two, lost on the way", NOW)
+    seq, _, frames = ana.message("three", NOW)
+    _, replies = bob.handle(frames, NOW)
+    assert ana.handle(replies[0], NOW)[0] == [Acked(seq)] and ana.acked == 3
+
+
 def test_duplicate_message_is_rejected(pair):
     ana, bob = pair.connect()
     _, _, frames = ana.message("once", NOW)
