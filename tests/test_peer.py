@@ -27,7 +27,15 @@ from agora.errors import (
     RemoteError,
     UnauthenticatedRefusal,
 )
-from agora.protocol import MAX_MESSAGE_SIZE, MAX_PEER_TEXT, Channel, ErrorCode, Kind, Sender
+from agora.protocol import (
+    MAX_MESSAGE_FRAMES,
+    MAX_MESSAGE_SIZE,
+    MAX_PEER_TEXT,
+    Channel,
+    ErrorCode,
+    Kind,
+    Sender,
+)
 from tests.conftest import PASSWORD, raw_dealer
 
 
@@ -399,6 +407,23 @@ def test_oversized_message_on_a_conversation_is_dropped(zctx, ana_bob):
         inbox.wait_for(1)
     pair.close(0)
     assert [m.text for m in inbox.received] == ["after the big one"]
+
+
+def test_a_message_of_too_many_frames_on_a_conversation_is_dropped_and_the_next_arrives(
+        zctx, ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        conversation, pair = raw_conversation(zctx, ana, bob)
+        _, _, dropped = conversation.message("a good envelope, then too many frames",
+                                             time.time())
+        _, _, good = conversation.message("after the many frames", time.time())
+        pair.send_multipart([dropped[0]] + [b"f"] * MAX_MESSAGE_FRAMES)  # over the bound
+        pair.send_multipart(good)
+        inbox.wait_for(1)
+        time.sleep(0.1)
+    pair.close(0)
+    assert [m.text for m in inbox.received] == ["after the many frames"]
+    assert bob.peer.conversations  # the conversation is still open
 
 
 def test_idle_conversation_is_closed_and_the_next_send_opens_another(ana_bob):
