@@ -340,43 +340,75 @@ def test_handler_keywords_refuse_exactly_what_signature_bind_refuses():
         assert _outcome(lambda h=handler, a=args: Keywords(h).invoke(a, caller)) == expected
 
 
+class FakeBroker:
+    """A ROUTER that seals what a broker would, for one ServiceWorker ("upper") serving in a
+    thread: to see what the worker does with messages no real broker sends."""
+
+    def __init__(self, tmp_path, zctx) -> None:
+        self.router = zctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.RCVTIMEO, 5000)
+        port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        agent = Agent(tmp_path / "w", broker=f"tcp://127.0.0.1:{port}", context=zctx)
+        self.sid, self.key = b"s" * 16, new_symmetric_key()
+        agent.session = _Session(self.sid, self.key)
+        self.worker = ServiceWorker(agent, "upper", lambda **args: args, 1)
+        self.thread = threading.Thread(target=self.worker.serve, daemon=True)
+
+    def __enter__(self) -> FakeBroker:
+        self.thread.start()
+        self.identity, _ = self.router.recv_multipart()  # READY, with no empty delimiter
+        self.send(Kind.READY, 1, b'{"service":"upper","level":1}')
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.worker.stop.set()
+        self.thread.join(5)
+        self.router.close(0)
+
+    def sealed(self, kind: Kind, counter: int, body: bytes) -> bytes:
+        return seal(self.key, Header(Channel.WORKER, kind, Sender.BROKER, self.sid, counter),
+                    body)
+
+    def send(self, kind: Kind, counter: int, body: bytes) -> None:
+        self.router.send_multipart([self.identity, self.sealed(kind, counter, body)])
+
+    def request(self, counter: int, rid: bytes) -> None:
+        self.send(Kind.REQUEST, counter, encode_request(rid, b"upper", b"ana", 1, 5, b'{"n":1}'))
+
+    def replied(self) -> bytes:
+        """The request id of the next REPLY the worker sends."""
+        while True:
+            frames = self.router.recv_multipart()
+            header, raw = open_worker_message(self.key, frames[-1], self.sid, Sender.WORKER)
+            if header.kind == Kind.REPLY:
+                return decode_reply(raw)[0]
+
+
 def test_worker_drops_a_replayed_request(tmp_path, zctx):
     """A fake broker replays a REQUEST it sealed: the worker answers it once only."""
-    router = zctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.RCVTIMEO, 5000)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    agent = Agent(tmp_path / "w", broker=f"tcp://127.0.0.1:{port}", context=zctx)
-    sid, key = b"s" * 16, new_symmetric_key()
-    agent.session = _Session(sid, key)
-    worker = ServiceWorker(agent, "upper", lambda **args: args, 1)
-    thread = threading.Thread(target=worker.serve, daemon=True)
-    thread.start()
-    try:
-        identity, ready = router.recv_multipart()  # no empty delimiter (PROTOCOL.md 4.3)
+    with FakeBroker(tmp_path, zctx) as broker:
+        first = [broker.identity, broker.sealed(Kind.REQUEST, 2, encode_request(
+            b"1" * 8, b"upper", b"ana", 1, 5, b'{"n":1}'))]
+        broker.router.send_multipart(first)
+        assert broker.replied() == b"1" * 8
+        broker.router.send_multipart(first)  # replayed
+        broker.request(3, b"2" * 8)
+        assert broker.replied() == b"2" * 8  # the replay was dropped, not answered again
+        assert broker.worker.served == 2
 
-        def to_worker(kind: Kind, counter: int, body: bytes) -> list[bytes]:
-            return [identity, seal(key, Header(Channel.WORKER, kind,
-                                                            Sender.BROKER, sid, counter), body)]
 
-        def replied() -> bytes:
-            while True:
-                frames = router.recv_multipart()
-                header, raw = open_worker_message(key, frames[-1], sid, Sender.WORKER)
-                if header.kind == Kind.REPLY:
-                    return decode_reply(raw)[0]
-
-        router.send_multipart(to_worker(Kind.READY, 1, b'{"service":"upper","level":1}'))
-        first = to_worker(Kind.REQUEST, 2, encode_request(b"1" * 8, b"upper", b"ana", 1, 5,
-                                                          b'{"n":1}'))
-        router.send_multipart(first)
-        assert replied() == b"1" * 8
-        router.send_multipart(first)  # replayed
-        router.send_multipart(to_worker(Kind.REQUEST, 3, encode_request(
-            b"2" * 8, b"upper", b"ana", 1, 5, b'{"n":2}')))
-        assert replied() == b"2" * 8  # the replay was dropped, not answered again
-        assert worker.served == 2
-    finally:
-        worker.stop.set()
-        thread.join(5)
-        router.close(0)
+@pytest.mark.parametrize("bad", ["two frames", "malformed request"])
+def test_worker_ignores_a_malformed_message_from_the_broker_and_serves_on(tmp_path, zctx, bad,
+                                                                          caplog):
+    with caplog.at_level("INFO", "agora.worker"), FakeBroker(tmp_path, zctx) as broker:
+        if bad == "two frames":
+            good = broker.sealed(Kind.REQUEST, 2, encode_request(b"0" * 8, b"upper", b"ana",
+                                                                   1, 5, b'{"n":1}'))
+            broker.router.send_multipart([broker.identity, good, b"tail"])
+        else:
+            broker.send(Kind.REQUEST, 2, b"\x00" * 5)  # sealed by the broker, but no REQUEST
+        broker.request(3, b"1" * 8)
+        assert broker.replied() == b"1" * 8
+        assert broker.worker.served == 1
+    assert "ignored a bad" in caplog.text
