@@ -19,6 +19,7 @@ from agora.protocol import ErrorCode, PrincipalKind
 from auctioneer.feed import MembershipFeed
 from auctioneer.server import AuctioneerServer
 from broker.server import BrokerServer
+from tests.conftest import raw_dealer
 
 
 def write_item(folder, name: str, item_id: str, duration: float = 1.5,
@@ -228,6 +229,22 @@ def test_malformed_join_does_not_stop_the_auctioneer(auction, zctx):
     reply = sock.recv_multipart()
     sock.close(0)
     assert len(reply) == 1 and b"bad-request" in reply[0]
+    assert auction.client("Ana Lima").join().username == "ana.lima"
+
+
+@pytest.mark.parametrize("frames", [[b"k" * 32], [b"not empty", b"k" * 32]],
+                         ids=["one frame", "no empty delimiter"])
+def test_a_message_without_a_routing_envelope_is_dropped_and_the_auctioneer_serves_on(
+        auction, zctx, frames, caplog):
+    import zmq
+
+    dealer = raw_dealer(zctx, auction.server.endpoint, timeout_ms=300)
+    with caplog.at_level("INFO", "agora.auctioneer"):
+        dealer.send_multipart(frames)
+        with pytest.raises(zmq.Again):  # dropped: no answer at all
+            dealer.recv_multipart()
+    dealer.close(0)
+    assert "without a routing envelope" in caplog.text
     assert auction.client("Ana Lima").join().username == "ana.lima"
 
 
