@@ -17,7 +17,7 @@ from tests.webui_helpers import console_client, post
 from webui import collab
 from webui.collab import CollabConsole, auction_state, collab_app
 from webui.hub import EventHub
-from webui.security import Access
+from webui.security import Access, PageError
 
 __all__ = ["auction"]  # the fixture, shared with test_auction_net
 
@@ -304,3 +304,20 @@ def test_an_auctioneer_out_of_reach_is_named_on_the_page_and_the_rest_works(brok
         assert page.act(action="call", service="echo", args={"text": "hi"}).status_code == 200
     finally:
         page.close()
+
+
+def test_a_full_request_queue_is_refused_503_and_what_it_holds_still_runs():
+    worker = collab.AgentThread(object(), on_message=lambda message: None,
+                                on_check=lambda agent: None)
+    worker.receiving = False  # no peer traffic in this test: only the submitted jobs
+    queued = [worker.submit(lambda agent, n=n: n) for n in range(collab.MAX_JOBS)]
+    with pytest.raises(PageError) as refused:
+        worker.submit(lambda agent: "one too many")
+    assert (refused.value.status, refused.value.message) == (
+        503, "too many requests at once; try again")
+    worker.thread.start()
+    try:
+        assert [future.result(timeout=5) for future in queued] == list(range(collab.MAX_JOBS))
+    finally:
+        worker.stop.set()
+        worker.thread.join(5)
