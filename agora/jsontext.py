@@ -14,9 +14,9 @@ against a known answer when this module loads and is not used if it writes anyth
 (another Python version, or an interpreter without the C accelerator: then
 ``json.JSONEncoder`` encodes), and any text the fast scan does not take whole (leading or
 trailing whitespace, trailing data, an error) goes to ``json.loads``, which accepts it or
-raises its usual ``ValueError``. One difference: a
-circular structure raises ``RecursionError`` rather than ``ValueError`` (no marker table is
-kept between calls, so the encoder holds no state and threads can share it).
+raises its usual ``ValueError``. One difference: a circular structure raises
+``RecursionError`` rather than ``ValueError`` (no marker table is kept between calls, so the
+encoder holds no state and threads can share it).
 """
 
 from __future__ import annotations
