@@ -39,6 +39,7 @@ from agora.crypto import (
 )
 from agora.errors import CredentialsMissing, LocalError, ProtocolError, WrongPassword
 from agora.files import atomic_write, file_lock, private_dir
+from agora.jsontext import loads
 
 FORMAT = "agora-credentials/1"
 #: A new password is at least this long: it is all that protects a copied credentials file.
@@ -88,11 +89,11 @@ class Credentials:
     @classmethod
     def from_json(cls, data: bytes) -> Credentials:
         try:
-            doc = json.loads(data)
+            doc = loads(data)
             for name in cls._BINARY:
                 doc[name] = unb64(doc[name])
             return cls(**doc)
-        except (ValueError, TypeError, KeyError, ProtocolError, RecursionError):
+        except (ValueError, TypeError, KeyError, ProtocolError):
             raise LocalError("credentials file is damaged") from None
 
 
@@ -178,9 +179,9 @@ class CredentialsFile:
             raise CredentialsMissing(
                 f"no credentials at {self.path}; run 'agora register' first")
         try:
-            doc = json.loads(self.path.read_bytes())
+            doc = loads(self.path.read_bytes())
             if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 raise ValueError
             return doc, unb64(doc["box"])
-        except (ValueError, KeyError, TypeError, ProtocolError, RecursionError):
+        except (ValueError, KeyError, TypeError, ProtocolError):
             raise LocalError(f"{self.path} is not an agora credentials file") from None

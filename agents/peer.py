@@ -58,6 +58,7 @@ from agora.errors import (
     UnauthenticatedRefusal,
 )
 from agora.files import atomic_write
+from agora.jsontext import loads
 from agora.protocol import ErrorCode
 from agora.sockets import make_socket, recv_bounded, recv_rest
 
@@ -656,11 +657,11 @@ class PeerNode:
 
     def _load_seen_letters(self) -> dict[str, float]:
         try:
-            seen = json.loads(self.letters_path.read_text())
+            seen = loads(self.letters_path.read_text())
             return {str(k): float(v) for k, v in seen.items()}
         except FileNotFoundError:
             return {}
-        except (ValueError, AttributeError, TypeError, OSError, RecursionError) as exc:
+        except (ValueError, AttributeError, TypeError, OSError) as exc:
             log.warning("ignoring unreadable %s: %s", self.letters_path, exc)
             return {}
 

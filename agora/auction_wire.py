@@ -57,6 +57,7 @@ from agora.envelope import (
     seal,
 )
 from agora.errors import LocalError, ProtocolError, UnauthenticatedRefusal
+from agora.jsontext import loads
 from agora.protocol import MAX_DATAGRAM, Channel, ErrorCode, Kind, Sender
 from agora.wire import decode_json, decode_refusal, encode_refusal, open_answer
 
@@ -363,8 +364,8 @@ def open_events(datagram: Datagram, group_key: bytes) -> list[dict[str, Any]]:
     _, body = open_envelope(group_key, datagram.envelope, Channel.ANNOUNCE, Sender.AUCTIONEER,
                             {Kind.EVENT}, epoch_context(datagram.epoch))
     try:
-        events = json.loads(body.decode("utf-8"))  # UTF-8 only, as decode_json
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        events = loads(body.decode("utf-8"))  # UTF-8 only, as decode_json
+    except ValueError:
         raise ProtocolError("announcement is not JSON") from None
     if not isinstance(events, list) or not events or \
             not all(isinstance(e, dict) for e in events):

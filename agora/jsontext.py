@@ -1,5 +1,7 @@
 """Compact JSON for the call path: the standard library's own C encoder and scanner, made
-once instead of on every message.
+once instead of on every message. ``loads`` is also agora's one reader of JSON it did not
+write (wire bodies, files, command lines, web forms): it refuses every bad text, however
+deeply nested, with a ``ValueError``.
 
 Why this module exists: ``json.dumps`` builds a new C encoder object for every call and
 ``json.loads`` runs a whitespace regular expression before and after the C scanner, each
@@ -14,9 +16,12 @@ against a known answer when this module loads and is not used if it writes anyth
 (another Python version, or an interpreter without the C accelerator: then
 ``json.JSONEncoder`` encodes), and any text the fast scan does not take whole (leading or
 trailing whitespace, trailing data, an error) goes to ``json.loads``, which accepts it or
-raises its usual ``ValueError``. One difference: a circular structure raises
-``RecursionError`` rather than ``ValueError`` (no marker table is kept between calls, so the
-encoder holds no state and threads can share it).
+raises its usual ``ValueError``. Two differences, both on purpose: JSON nested deeper than
+the scanner can follow raises :class:`TooDeep`, a ``ValueError``, where ``json.loads`` raises
+``RecursionError`` (so every reader of untrusted JSON refuses it with the one ``except
+ValueError`` it has for any other bad text); and a circular structure given to ``dumps``
+raises ``RecursionError`` rather than ``ValueError`` (no marker table is kept between calls, so
+the encoder holds no state and threads can share it).
 """
 
 from __future__ import annotations
@@ -58,12 +63,23 @@ dumps: Callable[[Any], str] = _make_dumps()
 _scan = json.JSONDecoder().scan_once
 
 
-def loads(text: str) -> Any:
-    """The value of JSON ``text``, as ``json.loads`` gives it (and its ValueError if none)."""
+class TooDeep(ValueError):
+    """JSON nested deeper than the parser follows (Python's recursion limit)."""
+
+
+def loads(text: str | bytes) -> Any:
+    """The value of JSON ``text``, as ``json.loads`` gives it, and a ValueError if none:
+    :class:`TooDeep` for nesting too deep to read. Bytes are read as ``json.loads`` reads
+    them (UTF-8, -16 or -32); the wire decodes its own bytes as UTF-8 first."""
     try:
-        value, end = _scan(text, 0)
-    except StopIteration:  # nothing parses at 0: leading whitespace, or not JSON
+        if type(text) is str:
+            try:
+                value, end = _scan(text, 0)
+            except StopIteration:  # nothing parses at 0: leading whitespace, or not JSON
+                pass
+            else:
+                if end == len(text):  # else trailing whitespace (fine) or data (an error)
+                    return value
         return json.loads(text)
-    if end != len(text):  # trailing whitespace (fine) or trailing data (an error)
-        return json.loads(text)
-    return value
+    except RecursionError:
+        raise TooDeep("JSON nested too deeply") from None

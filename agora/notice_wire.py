@@ -26,6 +26,7 @@ from typing import Any
 
 from agora.envelope import Header, clear, open_clear, open_envelope, peek, seal
 from agora.errors import ProtocolError, UnauthenticatedRefusal
+from agora.jsontext import loads
 from agora.protocol import SUBSCRIBE_MEMBERSHIP, Channel, ErrorCode, Kind, Sender
 from agora.wire import encode_refusal, refusal_fields
 
@@ -43,8 +44,8 @@ def _json(obj: dict[str, Any]) -> bytes:
 
 def _object(body: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = loads(body.decode("utf-8"))  # UTF-8 only, as every JSON body (PROTOCOL.md 1)
+    except ValueError:
         raise ProtocolError("notice body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("notice body must be a JSON object")

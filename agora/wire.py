@@ -53,7 +53,7 @@ def decode_json(data: bytes) -> dict[str, Any]:
     """Parse a JSON object (UTF-8) from the wire; anything else is a ProtocolError."""
     try:
         obj = loads(data.decode("utf-8"))  # UTF-8 only, and no encoding sniffing
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except ValueError:  # not UTF-8 (UnicodeDecodeError), not JSON, or too deep (TooDeep)
         raise ProtocolError("body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("body must be a JSON object")
@@ -226,7 +226,7 @@ def open_session_reply(key: bytes, frames: list[bytes], sid: bytes, counter: int
 def _result(body: bytes) -> Any:
     try:
         return loads(body.decode("utf-8"))
-    except (ValueError, RecursionError):
+    except ValueError:
         raise ProtocolError("RESULT body is not valid JSON") from None
 
 
@@ -470,7 +470,7 @@ def decode_worker_body(kind: Kind, body: bytes) -> dict[str, Any]:
         rid, ok, data = decode_reply(body)
         try:
             value = loads(data.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        except ValueError:
             raise ProtocolError("REPLY body is not valid JSON") from None
         return {"id": rid.hex(), "ok": True, "result": value} if ok else {
             "id": rid.hex(), "ok": False, "error": value}

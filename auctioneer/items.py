@@ -16,7 +16,6 @@ over, to ``done/`` — or at once to ``rejected/`` beside a ``.reason`` file say
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any
 
 from agora.auction_wire import parse_money
 from agora.errors import LocalError
+from agora.jsontext import loads
 
 log = logging.getLogger("agora.auctioneer")
 
@@ -74,8 +74,8 @@ def parse_item(data: bytes) -> Item:
     if len(data) > MAX_ITEM_FILE:
         raise LocalError(f"item file is over {MAX_ITEM_FILE // 1024} KiB")
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = loads(data)
+    except ValueError:
         raise LocalError("not valid JSON") from None
     if not isinstance(doc, dict):
         raise LocalError("item file must hold a JSON object")

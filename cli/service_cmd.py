@@ -7,7 +7,6 @@ session()); the broker decides what you may call, from the level it stores for y
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from rich.table import Table
 
 from agents.worker import ServiceWorker
 from agora.errors import LocalError
+from agora.jsontext import TooDeep, loads
 from agora.protocol import Level
 from cli.agent_cmd import ended_by_broker, session
 from cli.common import (
@@ -52,11 +52,11 @@ def parse_call_args(pairs: list[str], json_text: str | None, data: str | None,
         if text is None:
             continue
         try:
-            obj = json.loads(text)
+            obj = loads(text)
+        except TooDeep:
+            raise LocalError(f"{source} is nested too deeply") from None
         except ValueError as exc:
             raise LocalError(f"{source} is not valid JSON: {exc.msg}") from None
-        except RecursionError:
-            raise LocalError(f"{source} is nested too deeply") from None
         if not isinstance(obj, dict):
             raise LocalError(f"{source} must be a JSON object")
         args.update(obj)
@@ -65,8 +65,8 @@ def parse_call_args(pairs: list[str], json_text: str | None, data: str | None,
         if not sep or not key:
             raise LocalError(f"argument {pair!r} is not key=value")
         try:
-            args[key] = json.loads(value)
-        except (ValueError, RecursionError):  # not JSON (or too deep to be): the text itself
+            args[key] = loads(value)
+        except ValueError:  # not JSON (or too deep to be): the text itself
             args[key] = value
     return args
 

@@ -68,6 +68,7 @@ def test_missing_or_bad_fields_have_one_line_reasons():
 def test_bad_json_and_badly_typed_fields_have_one_line_reasons():
     assert reason(b"{oops") == "not valid JSON"
     assert reason(b'{"id": "\xff"}') == "not valid JSON"  # not UTF-8
+    assert reason(b'{"id": ' + b"[" * 50_000) == "not valid JSON"  # nested too deeply
     for bad in (5, "x" * 4001):
         assert reason(doc(description=bad)).startswith("description must be"), bad
     for bad in ("1250", 12.5, True):

@@ -225,10 +225,12 @@ def test_a_malformed_subscribe_is_refused_sealed_and_subscribes_nothing(core, bo
     (Kind.NOTICE, b"not json"),
     (Kind.NOTICE, b"[1]"),
     (Kind.NOTICE, b'{"level":1}'),  # no type
+    (Kind.NOTICE, b"[" * 100_000),
+    (Kind.NOTICE, '{"type":"x"}'.encode("utf-16")),  # JSON bodies are UTF-8 only
     (Kind.SUBSCRIBE, b"\x00"),  # an acknowledgement is 5 octets
     (Kind.REFUSED, b"[]"),
-], ids=["notice-not-json", "notice-not-object", "notice-without-type", "short-ack",
-        "refusal-not-object"])
+], ids=["notice-not-json", "notice-not-object", "notice-without-type", "notice-nested-too-deep",
+        "notice-not-utf8", "short-ack", "refusal-not-object"])
 def test_a_malformed_broker_message_is_dropped_and_does_not_spend_its_counter(kind, body):
     receiver = NoticeReceiver(bytes(16), key := new_symmetric_key())
     bad = seal_from_broker(key, bytes(16), kind, 1, body)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -45,6 +44,7 @@ from agents.notices import Notice
 from agents.peer_protocol import PeerMessage
 from agora.auction_wire import parse_money
 from agora.errors import AgoraError, AuctioneerUnreachable, LocalError, RemoteError
+from agora.jsontext import loads
 from agora.protocol import EndReason, ErrorCode, NoticeType
 from webui.assets import template
 from webui.hub import EventHub
@@ -580,8 +580,8 @@ def _call_args(params: dict[str, Any]) -> dict[str, Any]:
     args = params.get("args", {})
     if isinstance(args, str):  # a form's text field
         try:
-            args = json.loads(args) if args.strip() else {}
-        except (ValueError, RecursionError):
+            args = loads(args) if args.strip() else {}
+        except ValueError:
             raise PageError(400, "the arguments are not valid JSON") from None
     if not isinstance(args, dict):
         raise PageError(400, "the arguments must be a JSON object")

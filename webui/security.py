@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,8 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agora.jsontext import loads
 
 #: Largest request body a page may send (a message, a service's arguments).
 MAX_BODY = 64 * 1024
@@ -191,8 +192,8 @@ async def read_action(request: Request, actions: frozenset[str] | set[str],
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
-            params = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: RecursionError
+            params = loads(body.decode("utf-8"))
+        except ValueError:  # not UTF-8, not JSON, or nested too deeply (TooDeep)
             raise PageError(400, "malformed JSON in the request") from None
         if not isinstance(params, dict):
             raise PageError(400, "the request must be a JSON object")
