@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agora.crypto import PrivateKey, SigningKey, b64, fingerprint, unb64
-from agora.errors import LocalError
+from agora.errors import LocalError, ProtocolError
 from agora.files import atomic_write
+from agora.jsontext import loads
+
+FORMAT = "agora-keys/1"
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def load_or_create(path: Path) -> KeyPair:
     if not path.exists():
         pair = KeyPair.generate()
         doc = {
-            "format": "agora-keys/1",
+            "format": FORMAT,
             "private_key": b64(bytes(pair.private_key)),
             "signing_key": b64(bytes(pair.signing_key)),
         }
@@ -52,9 +55,15 @@ def load_or_create(path: Path) -> KeyPair:
     if path.stat().st_mode & 0o077:
         raise LocalError(f"{path} is readable by others; chmod 600 it")
     try:
-        doc = json.loads(path.read_bytes())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LocalError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        doc = loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError("not an agora key file")
         return KeyPair(
             PrivateKey(unb64(doc["private_key"], 32)), SigningKey(unb64(doc["signing_key"], 32))
         )
-    except (ValueError, KeyError, TypeError, Exception) as exc:  # noqa: BLE001
-        raise LocalError(f"{path} is not a valid agora key file") from exc
+    except (ValueError, KeyError, ProtocolError):  # the reason could quote the file: not shown
+        raise LocalError(f"{path} is not a valid agora key file") from None
