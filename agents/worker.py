@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -153,6 +154,9 @@ class ServiceWorker:
         #: Set once the broker acknowledged READY (cleared while reconnecting).
         self.attached = threading.Event()
         self.served = 0
+        #: Said in every READY: the broker then knows a READY on a new socket (after a
+        #: silence) is this worker again, and detaches the old socket's attachment at once.
+        self.instance = secrets.token_hex(8)
         #: The thread serving, when started by run_worker().
         self.thread: threading.Thread | None = None
         self._socket: zmq.Socket | None = None
@@ -320,7 +324,7 @@ class ServiceWorker:
         sock.connect(self.agent.broker)
         self._socket = sock
         self._send(Kind.READY, {"service": self.service, "level": int(self.level),
-                                         "description": self.description})
+                                "description": self.description, "instance": self.instance})
 
     def _close(self, linger: float = 0.0) -> None:
         if self._socket is not None:

@@ -82,6 +82,8 @@ AuditFn = Callable[..., None]
 
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 MAX_DESCRIPTION = 200
+#: A worker's READY "instance": 8 random octets in hex, the same on each socket it attaches.
+INSTANCE = re.compile(r"^[0-9a-f]{16}$")
 #: Error codes a worker may pass through to the caller; anything else becomes service-failed.
 WORKER_ERROR_CODES = {ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
                       ErrorCode.SERVICE_FAILED}
@@ -100,6 +102,8 @@ class Worker:
     service: str
     expiry: float  # dead if nothing arrives before this
     next_heartbeat: float
+    #: The READY's "instance" ("" if it said none): the same worker on each of its sockets.
+    instance: str = ""
     #: ids of the requests it was given and has not answered (at most WORKER_WINDOW),
     #: oldest first -> past this time, a worker still on that request is wedged
     requests: dict[bytes, float] = dataclasses.field(default_factory=dict)
@@ -275,6 +279,8 @@ class WorkerRegistry:
             if command is Kind.READY:
                 return self._ready(session, identity, decode_worker_body(command, raw), now)
             if worker is None:
+                if command is Kind.DISCONNECT:  # nothing to detach (e.g. a socket replaced by
+                    return []                  # a READY on a new one, read before this)
                 return self._refuse(session, identity, ErrorCode.BAD_REQUEST,
                                     "not attached: send READY first", now)
             worker.expiry = now + self.heartbeat_interval * self.liveness
@@ -332,6 +338,9 @@ class WorkerRegistry:
         except ValueError:
             raise ProtocolError("level must be 1-5") from None
         description = str(body.get("description") or "")[:MAX_DESCRIPTION]
+        instance = body.get("instance", "")
+        if instance != "" and not (isinstance(instance, str) and INSTANCE.match(instance)):
+            raise ProtocolError("instance must be 16 lowercase hex digits")
         binding = self.bindings.get(name)
         if binding is None or session.username not in binding["usernames"]:
             raise RemoteError(ErrorCode.FORBIDDEN, f"{session.username} may not offer {name}; "
@@ -344,13 +353,17 @@ class WorkerRegistry:
         if session.level < level:
             raise RemoteError(ErrorCode.FORBIDDEN, f"{session.username} has level "
                               f"{int(session.level)}; cannot offer a level {int(level)} service")
+        # The same worker on a new socket (it left the old one after a silence): its old
+        # attachment goes now, before calls are handed to a socket nobody reads. Its own
+        # DISCONNECT on the old socket may be read after this READY, or never.
+        out = self._detach_replaced(session.sid, instance, now) if instance else []
         service = self.services.get(name)
         if service is None:
             service = self.services[name] = WorkerService(name, level, description)
         service.level = level
         worker = Worker(identity, session.sid, session.username, name,
                         now + self.heartbeat_interval * self.liveness,
-                        now + self.heartbeat_interval)
+                        now + self.heartbeat_interval, instance=instance)
         self.workers[identity] = worker
         service.workers[identity] = worker
         service.idle.append(identity)
@@ -358,7 +371,20 @@ class WorkerRegistry:
         log.info("worker %s attached for %s (level %d)", session.username, name, level)
         ack = self._to_worker(session, identity, Kind.READY,
                               {"service": name, "level": int(level)})
-        return [ack, *self._dispatch(service, now)]
+        return [*out, ack, *self._dispatch(service, now)]
+
+    def _detach_replaced(self, sid: bytes, instance: str, now: float) -> list[Outgoing]:
+        """Detach the attachments of worker ``instance`` of session ``sid`` (its old socket:
+        the READY being handled comes on another, as ``identity in self.workers`` was
+        refused before)."""
+        old = [w.identity for w in self.workers.values()
+               if w.instance == instance and w.sid == sid]
+        out: list[Outgoing] = []
+        for identity in old:
+            log.info("worker %s attached again on a new socket; its old one is detached",
+                     self.workers[identity].username)
+            out += self._detach(identity, now, "worker reconnected")
+        return out
 
     def _reply(self, worker: Worker, body: bytes, now: float) -> list[Outgoing]:
         rid, ok, data = decode_reply(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -15,7 +16,13 @@ from agora.crypto import new_symmetric_key
 from agora.envelope import Header, seal
 from agora.errors import RemoteError
 from agora.protocol import MAX_CALL_PAYLOAD, Channel, ErrorCode, Kind, PrincipalKind, Sender
-from agora.wire import decode_reply, encode_call, encode_request, open_worker_message
+from agora.wire import (
+    decode_reply,
+    decode_worker_body,
+    encode_call,
+    encode_request,
+    open_worker_message,
+)
 from broker.server import BrokerServer
 from tests import sample_workers
 from tests.conftest import PASSWORD
@@ -357,9 +364,15 @@ class FakeBroker:
 
     def __enter__(self) -> FakeBroker:
         self.thread.start()
-        self.identity, _ = self.router.recv_multipart()  # READY, with no empty delimiter
+        self.identity, self.ready = self.heard()  # READY, with no empty delimiter
         self.send(Kind.READY, 1, b'{"service":"upper","level":1}')
         return self
+
+    def heard(self) -> tuple[bytes, dict]:
+        """(socket identity, body) of the worker's next message, which must be a READY."""
+        identity, data = self.router.recv_multipart()
+        header, raw = open_worker_message(self.key, data, self.sid, Sender.WORKER)
+        return identity, {"kind": Kind(header.kind), **decode_worker_body(Kind(header.kind), raw)}
 
     def __exit__(self, *exc) -> None:
         self.worker.stop.set()
@@ -383,6 +396,23 @@ class FakeBroker:
             header, raw = open_worker_message(self.key, frames[-1], self.sid, Sender.WORKER)
             if header.kind == Kind.REPLY:
                 return decode_reply(raw)[0]
+
+
+def test_a_worker_attaching_again_after_a_silence_says_the_same_instance(tmp_path, zctx):
+    """So the broker can tell it from a second worker of the session (PROTOCOL.md 4.3)."""
+    fake = FakeBroker(tmp_path, zctx)
+    fake.worker.heartbeat_interval = 0.1  # silent for 0.3 s: it leaves the socket
+    with fake as broker:
+        assert broker.ready["kind"] is Kind.READY
+        assert re.fullmatch(r"[0-9a-f]{16}", broker.ready["instance"])
+        heard = [broker.heard()]  # heartbeats, then DISCONNECT, then READY on a new socket
+        while heard[-1][1]["kind"] is not Kind.READY and len(heard) < 50:
+            heard.append(broker.heard())
+        kinds = [body["kind"] for _, body in heard]
+        assert kinds[-2:] == [Kind.DISCONNECT, Kind.READY], kinds
+        (left, _), (again, ready) = heard[-2:]
+        assert left == broker.identity and again != broker.identity
+        assert ready["instance"] == broker.ready["instance"]
 
 
 def test_worker_drops_a_replayed_request(tmp_path, zctx):

@@ -351,7 +351,11 @@ def test_malformed_reply_body_gets_a_sealed_disconnect(core):
     {"service": "upper", "level": 9},
     {"service": "upper", "level": "3"},
     {"level": 3},
-], ids=["not-a-service-name", "no-such-level", "level-not-a-number", "no-service"])
+    {"service": "upper", "level": 3, "instance": "0123456789ABCDEF"},
+    {"service": "upper", "level": 3, "instance": "0123456789abcde"},
+    {"service": "upper", "level": 3, "instance": 5},
+], ids=["not-a-service-name", "no-such-level", "level-not-a-number", "no-service",
+        "instance-not-lowercase-hex", "instance-too-short", "instance-not-text"])
 def test_a_malformed_ready_gets_a_sealed_disconnect_and_attaches_nothing(core, ready):
     w = worker(core)
     bind(core, "upper", "w1", 3)
@@ -382,6 +386,67 @@ def test_a_socket_attached_under_one_session_is_refused_under_another(core):
     command, body = other.opened(only(out, w.identity))
     assert (command, body["code"]) == (Kind.DISCONNECT, "bad-request")
     assert "another session" in body["message"]
+
+
+INSTANCE = "00112233aabbccdd"
+
+
+def ready(w: Peer, instance: str = INSTANCE, service: str = "upper", now: float = T0) -> list:
+    return w.send(Kind.READY, {"service": service, "level": 3, "instance": instance}, now)
+
+
+def on_new_socket(w: Peer, identity: bytes) -> bytes:
+    """The same worker session sending from another socket; returns the old identity."""
+    old, w.identity = w.identity, identity
+    return old
+
+
+def test_a_ready_of_the_same_worker_on_a_new_socket_detaches_its_old_attachment(core):
+    w, ana = worker(core), client(core)
+    bind(core, "upper", "w1", 3)
+    ready(w)
+    request_to(w, ana.call("upper"))  # handed to the old socket, which the worker then left
+    old = on_new_socket(w, b"w1-new")
+    out = ready(w, now=T0 + 3)
+    with pytest.raises(RemoteError) as err:  # that call fails now, not when the old is dead
+        ana.answer(only(out, ana.identity))
+    assert err.value.code is ErrorCode.SERVICE_FAILED
+    assert w.opened(only(out, w.identity))[0] is Kind.READY
+    assert to(out, old) == [] and list(core.workers.workers) == [w.identity]
+    assert request_to(w, ana.call("upper", now=T0 + 3))["service"] == "upper"
+
+
+def test_the_old_sockets_disconnect_read_after_the_new_ready_is_dropped_quietly(core):
+    w, ana = worker(core), client(core)
+    bind(core, "upper", "w1", 3)
+    ready(w)
+    old = on_new_socket(w, b"w1-new")
+    ready(w, now=T0 + 3)
+    disconnect = w.worker_frames(Kind.DISCONNECT, {})
+    assert core.handle(old, disconnect, T0 + 3) == []  # no DISCONNECT answered to a left socket
+    assert list(core.workers.workers) == [w.identity]
+    assert request_to(w, ana.call("upper", now=T0 + 3))["service"] == "upper"
+
+
+@pytest.mark.parametrize("second", ["ffeeddccbbaa9988", None], ids=["other-instance",
+                                                                   "no-instance"])
+def test_another_worker_of_the_same_session_is_a_second_attachment(core, second):
+    w = worker(core)
+    bind(core, "upper", "w1", 3)
+    ready(w)
+    on_new_socket(w, b"w1-second")
+    body = {"service": "upper", "level": 3} | ({"instance": second} if second else {})
+    assert w.opened(only(w.send(Kind.READY, body), w.identity))[0] is Kind.READY
+    assert sorted(core.workers.workers) == [b"w1", b"w1-second"]
+
+
+def test_a_ready_replaces_only_the_attachment_of_its_own_session(core):
+    w1, w2 = worker(core, "w1"), worker(core, "w2")
+    bind(core, "upper", "w1", 3)
+    bind(core, "upper", "w2", 3)
+    ready(w1)
+    ready(w2)  # the same instance string, under another worker session
+    assert sorted(core.workers.workers) == [b"w1", b"w2"]
 
 
 def test_a_worker_whose_level_is_lowered_below_its_service_is_detached(core):
@@ -653,7 +718,8 @@ VECTOR_SID = bytes.fromhex("5e5510e1d00000000000000000000001")
 
 WORKER_VECTORS = [
     ("worker.ready", Kind.READY, Sender.WORKER, 1,
-     {"service": "wordcount", "level": 2, "description": "counts words"}),
+     {"service": "wordcount", "level": 2, "description": "counts words",
+      "instance": "0f1e2d3c4b5a6978"}),
     ("worker.broker.ready", Kind.READY, Sender.BROKER, 1, {"service": "wordcount", "level": 2}),
     ("worker.broker.request", Kind.REQUEST, Sender.BROKER, 2,
      {"id": "0011223344556677", "service": "wordcount", "args": {"text": "a b c"},
