@@ -44,6 +44,7 @@ from agora.protocol import (
     MAX_MESSAGE_SIZE,
     MAX_PIPELINE,
     MAX_QUEUED_REQUESTS,
+    SERVICE_NAME_RE,
     SESSION_MAX_AGE,
     Channel,
     ErrorCode,
@@ -80,7 +81,6 @@ WORKER_WINDOW = 2
 Outgoing = tuple[bytes, list[bytes]]
 AuditFn = Callable[..., None]
 
-SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 MAX_DESCRIPTION = 200
 #: A worker's READY "instance": 8 random octets in hex, the same on each socket it attaches.
 INSTANCE = re.compile(r"^[0-9a-f]{16}$")
@@ -328,7 +328,7 @@ class WorkerRegistry:
             raise RemoteError(ErrorCode.FORBIDDEN, "only principals of kind 'service' may "
                               "attach workers")
         name = field(body, "service", str)
-        if not SERVICE_NAME.match(name):
+        if not SERVICE_NAME_RE.match(name):
             raise ProtocolError("service name must be 1-64 of a-z 0-9 . _ -, "
                                 "starting with a letter")
         if name in self.builtins:
