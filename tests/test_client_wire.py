@@ -182,6 +182,48 @@ def test_a_result_opened_with_the_kept_prefix_is_checked_as_on_the_general_path(
         assert refusal.value.code == ErrorCode.FORBIDDEN and refusal.value.authenticated
 
 
+@pytest.mark.parametrize("body", [b"not json", b"\xff", b"[" * 100_000, b"1 2"],
+                         ids=["not-json", "not-utf8", "nested-too-deep", "trailing-data"])
+def test_a_sealed_result_whose_body_is_not_json_is_malformed_on_both_paths(body):
+    from agora.envelope import Header, seal
+    from agora.errors import ProtocolError
+    from agora.protocol import Channel, Sender
+    from agora.wire import open_session_reply, result_prefix
+
+    result = seal(SESSION_KEY, Header(Channel.CLIENT, Kind.RESULT, Sender.BROKER, SESSION_ID, 7),
+                  body)
+    for kept in (None, result_prefix(SESSION_ID)):
+        with pytest.raises(ProtocolError, match="RESULT body is not valid JSON"):
+            open_session_reply(SESSION_KEY, [result], SESSION_ID, 7, kept)
+
+
+def test_a_broker_reply_of_more_than_one_frame_is_malformed():
+    from agora.errors import ProtocolError
+    from agora.wire import (
+        broker_key_reply,
+        open_broker_key_reply,
+        open_session_reply,
+        session_result,
+    )
+
+    result = session_result(SESSION_KEY, SESSION_ID, 7, {"text": "hi"})
+    with pytest.raises(ProtocolError, match="one frame"):
+        open_session_reply(SESSION_KEY, [result, b""], SESSION_ID, 7)
+    key_reply = broker_key_reply(bytes(range(32)))
+    assert open_broker_key_reply([key_reply]) == bytes(range(32))
+    with pytest.raises(ProtocolError, match="one frame"):
+        open_broker_key_reply([key_reply, b""])
+
+
+def test_a_broker_key_reply_that_is_not_32_octets_is_malformed():
+    from agora.errors import ProtocolError
+    from agora.wire import broker_key_reply, open_broker_key_reply
+
+    for size in (0, 31, 33):
+        with pytest.raises(ProtocolError, match="broker key reply is malformed"):
+            open_broker_key_reply([broker_key_reply(bytes(size))])
+
+
 # -- the refusal body: one codec for every channel (PROTOCOL.md 1.6) ---------------------------
 
 def test_a_refusal_message_is_cut_to_one_line_of_at_most_300_characters():
