@@ -176,6 +176,25 @@ def test_send_many_checks_every_text_before_sending_any(ana_bob):
     assert [m.text for m in received] == ["after"]
 
 
+def test_send_many_after_a_send_goes_on_the_same_conversation(ana_bob):
+    ana, bob = ana_bob
+    with Listening(bob) as inbox:
+        first = ana.send("bob.reis", "first")
+        [conversation] = ana.peer.conversations.values()
+        receipts = ana.peer.send_many("bob.reis", ["second", "third"])
+        received = inbox.wait_for(3)
+    assert list(ana.peer.conversations.values()) == [conversation]  # no second HELLO
+    assert [m.text for m in received] == ["first", "second", "third"]
+    assert [first.seq] + [r.seq for r in receipts] == [1, 2, 3]
+
+
+def test_send_many_to_yourself_is_refused_and_opens_nothing(ana_bob):
+    ana, _ = ana_bob
+    with pytest.raises(LocalError, match="that is you"):
+        ana.peer.send_many("ana.lima", ["hello me"])
+    assert ana.peer.conversations == {}
+
+
 def test_send_many_of_nothing_opens_no_conversation(ana_bob):
     ana, bob = ana_bob
     with Listening(bob):
