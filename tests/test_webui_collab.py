@@ -15,7 +15,7 @@ from tests.conftest import PASSWORD
 from tests.test_auction_net import auction, write_item
 from tests.webui_helpers import console_client, post
 from webui import collab
-from webui.collab import CollabConsole, auction_state, collab_app
+from webui.collab import CollabConsole, auction_state, bid_amount, collab_app
 from webui.hub import EventHub
 from webui.security import Access, PageError
 
@@ -125,6 +125,57 @@ def test_bad_bids_get_a_clear_error_and_nothing_is_sent(pages, auction, body, er
     assert ana.state()["auction"]["best"] is None
 
 
+ITEM = {"item": {"start_cents": 1000, "increment_cents": 100}, "best": None}
+
+
+@pytest.mark.parametrize("params,cents", [
+    ({"increments": 1}, 1000),  # the first bid: the starting price
+    ({"increments": " 3 "}, 1200),  # a form's text field
+    ({"amount": " 12.50 "}, 1250),
+    ({"amount": "7"}, 700),
+])
+def test_a_bid_amount_is_increments_above_the_best_or_the_typed_amount(params, cents):
+    assert bid_amount(params, ITEM) == cents
+    assert bid_amount({"increments": 2}, {**ITEM, "best": {"amount": 5000}}) == 5200
+
+
+@pytest.mark.parametrize("params,error", [
+    ({"amount": "0.00"}, "the amount must be more than 0"),
+    ({"amount": "0"}, "the amount must be more than 0"),
+    ({"increments": "0"}, "increments must be a whole number from 1 to 100"),
+    ({"increments": True}, "increments must be a whole number from 1 to 100"),
+    ({"increments": "-2"}, "increments must be a whole number from 1 to 100"),
+    ({}, "type an amount like 12.50"),
+])
+def test_a_bid_amount_that_is_not_one_is_refused_in_one_line(params, error):
+    with pytest.raises(PageError) as refused:
+        bid_amount(params, ITEM)
+    assert (refused.value.status, refused.value.message) == (400, error)
+
+
+def test_a_console_that_does_not_follow_the_auction_refuses_a_bid(pages):
+    ana = pages("Ana Lima", follow=False)
+    answer = ana.act(action="bid", increments=1)
+    assert (answer.status_code, answer.json()) == (
+        409, {"error": "this console does not follow the auction"})
+
+
+def test_the_page_refreshes_services_notes_and_who_is_online_and_nothing_else(pages, broker):
+    ana = pages("Ana Lima", level=3, follow=False)
+    wait_for(lambda: ana.state()["services"], what="the lists loaded at start")
+    broker.agent("Bruno Costa", level=3).call("notes.write",
+                                              {"title": "From Bruno", "text": "hi", "level": 3})
+    assert ana.state()["notes"] == []  # written elsewhere: the page learns it on refresh
+    for what in ("services", "notes", "online"):
+        answer = ana.act(action="refresh", what=what)
+        assert (answer.status_code, answer.json()) == (200, {"ok": True}), what
+    assert [n["title"] for n in ana.state()["notes"]] == ["From Bruno"]
+    assert "echo" in {s["name"] for s in ana.state()["services"]}
+    bogus = ana.act(action="refresh", what="passwords")
+    assert (bogus.status_code, bogus.json()) == (
+        400, {"error": "refresh what: services, notes or online"})
+
+
 def test_no_item_open_means_no_bid(pages):
     ana = pages("Ana Lima")
     wait_for(lambda: ana.state()["auction"]["link"] == "live", what="joined")
@@ -230,6 +281,9 @@ def test_services_notes_and_calls(pages, broker):
     assert bad_args.json() == {"error": "the arguments are not valid JSON"}
     too_deep = ana.act(action="call", service="echo", args="[" * 20_000)
     assert too_deep.json() == {"error": "the arguments are not valid JSON"}
+    for not_an_object in ("[1, 2]", [1, 2], '"text"'):
+        refused = ana.act(action="call", service="echo", args=not_an_object)
+        assert refused.json() == {"error": "the arguments must be a JSON object"}
 
 
 def test_revoking_the_collaborator_signs_the_page_out(pages, broker):
