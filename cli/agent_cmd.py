@@ -132,13 +132,18 @@ class SessionGuard:
             self._ended.set()
             self.stop.set()
         elif notice.type == NoticeType.NEW_LOGIN.value:
+            # A field of the wrong type (a broker's bug) must not end the notices thread.
             at = notice.fields.get("at")
-            err_console.print(new_login_line(float(at) if at else time.time()),
+            at_ok = isinstance(at, int | float) and not isinstance(at, bool)
+            err_console.print(new_login_line(at if at_ok else time.time()),
                               highlight=False, soft_wrap=True)
         elif notice.type == NoticeType.LEVEL_CHANGED.value:
-            level = int(notice.fields.get("level", 0))
-            label = Level(level).label if 1 <= level <= 5 else "?"
-            err_console.print(f"note: the operator changed your level to {level} ({label})",
+            level = notice.fields.get("level")
+            if type(level) is int and 1 <= level <= 5:
+                told = f"{level} ({Level(level).label})"
+            else:
+                told = "a level this agora does not know"
+            err_console.print(f"note: the operator changed your level to {told}",
                               highlight=False)
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
 
 from agents import Agent
+from agents.notices import Notice
 from agora.errors import RemoteError
-from agora.protocol import ErrorCode, PrincipalKind
+from agora.protocol import ErrorCode, Level, PrincipalKind
+from cli.agent_cmd import SessionGuard
 from tests.conftest import PASSWORD, AgoraProcess, agora_env
 
 
@@ -71,3 +74,54 @@ def test_worker_is_told_when_the_operator_revokes_its_principal(broker):
     code, lines = ended_line(proc)
     assert (code, lines[-1:]) == (1, ["your session was ended: the operator revoked your "
                                       "access"])
+
+
+# -- SessionGuard's decisions, without a broker ------------------------------------------------
+
+def guard() -> tuple[SessionGuard, threading.Event]:
+    stop = threading.Event()
+    return SessionGuard(agent=None, stop=stop), stop  # not started: _handle is called directly
+
+
+def test_a_level_change_is_told_on_stderr_and_the_command_goes_on(capsys):
+    watching, stop = guard()
+    watching._handle(Notice("level-changed", {"type": "level-changed", "level": 2}))
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: the operator changed your level to 2 ({Level(2).label})"]
+    assert not stop.is_set() and watching.ended is None
+
+
+@pytest.mark.parametrize("fields", [{"level": 9}, {"level": "2"}, {"level": True}, {}])
+def test_a_level_change_with_a_level_out_of_range_is_still_told_in_one_line(fields, capsys):
+    watching, stop = guard()
+    watching._handle(Notice("level-changed", {"type": "level-changed", **fields}))
+    assert capsys.readouterr().err.splitlines() == [
+        "note: the operator changed your level to a level this agora does not know"]
+    assert not stop.is_set()
+
+
+@pytest.mark.parametrize("at", ["noon", None, [1]])
+def test_a_new_login_notice_with_a_malformed_time_is_told_with_the_time_it_came(at, capsys):
+    watching, _ = guard()
+    watching._handle(Notice("new-login", {"type": "new-login", "at": at}))
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("a new login as you from another process at ")
+
+
+@pytest.mark.parametrize("reason", ["revoked", "token-reused"])
+def test_a_session_ended_by_the_broker_stops_the_command_and_keeps_why(reason):
+    watching, stop = guard()
+    notice = Notice("session-ended", {"type": "session-ended", "reason": reason})
+    watching._handle(notice)
+    assert stop.is_set() and watching.ended is notice and watching.wait_ended(0)
+
+
+@pytest.mark.parametrize("notice", [
+    Notice("session-ended", {"type": "session-ended", "reason": "logged-out"}),
+    Notice("session-ended", {"type": "session-ended", "reason": "revoked"},
+           authenticated=False),
+], ids=["own-logout", "unauthenticated"])
+def test_an_own_logout_or_an_unauthenticated_notice_stops_nothing(notice, capsys):
+    watching, stop = guard()
+    watching._handle(notice)
+    assert not stop.is_set() and watching.ended is None and capsys.readouterr().err == ""
