@@ -33,6 +33,7 @@ from cli.common import (
     print_json,
     progress,
     reads_stdin,
+    shown,
     user_errors,
 )
 
@@ -162,7 +163,7 @@ def ended_by_broker(agent: Agent, stop: threading.Event) -> Iterator[SessionGuar
     finally:
         guard.close()
     if guard.ended is not None:
-        err_console.print(f"your session was ended: {guard.ended.message}", highlight=False,
+        err_console.print(f"your session was ended: {shown(guard.ended.message)}", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(SESSION_ENDED)
 

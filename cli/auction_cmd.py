@@ -56,6 +56,7 @@ from cli.common import (
     password,
     print_json,
     progress,
+    shown,
     user_errors,
 )
 
@@ -192,8 +193,9 @@ def _when(ts: float | None) -> str:
 
 def _result_line(r: dict[str, Any]) -> str:
     if r.get("sold"):
-        return f"{r['item']}: sold to {r['winner']} for {_money_text(r['price_cents'])}"
-    return f"{r['item']}: not sold ({r.get('reason', 'reserve not met')})"
+        return (f"{shown(r['item'])}: sold to {shown(r['winner'])} for "
+                f"{_money_text(r['price_cents'])}")
+    return f"{shown(r['item'])}: not sold ({shown(r.get('reason', 'reserve not met'))})"
 
 
 @auction_app.command("join")
@@ -214,7 +216,8 @@ def join(
                       f"{info.group}:{info.port} and {info.pub_endpoint} "
                       f"(epoch {info.snapshot.get('epoch')})")
         item = (info.snapshot.get("state") or {}).get("item")
-        console.print(f"Now: {item['id']} — {item['title']}" if item else "No item open.")
+        console.print(f"Now: {shown(item['id'])} — {shown(item['title'])}" if item
+                      else "No item open.")
 
 
 @auction_app.command("bid")
@@ -279,8 +282,8 @@ def results(
             return
         table = Table("closed", "item", "title", "winner", "price")
         for r in rows:
-            table.add_row(_when(r["closed_at"]), r["item"], r["title"],
-                          r["winner"] or "not sold", _money_text(r["price_cents"]))
+            table.add_row(_when(r["closed_at"]), shown(r["item"]), shown(r["title"]),
+                          shown(r["winner"] or "not sold"), _money_text(r["price_cents"]))
         console.print(table)
 
 
@@ -308,16 +311,16 @@ def render(view: AuctionView, now: float, silent_for: float | None = None) -> Pa
         left = max(0.0, (view.closes_at or now) - now)
         best = view.best
         clock = "time left unknown" if silent_for is not None else f"{left:.0f}s left"
-        parts.append(f"[bold]{view.item['title']}[/] ({view.item['id']}) — {view.status}, "
-                     f"{clock}")
+        parts.append(f"[bold]{shown(view.item['title'])}[/] ({shown(view.item['id'])}) — "
+                     f"{view.status}, {clock}")
         parts.append(f"best bid: [bold green]{_money_text(best['amount'])}[/] by "
-                     f"{best['bidder']}" if best else
+                     f"{shown(best['bidder'])}" if best else
                      f"no bids yet; starting at {_money_text(view.item['start_cents'])}")
         if view.minimum is not None and view.status != "closed":
             parts.append(f"next bid at least {_money_text(view.minimum)}")
         table = Table("time", "bidder", "amount", box=None)
         for b in list(view.bids)[:5]:
-            table.add_row(_when(b.get("at")), str(b.get("bidder")), _money_text(b["amount"]))
+            table.add_row(_when(b.get("at")), shown(b.get("bidder")), _money_text(b["amount"]))
         parts.append(table)
     else:
         parts.append("waiting for the next item…")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agora.errors import AgoraError, RemoteError
+from agora.text import one_line
 from cli import options
 
 console = Console()
@@ -53,9 +54,17 @@ def default_data_dir() -> Path:
     return DEFAULT_HOME / "broker"
 
 
+def shown(text: object) -> str:
+    """Text from elsewhere (a peer's message, an item's title, a refusal's reason) for a Rich
+    print: one line with control characters escaped, so it can neither forge a line (a
+    newline and a made-up sender) nor send escape sequences to the terminal, and its brackets
+    shown as written instead of read as markup (where "[/]" would raise)."""
+    return escape(one_line(str(text)))
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    # Escaped: "[bid-too-low]" in a message is an error code, not Rich markup.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+    # Shown as written: "[bid-too-low]" in a message is an error code, not Rich markup.
+    err_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False,
                       soft_wrap=True)
     return typer.Exit(code)
 

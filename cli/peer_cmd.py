@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from agents.agent import Agent
 from agents.peer import SEND_WINDOW, Listener, Receipt
@@ -40,6 +39,7 @@ from cli.common import (
     print_json,
     progress,
     reads_stdin,
+    shown,
     user_errors,
 )
 
@@ -87,7 +87,7 @@ def print_message(msg: PeerMessage, json_out: bool) -> None:
         json_line(msg.to_dict())
         return
     stamp = time.strftime("%H:%M:%S", time.localtime(msg.sent_at))
-    console.print(f"[dim]{stamp}[/] [bold cyan]{escape(msg.sender)}[/]: {escape(msg.text)}",
+    console.print(f"[dim]{stamp}[/] [bold cyan]{shown(msg.sender)}[/]: {shown(msg.text)}",
                   highlight=False, soft_wrap=True)
 
 
@@ -173,13 +173,13 @@ def send(
         if json_out:
             print_json(receipt.to_dict())
         elif receipt.queued:
-            console.print(f"Not delivered now ({escape(receipt.reason)}): left in the "
+            console.print(f"Not delivered now ({shown(receipt.reason)}): left in the "
                           "broker's mailbox, end-to-end encrypted, for "
-                          f"{MAILBOX_TTL / 86400:g} days. [bold cyan]{escape(receipt.to)}[/] "
+                          f"{MAILBOX_TTL / 86400:g} days. [bold cyan]{shown(receipt.to)}[/] "
                           "gets it at their next `agora listen` or `agora chat`; `agora "
                           "login` tells them it waits.", highlight=False, soft_wrap=True)
         else:
-            console.print(f"Delivered to [bold cyan]{escape(receipt.to)}[/] (message "
+            console.print(f"Delivered to [bold cyan]{shown(receipt.to)}[/] (message "
                           f"{receipt.seq}, {receipt.round_trip * 1000:.1f} ms)", highlight=False)
 
 
@@ -206,11 +206,11 @@ def send_lines(agent: Agent, user: str, texts: list[str], timeout: float, queue:
         return
     if delivered:
         console.print(f"Delivered {delivered} message{'s' * (delivered != 1)} to "
-                      f"[bold cyan]{escape(user)}[/] in {seconds * 1000:.1f} ms",
+                      f"[bold cyan]{shown(user)}[/] in {seconds * 1000:.1f} ms",
                       highlight=False)
     if queued:
         console.print(f"{len(queued)} message{'s' * (len(queued) != 1)} not delivered now "
-                      f"({escape(queued[0].reason)}): left in the broker's mailbox, "
+                      f"({shown(queued[0].reason)}): left in the broker's mailbox, "
                       f"end-to-end encrypted, for {MAILBOX_TTL / 86400:g} days.",
                       highlight=False, soft_wrap=True)
 
@@ -233,7 +233,7 @@ def chat(
     with user_errors(), session(home, broker, timeout, listen=True) as agent, \
             stop_on_signals() as stop, ended_by_broker(agent, stop):
         agent.call("lookup", {"username": user})  # unknown, revoked or flagged: say so now
-        console.print(f"Chatting with [bold cyan]{escape(user)}[/] as {agent.username}; "
+        console.print(f"Chatting with [bold cyan]{shown(user)}[/] as {agent.username}; "
                       "Ctrl-D to end", highlight=False)
         stdin = sys.stdin.fileno()
         while not stop.is_set():
@@ -252,7 +252,7 @@ def chat(
                 receipt = agent.send(user, line, timeout)
                 if receipt.queued:
                     err_console.print(f"[yellow]left in the mailbox:[/] "
-                                      f"{escape(receipt.reason)}", highlight=False)
+                                      f"{shown(receipt.reason)}", highlight=False)
             except AgoraError as exc:
-                err_console.print(f"[red]not delivered:[/] {escape(describe(exc))}",
+                err_console.print(f"[red]not delivered:[/] {shown(describe(exc))}",
                                   highlight=False)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from agents.worker import ServiceWorker
@@ -33,6 +32,7 @@ from cli.common import (
     console,
     fail,
     print_json,
+    shown,
     user_errors,
 )
 
@@ -104,7 +104,7 @@ def services(
         for r in rows:
             workers = "broker" if r["workers"] is None else str(r["workers"])
             table.add_row(r["name"], f"{r['level']} {Level(r['level']).label}", workers,
-                          escape(r["description"]), style="dim" if r["workers"] == 0 else "")
+                          shown(r["description"]), style="dim" if r["workers"] == 0 else "")
         console.print(table)
 
 
