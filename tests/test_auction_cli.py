@@ -80,7 +80,7 @@ def deployment(tmp_path_factory):
 def test_kill_9_mid_auction_keeps_every_acknowledged_bid(deployment, tmp_path):
     items = tmp_path / "items"
     items.mkdir()
-    write_item(items, "01-clock.json", "clock", duration=60)
+    write_item(items, "01-clock.json", "clock", duration=60, title="Clock [1970s] [/misc]")
     ports = (free_tcp_port(), free_tcp_port(), free_udp_port())
     group = random_group()
     endpoint = f"tcp://127.0.0.1:{ports[0]}"
@@ -99,6 +99,10 @@ def test_kill_9_mid_auction_keeps_every_acknowledged_bid(deployment, tmp_path):
     assert [(b["bidder"], b["amount"]) for b in state["bids"]] == \
         [("ana.lima", 1200), ("bob.costa", 1300)]
     assert (items / "01-clock.json").exists()  # still running, not done
+    shown = deployment.auction("Bob Costa", "join", endpoint=endpoint)  # for a person
+    assert shown.returncode == 0, shown.stderr
+    assert "Joined as bob.costa" in shown.stdout
+    assert "Now: clock — Clock [1970s] [/misc]" in shown.stdout  # brackets as written
 
 
 def test_watch_shows_the_winner_and_results_list_it(deployment, tmp_path):
@@ -122,6 +126,10 @@ def test_watch_shows_the_winner_and_results_list_it(deployment, tmp_path):
     assert watcher.popen.wait(15) == 0  # --items 1: it stops by itself after one item
     results = deployment.auction("Bob Costa", "results", "--json", endpoint=endpoint)
     assert json.loads(results.stdout)[0]["winner"] == "ana.lima"
+    table = deployment.auction("Bob Costa", "results", endpoint=endpoint)  # for a person
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if "vase" in line]
+    assert ["The vase", "ana.lima", "10.00"] == [cell.strip() for cell in row.split("│")][3:6]
 
 
 def test_unregistered_home_cannot_join(deployment, tmp_path):
