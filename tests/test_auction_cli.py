@@ -132,6 +132,17 @@ def test_watch_shows_the_winner_and_results_list_it(deployment, tmp_path):
     assert ["The vase", "ana.lima", "10.00"] == [cell.strip() for cell in row.split("│")][3:6]
 
 
+def test_a_person_cannot_run_the_auctioneer_and_is_told_in_one_line(deployment, tmp_path):
+    out = run_agora("auctioneer", "start", "--items", str(tmp_path), "--home",
+                    deployment.homes["Ana Lima"][1], "--broker", deployment.endpoint,
+                    "--data-dir", str(tmp_path / "data"), "--bind", "tcp://127.0.0.1:0",
+                    env=deployment.env, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("error: ana.lima is a person principal; enroll the "
+                                  "auctioneer with --kind service")
+    assert not (tmp_path / "data" / "auction.db").exists()
+
+
 def test_unregistered_home_cannot_join(deployment, tmp_path):
     out = run_agora("auction", "join", "--home", str(tmp_path / "nobody"), "--broker",
                     deployment.endpoint, env=deployment.env)
