@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from agora.protocol import (
@@ -41,6 +40,7 @@ from cli.common import (
     default_data_dir,
     fail,
     print_json,
+    shown,
     user_errors,
 )
 
@@ -183,7 +183,7 @@ def enroll(
         if json_out:
             print_json(result)  # the one place a one-time ID is printed: it is the hand-over
             return
-        console.print(f"Enrolled [bold]{escape(name)}[/] as [bold cyan]{username}[/] "
+        console.print(f"Enrolled [bold]{shown(name)}[/] as [bold cyan]{username}[/] "
                       f"(level {int(lvl)}, {lvl.label})", highlight=False)
         if similar_to:
             console.print(f"  note: {similar_to} was taken, so this one is {username}",
@@ -289,8 +289,8 @@ def principals_table(rows: list[dict]) -> Table:
     table.columns[0].min_width = max((len(r["username"]) for r in rows), default=8)
     for r in rows:
         style = "bold red" if r["flagged"] else ("dim" if r["state"] == "revoked" else "")
-        table.add_row(r["username"], escape(r["name"]), r["kind"],
-                      f"{r['level']} {Level(r['level']).label}", escape(r["state"]),
+        table.add_row(r["username"], shown(r["name"]), r["kind"],
+                      f"{r['level']} {Level(r['level']).label}", shown(r["state"]),
                       _when(r["last_login_at"]), str(r["port"] or "-"),
                       _sessions_cell(r.get("sessions", [])), style=style)
     return table
@@ -399,11 +399,13 @@ def _print_audit(rows: list[dict], json_out: bool, header: bool) -> None:
             sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
         sys.stdout.flush()
         return
+    # Every text cell is shown as written (cli.common.shown): a username in a refused LOGIN
+    # is whatever a stranger sent, and "[/x]" read as markup stopped this command.
     if not header:  # following: plain lines, one per row, as they come
         for r in rows:
-            console.print(f"{_when(r['ts'])}  {r['username'] or '-'}  {r['action']}  "
-                          f"{r['outcome']}  x{r['count'] or 1}  {r['source'] or '-'}  "
-                          f"{escape(r['detail'] or '')}".rstrip(),
+            console.print(f"{_when(r['ts'])}  {shown(r['username'] or '-')}  "
+                          f"{shown(r['action'])}  {shown(r['outcome'])}  x{r['count'] or 1}  "
+                          f"{shown(r['source'] or '-')}  {shown(r['detail'] or '')}".rstrip(),
                           highlight=False, style="red" if r["outcome"] != "ok" else "")
         sys.stdout.flush()
         return
@@ -414,9 +416,9 @@ def _print_audit(rows: list[dict], json_out: bool, header: bool) -> None:
     table.columns[1].min_width = max((len(r["username"] or "-") for r in rows), default=4)
     for r in rows:
         style = "red" if r["outcome"] not in ("ok",) else ""
-        table.add_row(_when(r["ts"]), r["username"] or "-", r["action"], r["outcome"],
-                      str(r["count"] or 1), r["source"] or "-", escape(r["detail"] or ""),
-                      style=style)
+        table.add_row(_when(r["ts"]), shown(r["username"] or "-"), shown(r["action"]),
+                      shown(r["outcome"]), str(r["count"] or 1), shown(r["source"] or "-"),
+                      shown(r["detail"] or ""), style=style)
     console.print(table)
 
 

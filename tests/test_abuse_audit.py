@@ -112,3 +112,26 @@ def test_every_log_record_is_one_line_whatever_the_caller_passed():
                                (FORGED,), None)
     text = OneLineFormatter("%(name)s %(message)s").format(record)
     assert "\n" not in text and "carol.dias\\n2026" in text
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["table", "follow"])
+def test_a_strangers_made_up_username_is_shown_as_written_in_the_operators_audit(tmp_path,
+                                                                                 follow):
+    """One junk LOGIN named "[/x]" made `agora admin audit` stop with a MarkupError."""
+    from typer.testing import CliRunner
+
+    from agora.keyfile import load_or_create
+    from broker.server import init_broker
+    from cli.app import app
+
+    init_broker(tmp_path)
+    store = Store(tmp_path / "broker.db")
+    core = BrokerCore(store, load_or_create(tmp_path / "broker.key"), builtin_services())
+    now = time.time()
+    core.handle(b"x", junk_login("[/x] [bold]y\x1b[2J"), now, "127.0.0.1")
+    core.flush_audit(now)
+    store.db.close()
+    args = ["--follow", "--max-time", "0.3"] if follow else []
+    shown = CliRunner().invoke(app, ["admin", "audit", *args, "--data-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.stderr
+    assert "[/x] [bold]y\\x1b[2J" in shown.stdout and "\x1b" not in shown.stdout
