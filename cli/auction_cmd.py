@@ -312,7 +312,7 @@ def render(view: AuctionView, now: float, silent_for: float | None = None) -> Pa
         best = view.best
         clock = "time left unknown" if silent_for is not None else f"{left:.0f}s left"
         parts.append(f"[bold]{shown(view.item['title'])}[/] ({shown(view.item['id'])}) — "
-                     f"{view.status}, {clock}")
+                     f"{shown(view.status)}, {clock}")
         parts.append(f"best bid: [bold green]{_money_text(best['amount'])}[/] by "
                      f"{shown(best['bidder'])}" if best else
                      f"no bids yet; starting at {_money_text(view.item['start_cents'])}")
