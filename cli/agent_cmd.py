@@ -135,7 +135,7 @@ class SessionGuard:
         elif notice.type == NoticeType.NEW_LOGIN.value:
             # A field of the wrong type (a broker's bug) must not end the notices thread.
             at = notice.fields.get("at")
-            at_ok = isinstance(at, int | float) and not isinstance(at, bool)
+            at_ok = type(at) in (int, float) and 0 < at < 1e11  # also no NaN, no year 5000
             err_console.print(new_login_line(at if at_ok else time.time()),
                               highlight=False, soft_wrap=True)
         elif notice.type == NoticeType.LEVEL_CHANGED.value:
@@ -163,8 +163,8 @@ def ended_by_broker(agent: Agent, stop: threading.Event) -> Iterator[SessionGuar
     finally:
         guard.close()
     if guard.ended is not None:
-        err_console.print(f"your session was ended: {shown(guard.ended.message)}", highlight=False,
-                          soft_wrap=True)
+        err_console.print(f"your session was ended: {shown(guard.ended.message)}",
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(SESSION_ENDED)
 
 

@@ -100,7 +100,7 @@ def test_a_level_change_with_a_level_out_of_range_is_still_told_in_one_line(fiel
     assert not stop.is_set()
 
 
-@pytest.mark.parametrize("at", ["noon", None, [1]])
+@pytest.mark.parametrize("at", ["noon", None, [1], True, float("nan"), 1e300, -5])
 def test_a_new_login_notice_with_a_malformed_time_is_told_with_the_time_it_came(at, capsys):
     watching, _ = guard()
     watching._handle(Notice("new-login", {"type": "new-login", "at": at}))
