@@ -188,7 +188,10 @@ def _money_text(cents: int | None) -> str:
 
 
 def _when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "-"
+    try:
+        return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "-"
+    except (TypeError, ValueError, OverflowError, OSError):  # not a time this host can show
+        return "?"
 
 
 def _result_line(r: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ so it can neither forge a line nor send escape sequences to the person's termina
 from __future__ import annotations
 
 import io
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -65,3 +66,12 @@ def test_a_result_line_shows_the_auctioneers_words_as_written(result, line):
 def test_an_error_message_from_elsewhere_is_one_line_with_its_brackets(capsys):
     fail("bid refused: [bid-too-low]\nerror: forged")
     assert capsys.readouterr().err == "error: bid refused: [bid-too-low]\\nerror: forged\n"
+
+
+@pytest.mark.parametrize("at", [1e300, float("nan"), "noon", 2**70])
+def test_a_bid_time_this_host_cannot_show_is_a_question_mark_not_a_crash(at):
+    item = {"id": "vase", "title": "Vase", "start_cents": 1000}
+    view = SimpleNamespace(item=item, closes_at=None, best=None, minimum=None, status="open",
+                           bids=[{"at": at, "bidder": "ana.lima", "amount": 1200}], winner=None,
+                           epoch=1)
+    assert re.search(r"\?\s+ana\.lima\s+12\.00", rendered(render(view, 0.0)))
