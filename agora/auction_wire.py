@@ -202,7 +202,7 @@ _json_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a s
 
 def _json_float(value: float) -> str:
     if value != value or value in (math.inf, -math.inf):
-        return json.dumps(value)  # NaN / Infinity, as json.dumps writes them
+        raise ValueError("NaN and Infinity are not JSON")  # as json.dumps(allow_nan=False)
     return float.__repr__(float(value))
 
 
@@ -231,7 +231,7 @@ def open_reply(key: bytes, frames: list[bytes], request: Header) -> dict[str, An
 
 def encode_json(obj: Any) -> bytes:
     """Compact JSON (no sort_keys: replies are on the request path)."""
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 # -- announcements --------------------------------------------------------------------------

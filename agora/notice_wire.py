@@ -39,7 +39,7 @@ _ACK = struct.Struct(">BI")
 
 
 def _json(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def _object(body: bytes) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from agora.protocol import (
 
 
 def encode_json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
 
 
 def decode_json(data: bytes) -> dict[str, Any]:

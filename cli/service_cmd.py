@@ -55,8 +55,9 @@ def parse_call_args(pairs: list[str], json_text: str | None, data: str | None,
             obj = loads(text)
         except TooDeep:
             raise LocalError(f"{source} is nested too deeply") from None
-        except ValueError as exc:
-            raise LocalError(f"{source} is not valid JSON: {exc.msg}") from None
+        except ValueError as exc:  # json's JSONDecodeError says where, in .msg; NotJSON what
+            reason = getattr(exc, "msg", None) or str(exc)
+            raise LocalError(f"{source} is not valid JSON: {reason}") from None
         if not isinstance(obj, dict):
             raise LocalError(f"{source} must be a JSON object")
         args.update(obj)

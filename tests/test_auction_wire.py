@@ -311,6 +311,18 @@ def test_the_bid_fast_paths_write_what_json_dumps_writes(item_id, bidder, at, cl
                            "at": at, "closes_at": closes_at, "minimum": 1350})
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_the_bid_fast_paths_and_the_encoder_refuse_what_is_not_json(bad):
+    # As json.dumps(allow_nan=False): NaN and Infinity are not JSON (RFC 8259).
+    for encode in (lambda: wire.encode_accepted("lamp", 1250, bad, False),
+                   lambda: wire.encode_bid_event("lamp", 1250, "ana", bad, 1.0, 1350),
+                   lambda: wire.encode_bid_event("lamp", 1250, "ana", 1.0, bad, 1350),
+                   lambda: wire.encode_json({"closes_at": bad}),
+                   lambda: wire.encode_event({"kind": "bid", "at": bad})):
+        with pytest.raises(ValueError):
+            encode()
+
+
 def test_a_batch_too_big_for_one_datagram_is_split_in_order():
     events = [wire.encode_event({"kind": "bid", "amount": n, "note": "x" * 100})
               for n in range(500)]

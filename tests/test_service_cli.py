@@ -99,6 +99,8 @@ def test_call_arguments_merge_file_json_and_pairs(tmp_path):
     ([], "[1, 2]", "must be a JSON object"),
     ([], "{oops", "not valid JSON"),
     ([], '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "--json is nested too deeply"),
+    ([], '{"a": NaN}', "--json is not valid JSON: NaN is not JSON"),
+    ([], '{"a": 1e999}', "--json is not valid JSON: a number too large for JSON"),
 ])
 def test_bad_call_arguments_are_a_local_error(pairs, json_text, message):
     with pytest.raises(LocalError, match=message):
@@ -107,8 +109,9 @@ def test_bad_call_arguments_are_a_local_error(pairs, json_text, message):
 
 def test_a_value_that_does_not_parse_as_json_is_taken_as_text():
     deep = "[" * 100_000
-    assert parse_call_args(["name=ana", "n=3", f"deep={deep}"], None, None) == \
-        {"name": "ana", "n": 3, "deep": deep}
+    assert parse_call_args(["name=ana", "n=3", f"deep={deep}", "x=NaN", "big=1e999"], None,
+                           None) == {"name": "ana", "n": 3, "deep": deep, "x": "NaN",
+                                     "big": "1e999"}
 
 
 def test_call_help_teaches_the_argument_forms():

@@ -107,7 +107,8 @@ def test_a_malformed_body_raises_protocol_error_or_decodes(name, decode, body):
 
 
 @pytest.mark.parametrize("text", [b"[1]", b'"x"', b"1e999", b"[" * 100_000, b"{\"a\":NaN}x",
-                                  "{}".encode("utf-16"), b"\xef\xbb\xbf{}"])
+                                  "{}".encode("utf-16"), b"\xef\xbb\xbf{}", b'{"a":NaN}',
+                                  b'{"a":[-Infinity]}', b'{"a":1e999}'])
 def test_json_bodies_are_objects_in_plain_utf8_or_refused(text):
     with pytest.raises(ProtocolError):
         decode_json(text)
@@ -118,3 +119,13 @@ def test_a_malformed_refusal_reads_as_internal_not_as_an_exception():
     assert (error.code.value, error.message) == ("internal", "malformed refusal")
     sent = json.loads(encode_refusal("revoked", "x" * 10_000))["message"]
     assert len(sent) == MAX_REFUSAL_MESSAGE  # a refusal is one line, not a payload
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_every_json_encoder_of_the_wire_refuses_what_is_not_json(bad):
+    from agora.notice_wire import encode_notice
+    from agora.wire import compact_json, encode_json
+
+    for encode in (encode_json, compact_json, encode_notice):
+        with pytest.raises(ValueError):
+            encode({"type": "level-changed", "at": bad})
