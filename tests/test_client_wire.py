@@ -182,8 +182,10 @@ def test_a_result_opened_with_the_kept_prefix_is_checked_as_on_the_general_path(
         assert refusal.value.code == ErrorCode.FORBIDDEN and refusal.value.authenticated
 
 
-@pytest.mark.parametrize("body", [b"not json", b"\xff", b"[" * 100_000, b"1 2"],
-                         ids=["not-json", "not-utf8", "nested-too-deep", "trailing-data"])
+@pytest.mark.parametrize("body", [b"not json", b"\xff", b"[" * 100_000, b"1 2", b"NaN",
+                                  b'{"x":-Infinity}'],
+                         ids=["not-json", "not-utf8", "nested-too-deep", "trailing-data", "nan",
+                              "infinity"])
 def test_a_sealed_result_whose_body_is_not_json_is_malformed_on_both_paths(body):
     from agora.envelope import Header, seal
     from agora.errors import ProtocolError
