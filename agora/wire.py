@@ -68,6 +68,19 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any
     return value
 
 
+#: The largest id a store row can have (SQLite's INTEGER is 64-bit signed): a larger number
+#: cannot name a row, and SQLite would refuse to even compare it (OverflowError).
+MAX_ROW_ID = 2**63 - 1
+
+
+def id_field(body: dict[str, Any], name: str) -> int:
+    """A required row id: an integer from 0 to MAX_ROW_ID."""
+    value = field(body, name, int)
+    if not 0 <= value <= MAX_ROW_ID:
+        raise ProtocolError(f"field {name!r} must be an id from 0 to 2^63-1")
+    return value
+
+
 # -- client channel, AGORA/2 (docs/PROTOCOL.md section 3) -----------------------------------
 #
 # A session request is ONE envelope (agora.envelope): channel CLIENT, sender CLIENT, kind

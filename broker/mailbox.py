@@ -24,7 +24,7 @@ from agora.crypto import b64, unb64
 from agora.envelope import MIN_SEALED, peek
 from agora.errors import ProtocolError, RemoteError
 from agora.protocol import MAILBOX_TTL, MAX_LETTER_SIZE, Channel, ErrorCode, Kind, Level
-from agora.wire import field
+from agora.wire import field, id_field
 from broker.core import CallContext, Service
 from broker.store import refuse_unavailable
 
@@ -107,7 +107,7 @@ def count(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 
 def delete(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """Delete the caller's letters up to id ``upto`` (after the agent has kept them)."""
-    upto = field(args, "upto", int)
+    upto = id_field(args, "upto")
     db = ctx.core.store.db
     _table(db)
     with db.conn:

@@ -13,7 +13,7 @@ from typing import Any
 from agora.crypto import b64
 from agora.errors import RemoteError
 from agora.protocol import ErrorCode, Level, PrincipalKind
-from agora.wire import JSONText, field
+from agora.wire import JSONText, field, id_field
 from broker.core import CallContext, Service
 from broker.mailbox import mailbox_services
 from broker.notes import NotesStore
@@ -129,7 +129,7 @@ def notes_services(notes: NotesStore) -> list[Service]:
                            field(args, "title", str), field(args, "text", str), level, ctx.now)
 
     def read(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        return notes.read(ctx.session.level, field(args, "id", int))
+        return notes.read(ctx.session.level, id_field(args, "id"))
 
     def list_notes(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
         return notes.list(ctx.session.level)

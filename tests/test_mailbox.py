@@ -132,6 +132,18 @@ def test_deposit_that_is_not_a_letter_envelope_is_refused(broker, ana_and_offlin
     assert not broker.admin.db["mailbox"].exists()
 
 
+@pytest.mark.parametrize("upto", [2**63, -1, 2**70], ids=["past-sqlite", "negative", "huge"])
+def test_deleting_up_to_an_id_no_row_can_have_is_a_bad_request_and_deletes_nothing(
+        broker, ana_and_offline_bob, upto, caplog):
+    ana, bob = ana_and_offline_bob
+    ana.send("bob.reis", "kept")
+    with caplog.at_level(logging.INFO), pytest.raises(RemoteError) as exc:
+        relogin(broker, bob).call("mailbox_delete", {"upto": upto})
+    assert exc.value.code is ErrorCode.BAD_REQUEST and "an id from 0 to 2^63-1" in str(exc.value)
+    assert len(mailbox_rows(broker)) == 1
+    assert not any(r.exc_info for r in caplog.records)  # a user's mistake: no traceback
+
+
 def test_letters_can_only_be_fetched_by_their_recipient(broker, ana_and_offline_bob):
     ana, _ = ana_and_offline_bob
     ana.send("bob.reis", "for bob only")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -85,6 +86,16 @@ def test_notes_no_read_up(broker):
     assert refused(low.call, "notes.read", {"id": note["id"]}) is ErrorCode.NOT_FOUND
     assert low.call("notes.list") == []
     assert high.call("notes.read", {"id": note["id"]})["text"] == "the plan"
+
+
+@pytest.mark.parametrize("note_id", [2**63, 2**70, -1], ids=["past-sqlite", "huge", "negative"])
+def test_a_note_id_no_row_can_have_is_a_bad_request_without_a_traceback(broker, note_id,
+                                                                        caplog):
+    ana = broker.agent("Ana Lima", level=2)
+    with caplog.at_level(logging.INFO):
+        assert refused(ana.call, "notes.read", {"id": note_id}) is ErrorCode.BAD_REQUEST
+    assert not any(r.exc_info for r in caplog.records)  # was service-failed, traceback logged
+    assert ana.call("notes.list") == []  # and the service serves on
 
 
 def test_notes_no_write_down(broker):
