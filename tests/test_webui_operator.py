@@ -147,6 +147,23 @@ def test_admin_ui_refuses_a_directory_without_a_broker(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_admin_ui_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    import socket
+
+    from broker.server import init_broker
+    from tests.conftest import run_agora
+
+    init_broker(tmp_path / "broker")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_agora("admin", "ui", "--no-browser", "--port", str(port), "--data-dir",
+                        str(tmp_path / "broker"), timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
 def test_a_revocation_is_lifted_only_by_restore_confirmed(operator, broker):
     client, access, _ = operator
     broker.agent("Gil Reis")
