@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 from typer.testing import CliRunner
 
 from cli.app import app
+from cli.peer_cmd import send_lines
 from tests.conftest import PASSWORD, agora_command, agora_env, run_agora
 from tests.test_peer import Listening
 
@@ -86,6 +88,24 @@ def test_send_lines_that_stop_half_way_say_how_many_went_through(broker, monkeyp
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "[mailbox-full]" in line
     assert line.endswith("(after 2 of 3 messages went through)")
+
+
+def test_send_lines_sums_up_for_a_person_what_arrived(broker, capsys):
+    ana, bob = broker.agent("Ana Lima"), broker.agent("Bob Reis")
+    with Listening(bob) as inbox:
+        send_lines(ana, "bob.reis", ["one", "two"], 2.0, queue=True, json_out=False)
+        inbox.wait_for(2)
+    assert re.fullmatch(r"Delivered 2 messages to bob\.reis in [\d.]+ ms\n",
+                        capsys.readouterr().out)
+
+
+def test_send_lines_sums_up_for_a_person_what_waits_in_the_mailbox(broker, capsys):
+    ana = broker.agent("Ana Lima")
+    broker.agent("Bob Reis", login=False)  # offline: letters
+    send_lines(ana, "bob.reis", ["one", "two"], 2.0, queue=True, json_out=False)
+    out = " ".join(capsys.readouterr().out.split())  # soft-wrapped to the terminal
+    assert re.fullmatch(r"2 messages not delivered now \(.+\): left in the broker's mailbox, "
+                        r"end-to-end encrypted, for \d+ days\.", out), out
 
 
 def test_send_to_unknown_user_says_so_in_one_line(broker):
