@@ -132,6 +132,26 @@ def test_a_handler_module_that_fails_to_import_is_a_local_error(tmp_path, monkey
         load_handler("broken_handlers:handler")
 
 
+@pytest.mark.parametrize("spec,says", [
+    ("agents.examples", "'agents.examples' is not MODULE:FUNCTION"),
+    (":upper", "':upper' is not MODULE:FUNCTION"),
+    ("agents.examples:no_such", "agents.examples has no function 'no_such'"),
+    ("agents.examples:__doc__", "agents.examples has no function '__doc__'"),  # not callable
+])
+def test_a_handler_spec_that_names_no_function_is_a_local_error(spec, says):
+    with pytest.raises(LocalError) as refused:
+        load_handler(spec)
+    assert str(refused.value) == says
+
+
+def test_call_data_is_inline_text_or_a_file_read_in_one_line(tmp_path):
+    assert parse_call_args([], None, '{"a": 1}') == {"a": 1}
+    with pytest.raises(LocalError) as refused:
+        parse_call_args([], None, f"@{tmp_path / 'missing.json'}")
+    assert str(refused.value) == (f"cannot read {tmp_path / 'missing.json'}: "
+                                  "No such file or directory")
+
+
 def test_worker_run_rejects_a_bad_target(tmp_path):
     result = run_agora("worker", "run", "no_such_module:fn", "--service", "x", "--level", "1",
                        env=agora_env(AGORA_HOME=str(tmp_path), AGORA_PASSWORD=PASSWORD))
