@@ -33,6 +33,7 @@ from agora.crypto import (
 )
 from agora.envelope import (
     HEADER_SIZE,
+    MIN_SEALED,
     NO_CONTEXT,
     NONCE_SIZE,
     Header,
@@ -49,6 +50,7 @@ from agora.keyfile import KeyPair
 from agora.protocol import (
     DEFAULT_CALL_TIMEOUT,
     FRESHNESS_WINDOW,
+    MAX_MESSAGE_SIZE,
     Channel,
     EndReason,
     ErrorCode,
@@ -686,6 +688,9 @@ class BrokerCore:
                 return []
             # = session_result(session.key, sid, counter, result), header packed once
             body = result if type(result) is JSONText else compact_json(result)
+            if len(body) > _MAX_RESULT:  # sealed, over the caller's bound: it would drop it
+                raise RemoteError(ErrorCode.SERVICE_FAILED, "the answer is over the "
+                                  f"{MAX_MESSAGE_SIZE // 1024} KiB message limit")
             reply = [seal_prefixed(session.key, session.result_head, counter, body)]
         except RemoteError as exc:
             reply = [session_refusal(session.key, sid, counter, exc.code, exc.message)]
@@ -748,6 +753,10 @@ def report_internal_error(failures: dict[str, int], what: str) -> None:
     elif str(count).rstrip("0") == "1":
         log.error("internal error in the %s again (%d times)", what, count)
 
+
+#: The largest result body whose sealed answer still fits the message bound every receiver
+#: applies (a built-in service's answer; a worker's is bounded by the worker).
+_MAX_RESULT = MAX_MESSAGE_SIZE - MIN_SEALED
 
 # Plain ints for the hot path's comparisons (no enum look-ups per message).
 _CLIENT, _NOTICE, _WORKER = int(Channel.CLIENT), int(Channel.NOTICE), int(Channel.WORKER)

@@ -19,9 +19,13 @@ import sqlite_utils
 
 from agora.errors import RemoteError
 from agora.protocol import ErrorCode, Level
+from agora.wire import MAX_ROW_ID
 
 MAX_TITLE = 200
 MAX_TEXT = 64 * 1024
+#: Notes in one notes.list answer, newest first: 200 of the longest titles (800 octets of
+#: UTF-8 each) still fit one message, however many notes there are.
+MAX_LISTED = 200
 
 
 class NotesStore:
@@ -59,7 +63,11 @@ class NotesStore:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no note {note_id} at or below your level")
         return rows[0]
 
-    def list(self, reader_level: Level) -> list[dict[str, Any]]:
+    def list(self, reader_level: Level, before: int | None = None,
+             limit: int = MAX_LISTED) -> list[dict[str, Any]]:
+        """The newest ``limit`` notes at or below ``reader_level`` (with ids below
+        ``before``, to page back), newest first, without their text."""
         return list(self.db.query(
             "select id, title, level, author, created_at from notes where level <= ? "
-            "order by id", [int(reader_level)]))
+            "and id < ? order by id desc limit ?",
+            [int(reader_level), MAX_ROW_ID if before is None else before, limit]))

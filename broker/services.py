@@ -16,7 +16,7 @@ from agora.protocol import ErrorCode, Level, PrincipalKind
 from agora.wire import JSONText, field, id_field
 from broker.core import CallContext, Service
 from broker.mailbox import mailbox_services
-from broker.notes import NotesStore
+from broker.notes import MAX_LISTED, NotesStore
 from broker.store import refuse_unavailable
 
 
@@ -132,14 +132,19 @@ def notes_services(notes: NotesStore) -> list[Service]:
         return notes.read(ctx.session.level, id_field(args, "id"))
 
     def list_notes(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return notes.list(ctx.session.level)
+        before = id_field(args, "before") if "before" in args else None
+        limit = id_field(args, "limit") if "limit" in args else MAX_LISTED
+        if not 1 <= limit <= MAX_LISTED:
+            raise RemoteError(ErrorCode.BAD_REQUEST, f"limit must be 1 to {MAX_LISTED}")
+        return notes.list(ctx.session.level, before, limit)
 
     return [
         Service("notes.write", Level.PUBLIC, "store a classified note (title, text, level "
                 ">= yours: no write down)", write),
         Service("notes.read", Level.PUBLIC, "read a note by id, if at or below your level "
                 "(no read up)", read),
-        Service("notes.list", Level.PUBLIC, "notes at or below your level", list_notes),
+        Service("notes.list", Level.PUBLIC, f"notes at or below your level, newest first "
+                f"({MAX_LISTED} at a time; before=ID for older ones)", list_notes),
     ]
 
 

@@ -98,6 +98,42 @@ def test_a_note_id_no_row_can_have_is_a_bad_request_without_a_traceback(broker, 
     assert ana.call("notes.list") == []  # and the service serves on
 
 
+def test_notes_are_listed_newest_first_a_page_at_a_time_whatever_their_number(broker):
+    # 1,400 notes of long titles once made notes.list an answer over the message limit,
+    # which the caller dropped: "broker unreachable" for everyone at that level.
+    from broker.notes import MAX_LISTED
+
+    ana = broker.agent("Ana Lima", level=2)
+    ids = [ana.call("notes.write", {"title": f"{n:03d}" + "é" * 197, "text": "t"})["id"]
+           for n in range(MAX_LISTED + 50)]
+    first = ana.call("notes.list")
+    assert [n["id"] for n in first] == ids[::-1][:MAX_LISTED]
+    older = ana.call("notes.list", {"before": first[-1]["id"]})
+    assert [n["id"] for n in older] == ids[::-1][MAX_LISTED:]
+    assert [n["id"] for n in ana.call("notes.list", {"limit": 3})] == ids[::-1][:3]
+
+
+@pytest.mark.parametrize("args", [{"limit": 0}, {"limit": 201}, {"limit": "9"},
+                                  {"before": -1}, {"before": 2**64}])
+def test_a_notes_page_that_cannot_be_is_a_bad_request(broker, args):
+    assert refused(broker.agent("Ana Lima").call, "notes.list", args) is ErrorCode.BAD_REQUEST
+
+
+def test_a_builtin_answer_too_large_to_travel_is_service_failed_not_silence(broker):
+    from agora.protocol import MAX_MESSAGE_SIZE, Level
+    from broker.core import Service
+
+    broker.server.core.services["big"] = Service(
+        "big", Level.PUBLIC, "an answer over the message limit",
+        lambda ctx, args: "x" * MAX_MESSAGE_SIZE)
+    ana = broker.agent("Ana Lima")
+    with pytest.raises(RemoteError) as err:
+        ana.call("big")
+    assert (err.value.code, err.value.message) == (
+        ErrorCode.SERVICE_FAILED, "the answer is over the 256 KiB message limit")
+    assert ana.call("echo", {"after": "that"}) == {"after": "that"}
+
+
 def test_notes_no_write_down(broker):
     high, low = broker.agent("Hal High", level=4), broker.agent("Lia Low", level=2)
     assert refused(high.call, "notes.write",
