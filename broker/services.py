@@ -133,7 +133,7 @@ def notes_services(notes: NotesStore) -> list[Service]:
 
     def list_notes(ctx: CallContext, args: dict[str, Any]) -> list[dict[str, Any]]:
         before = id_field(args, "before") if "before" in args else None
-        limit = id_field(args, "limit") if "limit" in args else MAX_LISTED
+        limit = field(args, "limit", int) if "limit" in args else MAX_LISTED
         if not 1 <= limit <= MAX_LISTED:
             raise RemoteError(ErrorCode.BAD_REQUEST, f"limit must be 1 to {MAX_LISTED}")
         return notes.list(ctx.session.level, before, limit)

@@ -114,7 +114,7 @@ def test_notes_are_listed_newest_first_a_page_at_a_time_whatever_their_number(br
 
 
 @pytest.mark.parametrize("args", [{"limit": 0}, {"limit": 201}, {"limit": "9"},
-                                  {"before": -1}, {"before": 2**64}])
+                                  {"limit": 2**70}, {"before": -1}, {"before": 2**64}])
 def test_a_notes_page_that_cannot_be_is_a_bad_request(broker, args):
     assert refused(broker.agent("Ana Lima").call, "notes.list", args) is ErrorCode.BAD_REQUEST
 
