@@ -69,6 +69,7 @@ from agora.envelope import (
     timestamp_counter,
 )
 from agora.errors import (
+    LocalError,
     MessageTooLarge,
     ProtocolError,
     RemoteError,
@@ -162,8 +163,12 @@ class Refused(RemoteError):
 # -- bodies (docs/PROTOCOL.md 5.3, 5.4, 5.7; vectors in docs/vectors/peer.json, letter.json) --
 
 def encode_text(text: str) -> bytes:
-    """UTF-8 bytes of a message text; MessageTooLarge (nothing is sent) over the limit."""
-    data = text.encode("utf-8")
+    """UTF-8 bytes of a message text; MessageTooLarge (nothing is sent) over the limit, and
+    LocalError for text that is not Unicode (lone surrogates: a command line's bad UTF-8)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalError("the message is not text (it holds bytes that are not UTF-8)") from None
     if len(data) > MAX_PEER_TEXT:
         raise MessageTooLarge(f"message is {len(data)} bytes; the limit is "
                               f"{MAX_PEER_TEXT // 1024} KiB")

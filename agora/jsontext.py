@@ -105,18 +105,42 @@ _scan = json.JSONDecoder(**_STRICT).scan_once
 
 def loads(text: str | bytes) -> Any:
     """The value of JSON ``text``, as ``json.loads`` gives it, and a ValueError if none:
-    :class:`TooDeep` for nesting too deep to read, :class:`NotJSON` for NaN, Infinity or
-    1e999. Bytes are read as ``json.loads`` reads them (UTF-8, -16 or -32); the wire decodes
-    its own bytes as UTF-8 first."""
+    :class:`TooDeep` for nesting too deep to read, :class:`NotJSON` for NaN, Infinity,
+    1e999 or a string holding a lone surrogate. Bytes are read as ``json.loads`` reads them
+    (UTF-8, -16 or -32); the wire decodes its own bytes as UTF-8 first."""
     try:
+        end = -1
         if type(text) is str:
             try:
                 value, end = _scan(text, 0)
             except StopIteration:  # nothing parses at 0: leading whitespace, or not JSON
                 pass
-            else:
-                if end == len(text):  # else trailing whitespace (fine) or data (an error)
-                    return value
-        return json.loads(text, **_STRICT)
+        if end != len(text):  # trailing whitespace (fine) or data (an error), or bytes
+            value = json.loads(text, **_STRICT)
     except RecursionError:
         raise TooDeep("JSON nested too deeply") from None
+    # A lone surrogate ("\ud800", or one already in text from elsewhere) is not Unicode
+    # text: UTF-8, SQLite and other languages refuse it, so a string holding one would fail
+    # far from here. Only text with an escape or outside ASCII can hold one.
+    if (_ESCAPE if type(text) is str else _ESCAPE_BYTES) in text or not text.isascii():
+        _refuse_lone_surrogates(value)
+    return value
+
+
+_ESCAPE, _ESCAPE_BYTES = "\\u", b"\\u"
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    pending = [value]  # a loop, not recursion: the value may be nested as deep as it parsed
+    while pending:
+        item = pending.pop()
+        if type(item) is str:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise NotJSON("a string holds a lone surrogate, which is not text") from None
+        elif type(item) is dict:
+            pending.extend(item)
+            pending.extend(item.values())
+        elif type(item) is list:
+            pending.extend(item)

@@ -35,7 +35,7 @@ from agora.envelope import (
     peek,
     seal,
 )
-from agora.errors import ProtocolError, RemoteError, UnauthenticatedRefusal
+from agora.errors import LocalError, ProtocolError, RemoteError, UnauthenticatedRefusal
 from agora.jsontext import dumps, loads
 from agora.protocol import (
     Channel,
@@ -110,11 +110,18 @@ def compact_json(obj: Any) -> bytes:
 
 
 def encode_call(service: str, args: dict[str, Any] | None = None) -> bytes:
-    """A CALL body: 1-byte name length, the name, the args as compact JSON (or nothing)."""
-    name = service.encode("utf-8")
+    """A CALL body: 1-byte name length, the name, the args as compact JSON (or nothing).
+
+    LocalError (nothing sent) for what a person can type wrong: a name over 255 bytes, or
+    text that is not Unicode (a command line's invalid UTF-8 arrives as lone surrogates)."""
+    try:
+        name = service.encode("utf-8")
+        payload = compact_json(args) if args else b""
+    except UnicodeEncodeError:
+        raise LocalError("the service name and arguments must be text (valid UTF-8)") from None
     if not 0 < len(name) <= MAX_SERVICE_NAME:
-        raise ValueError("service name must be 1-255 bytes of UTF-8")
-    return bytes((len(name),)) + name + (compact_json(args) if args else b"")
+        raise LocalError(f"service name must be 1-{MAX_SERVICE_NAME} bytes of UTF-8")
+    return bytes((len(name),)) + name + payload
 
 
 def split_call(body: bytes) -> tuple[str, bytes]:

@@ -8,6 +8,7 @@ recorded so a test can replay or mutate it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -782,6 +783,22 @@ def test_random_and_mutated_frames_never_break_the_core(world):
     world.clock.advance(61)  # let the rate limiter forget the fuzz failures
     agent.login()
     assert agent.whoami()["username"] == "ana.lima"
+
+
+def test_a_call_whose_args_hold_a_lone_surrogate_is_a_bad_request_not_a_failure(world,
+                                                                               caplog):
+    # Valid JSON syntax, but not text: the store's look-up raised UnicodeEncodeError, answered
+    # service-failed with a traceback in the broker's log.
+    agent = world.agent()
+    sid, key = agent.session.sid, agent.session.key
+    for counter, body in ((60, b'\x06lookup{"username":"\\ud800"}'),
+                          (61, b'\x04echo{"\\udfff":1}')):
+        with caplog.at_level(logging.INFO):
+            reply = world.send(agent, [seal_session_request(key, sid, counter, Kind.CALL, body)])
+        with refused(ErrorCode.BAD_REQUEST):
+            answer(agent, reply, counter)
+    assert not any(r.exc_info for r in caplog.records)
+    assert agent.call("echo", {"after": "that"}) == {"after": "that"}
 
 
 def test_echo_returns_the_callers_json_object_and_refuses_what_is_not_one(world):

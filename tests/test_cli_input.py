@@ -111,3 +111,21 @@ def test_ctrl_c_ends_listen_and_chat_with_130_and_no_error_line(broker, command)
     finally:
         proc.kill()
         proc.popen.stdin.close()
+
+
+@pytest.mark.parametrize("args,error", [
+    (["call", "x" * 300], "service name must be 1-255 bytes of UTF-8"),
+    (["call", "echo", "text=caf\udcc3"], "the service name and arguments must be text (valid "
+                                          "UTF-8)"),
+    (["call", "ech\udcc3"], "the service name and arguments must be text (valid UTF-8)"),
+    (["send", "bob.reis", "caf\udcc3"], "the message is not text (it holds bytes that are not "
+                                         "UTF-8)"),
+], ids=["name-too-long", "args-not-utf8", "name-not-utf8", "message-not-utf8"])
+def test_what_cannot_be_sent_as_typed_is_refused_in_one_line_before_sending(broker, args,
+                                                                              error):
+    # A command line's bytes that are not UTF-8 reach Python as lone surrogates ("\udcc3");
+    # they were an "unexpected" UnicodeEncodeError, and a long name an "unexpected" ValueError.
+    ana = broker.agent("Ana Lima", login=False)
+    broker.agent("Bob Reis", login=False)
+    result = runner.invoke(app, args, env=env_of(broker, ana, AGORA_PASSWORD=PASSWORD))
+    assert (result.exit_code, result.stderr) == (1, f"error: {error}\n")

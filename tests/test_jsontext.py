@@ -17,7 +17,7 @@ reference_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
 
 SCALARS = [0, 1, -1, 2**63, -(2**70), 0.5, -1e-300, 1e300, 2.5e-8, 1.7976931348623157e308,
            True, False, None, "", "text", "é ü ß", "日本", "\u2028", "\x00\x1f", '"\\/',
-           "\ud83d\ude00", "\U0001f600"]
+           "\U0001f600"]
 
 
 def random_value(rng: random.Random, depth: int = 0) -> object:
@@ -81,6 +81,19 @@ def test_loads_refuses_nan_infinity_and_numbers_no_double_holds_as_not_json(
     # Python's json takes them; RFC 8259 does not, nor JSON.parse or another language's reader.
     with pytest.raises(jsontext.NotJSON):
         jsontext.loads(text)
+
+
+@pytest.mark.parametrize("text", ['"\\ud800"', '{"a": ["x\\udfff"]}', '{"\\uD83D": 1}',
+                                  '"\\ude00\\ud83d"', '"caf\udcc3"', b'["\\ud800"]',
+                                  "[" * 500 + '"\\ud800"' + "]" * 500])
+def test_loads_refuses_a_string_holding_a_lone_surrogate_as_not_json(text: str | bytes) -> None:
+    # Not Unicode text: UTF-8, SQLite and other languages refuse it further on.
+    with pytest.raises(jsontext.NotJSON, match="lone surrogate"):
+        jsontext.loads(text)
+
+
+def test_loads_reads_an_escaped_surrogate_pair_as_the_one_character_it_is() -> None:
+    assert jsontext.loads('["\\ud83d\\ude00", "\\u00e9"]') == ["\U0001f600", "\u00e9"]
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), {"a": [-float("inf")]}])
