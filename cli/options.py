@@ -11,6 +11,7 @@ one line too (set AGORA_DEBUG=1 to see the traceback).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import ipaddress
 import math
 import os
@@ -28,6 +29,7 @@ from rich.markup import escape
 from agora.auction_wire import parse_money
 from agora.errors import LocalError
 from agora.multicast import check_group
+from agora.text import one_line
 
 #: ``tcp://HOST:PORT`` (PORT may be ``*`` or 0 when binding), ``ipc://PATH``, ``inproc://NAME``.
 _ENDPOINT = re.compile(r"^(tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\*|\d{1,5})"
@@ -161,6 +163,17 @@ def _show_flags_as_flags(command: Any, parent: typer.Context | None) -> None:
         _show_flags_as_flags(sub, ctx)
 
 
+def _not_text(args: Any) -> str | None:
+    """The first argument that is not Unicode text, shown with its bad bytes as ``\\xNN``."""
+    for arg in args:
+        if isinstance(arg, str):
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                return one_line(arg)
+    return None
+
+
 class AgoraGroup(typer.core.TyperGroup):
     """The root ``agora`` group: usage errors and unexpected failures are one line."""
 
@@ -168,6 +181,18 @@ class AgoraGroup(typer.core.TyperGroup):
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
         _show_flags_as_flags(self, None)
+        # Bytes on stdin that are not UTF-8 become lone surrogates (as in argv), refused in one
+        # line where text is used, instead of a UnicodeDecodeError in the middle of a read.
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            sys.stdin.reconfigure(errors="surrogateescape")
+        not_text = _not_text(sys.argv[1:] if args is None else args)
+        if not_text is not None:  # a command line's bad UTF-8 reaches Python as surrogates
+            _err.print(f"[bold red]error:[/] argument {escape(not_text)} is not valid UTF-8 "
+                       "text", highlight=False, soft_wrap=True)
+            code = 2
+            if not standalone_mode:
+                return code
+            sys.exit(code)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from agora.protocol import PrincipalKind
 from cli.app import app
-from tests.conftest import PASSWORD, AgoraProcess, agora_env
+from tests.conftest import PASSWORD, AgoraProcess, agora_command, agora_env
 
 runner = CliRunner()
 
@@ -113,19 +113,35 @@ def test_ctrl_c_ends_listen_and_chat_with_130_and_no_error_line(broker, command)
         proc.popen.stdin.close()
 
 
-@pytest.mark.parametrize("args,error", [
-    (["call", "x" * 300], "service name must be 1-255 bytes of UTF-8"),
-    (["call", "echo", "text=caf\udcc3"], "the service name and arguments must be text (valid "
-                                          "UTF-8)"),
-    (["call", "ech\udcc3"], "the service name and arguments must be text (valid UTF-8)"),
-    (["send", "bob.reis", "caf\udcc3"], "the message is not text (it holds bytes that are not "
-                                         "UTF-8)"),
-], ids=["name-too-long", "args-not-utf8", "name-not-utf8", "message-not-utf8"])
-def test_what_cannot_be_sent_as_typed_is_refused_in_one_line_before_sending(broker, args,
-                                                                              error):
+def test_a_service_name_too_long_is_refused_in_one_line_before_sending(broker):
+    ana = broker.agent("Ana Lima", login=False)
+    result = runner.invoke(app, ["call", "x" * 300],
+                           env=env_of(broker, ana, AGORA_PASSWORD=PASSWORD))
+    assert (result.exit_code, result.stderr) == (
+        1, "error: service name must be 1-255 bytes of UTF-8\n")  # was an "unexpected" error
+
+
+@pytest.mark.parametrize("args", [
+    ["call", "echo", "text=caf\udcc3"], ["call", "ech\udcc3"], ["send", "bob.reis", "caf\udcc3"],
+    ["admin", "enroll", "--name", "Ana\udcc3", "--level", "2"], ["admin", "revoke", "ana\udcc3"],
+], ids=["call-args", "call-name", "send-text", "enroll-name", "revoke-username"])
+def test_a_command_line_argument_that_is_not_utf8_is_a_usage_error_in_one_line(tmp_path, args):
     # A command line's bytes that are not UTF-8 reach Python as lone surrogates ("\udcc3");
-    # they were an "unexpected" UnicodeEncodeError, and a long name an "unexpected" ValueError.
+    # every command met them as an "unexpected" UnicodeEncodeError somewhere inside.
+    result = runner.invoke(app, args, env={"AGORA_HOME": str(tmp_path),
+                                           "AGORA_BROKER_DIR": str(tmp_path)})
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: argument ") and line.endswith("\\xc3 is not valid UTF-8 text")
+
+
+def test_a_message_on_stdin_that_is_not_utf8_is_refused_in_one_line(broker):
+    # In a UTF-8 locale Python reads stdin strictly: the read itself raised.
     ana = broker.agent("Ana Lima", login=False)
     broker.agent("Bob Reis", login=False)
-    result = runner.invoke(app, args, env=env_of(broker, ana, AGORA_PASSWORD=PASSWORD))
-    assert (result.exit_code, result.stderr) == (1, f"error: {error}\n")
+    env = agora_env(AGORA_HOME=str(ana.home), AGORA_BROKER=broker.endpoint,
+                    AGORA_PASSWORD=PASSWORD, PYTHONIOENCODING="utf-8:strict")
+    sent = subprocess.run([*agora_command(), "send", "bob.reis"], input=b"caf\xc3\n", env=env,
+                          capture_output=True, timeout=30)
+    assert (sent.returncode, sent.stderr) == (
+        1, b"error: the message is not text (it holds bytes that are not UTF-8)\n")

@@ -257,3 +257,14 @@ def test_a_refusal_body_that_is_not_a_json_object_is_malformed():
             refusal_fields(body)
         error = decode_refusal(body)  # a sealed answer all the same: the request is over
         assert (error.code, error.message) == (ErrorCode.INTERNAL, "malformed refusal")
+
+
+def test_a_call_that_is_not_text_or_too_long_a_name_is_refused_before_sending():
+    from agora.errors import LocalError
+
+    for service, args in (("ech\udcc3", None), ("echo", {"text": "caf\udcc3"}),
+                          ("echo", {"caf\udcc3": 1})):
+        with pytest.raises(LocalError, match=r"must be text \(valid UTF-8\)"):
+            encode_call(service, args)
+    with pytest.raises(LocalError, match="service name must be 1-255 bytes"):
+        encode_call("x" * 256)

@@ -393,3 +393,12 @@ def test_vector_key_is_the_box_key_both_ends_compute():
 def test_every_sealed_peer_kind_has_a_vector():
     kinds = {v["header"]["kind"] for v in load("peer")}
     assert kinds == {Kind.HELLO, Kind.WELCOME, Kind.REFUSED, Kind.MESSAGE, Kind.ACK, Kind.BYE}
+
+
+def test_a_message_text_that_is_not_unicode_is_refused_before_sending():
+    from agents.peer_protocol import encode_text
+    from agora.errors import LocalError
+
+    with pytest.raises(LocalError, match="not text"):
+        encode_text("caf\udcc3")  # a command line's or stdin's bad UTF-8
+    assert encode_text("café") == "café".encode()
