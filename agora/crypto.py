@@ -117,9 +117,11 @@ def password_key(password: str, salt: bytes, opslimit: int = KDF_OPSLIMIT,
     for a cost above KDF_MAX_OPSLIMIT / KDF_MAX_MEMLIMIT (or not positive)."""
     if not (0 < opslimit <= KDF_MAX_OPSLIMIT and 0 < memlimit <= KDF_MAX_MEMLIMIT):
         raise ValueError("key derivation cost out of bounds")
-    return nacl.pwhash.argon2id.kdf(
-        SecretBox.KEY_SIZE, password.encode("utf-8"), salt, opslimit=opslimit, memlimit=memlimit
-    )
+    # surrogateescape: a password typed or piped in bytes that are not UTF-8 arrives with
+    # them as lone surrogates; these give back exactly those bytes (UTF-8 text is unchanged).
+    secret = password.encode("utf-8", "surrogateescape")
+    return nacl.pwhash.argon2id.kdf(SecretBox.KEY_SIZE, secret, salt, opslimit=opslimit,
+                                    memlimit=memlimit)
 
 
 def seal(box: SecretBox | Box, plaintext: bytes) -> bytes:

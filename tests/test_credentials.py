@@ -119,6 +119,20 @@ def test_damaged_contents_under_the_right_password_are_refused_as_damaged(writte
     refused_and_left_as_it_is(written, LocalError, "credentials file is damaged", box=b64(box))
 
 
+def test_a_password_of_bytes_that_are_not_utf8_works_and_a_wrong_one_is_just_wrong(tmp_path):
+    # A password read from a terminal or a pipe that is not UTF-8 arrives with its bad bytes
+    # as lone surrogates; encoding it raised, and the file was said to be damaged.
+    file = CredentialsFile(tmp_path / "credentials.json")
+    file.create("correct horse \udcc3", CREDS)
+    assert CredentialsFile(file.path).open("correct horse \udcc3") == CREDS
+    with pytest.raises(WrongPassword):
+        CredentialsFile(file.path).open("correct horse \udcc4")
+    written = CredentialsFile(tmp_path / "other.json")
+    written.create(PASSWORD, CREDS)
+    with pytest.raises(WrongPassword):
+        CredentialsFile(written.path).open("correct horse \udcc3")
+
+
 def test_a_missing_file_says_to_register_first(tmp_path):
     with pytest.raises(CredentialsMissing, match="run 'agora register' first"):
         CredentialsFile(tmp_path / "credentials.json").open(PASSWORD)
