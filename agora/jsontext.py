@@ -4,7 +4,9 @@ write (wire bodies, files, command lines, web forms): it refuses every bad text,
 deeply nested, with a ``ValueError``. Both directions are JSON as RFC 8259 defines it:
 ``NaN``, ``Infinity`` and numbers too large for a double (``1e999``), which Python's json
 reads and writes by default, are refused, so agora never sends what a strict JSON reader in
-another language (or a browser's ``JSON.parse``) would choke on, nor takes it in.
+another language (or a browser's ``JSON.parse``) would choke on, nor takes it in; and a
+string read that holds a lone surrogate (``"\\ud800"``), which is not Unicode text, is
+refused before it reaches a store or an encoder that would fail on it.
 
 Why this module exists: ``json.dumps`` builds a new C encoder object for every call and
 ``json.loads`` runs a whitespace regular expression before and after the C scanner, each
@@ -14,20 +16,19 @@ server's parse of them, the result, the caller's parse of it), cold, between two
 waits. Made once, the same C code does the same work in a third to a half of the time
 (measured in docs/BENCHMARKS.md, "What bounds each figure").
 
-The output and the accepted input are the standard library's but for NaN, Infinity and
-1e999, refused on both sides as said above: the encoder is checked
-against a known answer when this module loads and is not used if it writes anything else
-(another Python version, or an interpreter without the C accelerator: then
-``json.JSONEncoder`` encodes), and any text the fast scan does not take whole (leading or
-trailing whitespace, trailing data, an error) goes to ``json.loads``, which accepts it or
+The output and the accepted input are the standard library's but for those refusals: the
+encoder is checked against a known answer when this module loads and is not used if it
+writes anything else (another Python version, or an interpreter without the C accelerator:
+then ``json.JSONEncoder`` encodes), and any text the fast scan does not take whole (leading
+or trailing whitespace, trailing data, an error) goes to ``json.loads``, which accepts it or
 raises its usual ``ValueError``. The differences, all on purpose: JSON nested deeper than
-the scanner can follow raises :class:`TooDeep`, a ``ValueError``, where ``json.loads`` raises
-``RecursionError`` (so every reader of untrusted JSON refuses it with the one ``except
-ValueError`` it has for any other bad text); the values that are not JSON raise
+the scanner can follow raises :class:`TooDeep`, a ``ValueError``, where ``json.loads``
+raises ``RecursionError`` (so every reader of untrusted JSON refuses it with the one
+``except ValueError`` it has for any other bad text); the values that are not JSON raise
 :class:`NotJSON` in ``loads`` and the standard library's "Out of range float values are not
 JSON compliant" ``ValueError`` in ``dumps``; and a circular structure given to ``dumps``
-raises ``RecursionError`` rather than ``ValueError`` (no marker table is kept between calls, so
-the encoder holds no state and threads can share it).
+raises ``RecursionError`` rather than ``ValueError`` (no marker table is kept between calls,
+so the encoder holds no state and threads can share it).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class TooDeep(ValueError):
 
 
 class NotJSON(ValueError):
-    """``NaN``, ``Infinity`` or a number beyond a double: Python's json takes them, JSON does
-    not (RFC 8259, section 6)."""
+    """``NaN``, ``Infinity`` or a number beyond a double (Python's json takes them, JSON does
+    not: RFC 8259, section 6), or a string holding a lone surrogate (not Unicode text)."""
 
 
 _reference = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
